@@ -1,0 +1,85 @@
+"""`presetdb db upgrade|downgrade|current|check`: the schema and data migrations of a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from presetdb import migrate
+from presetdb.cli.common import DbOption, console, db_path
+
+db_app = typer.Typer(
+    help="Schema and data migrations of a database file.", no_args_is_help=True
+)
+
+
+@db_app.command("upgrade")
+def upgrade(
+    db: DbOption = None,
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+    schema_only: Annotated[
+        bool, typer.Option("--schema-only", help="Skip seed data (an empty store).")
+    ] = False,
+) -> None:
+    """Create or upgrade a database to the newest schema and seed data.
+
+    Example: presetdb db upgrade --db presets.db
+    """
+    path = db_path(db, for_write=True)
+    before = migrate.revision_of(path) if path.exists() and path.stat().st_size else None
+    after = migrate.upgrade(path, revision, seed_data=not schema_only)
+    console.print(f"{path}: {before or 'base'} -> {after}")
+
+
+@db_app.command("downgrade")
+def downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision, e.g. 0001, -1 or base.")],
+    db: DbOption = None,
+) -> None:
+    """Downgrade a database (data migrations remove exactly the rows they added).
+
+    Example: presetdb db downgrade -1 --db presets.db
+    """
+    path = db_path(db, for_write=True)
+    before = migrate.revision_of(path)
+    after = migrate.downgrade(path, revision)
+    console.print(f"{path}: {before or 'base'} -> {after}")
+
+
+@db_app.command("current")
+def current(db: DbOption = None) -> None:
+    """Print the database's revision and this package's head.
+
+    Example: presetdb db current --db presets.db
+    """
+    path = db_path(db)
+    rev = migrate.revision_of(path)
+    head = migrate.head()
+    state = "at head" if rev == head else "behind head" if rev else "empty"
+    console.print(f"{path}: revision {rev or 'base'} (package head {head}; {state})")
+
+
+@db_app.command("check")
+def check(db: DbOption = None) -> None:
+    """Check schema revision, PRAGMA integrity_check and foreign_key_check; exit 1 on a problem.
+
+    Example: presetdb db check --db presets.db
+    """
+    path = db_path(db)
+    report = migrate.check(path)
+    console.print(f"{path}: revision {report.revision or 'base'} (head {report.head})")
+    console.print(f"  schema:      {report.schema_problem or 'ok'}")
+    console.print(f"  integrity:   {'; '.join(report.integrity[:5])}")
+    console.print(f"  foreign keys: {len(report.foreign_key_problems)} problem(s)")
+    if not report.ok:
+        raise typer.Exit(1)
+    console.print("ok")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(db_app, name="db")
+
+
+__all__ = ["Path", "register"]

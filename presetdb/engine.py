@@ -1,0 +1,185 @@
+"""Opening SQLite files: URLs, pragmas, sessions and the opening rules.
+
+Three ways to open a file:
+
+- ``rw``        read-write, WAL journal, for user overlays and dbs being imported into;
+- ``ro``        ``mode=ro``: read-only, still sees other writers' commits;
+- ``immutable`` ``immutable=1``: read-only and promises SQLite nobody changes the file,
+                so no locks and no ``-wal``/``-shm`` litter. Shipped/deployment dbs.
+
+Every connection gets ``foreign_keys=ON`` and a busy timeout. Opening checks that the
+file is a presetdb database whose schema matches this package (see `migrate`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+from sqlalchemy import URL, Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from presetdb.errors import NotADatabaseError, ReadOnlyStoreError, StoreError, StoreNotFoundError
+
+Mode = Literal["rw", "ro", "immutable"]
+SQLITE_HEADER = b"SQLite format 3\x00"
+BUSY_TIMEOUT_MS = 10_000
+
+
+def sqlite_url(path: Path, mode: Mode) -> URL:
+    """A URI-style SQLite URL; the path is percent-quoted so any file name works."""
+    query = {"uri": "true"}
+    if mode == "ro":
+        query["mode"] = "ro"
+    elif mode == "immutable":
+        query["immutable"] = "1"
+    return URL.create("sqlite", database="file:" + quote(str(path.resolve())), query=query)
+
+
+def _on_connect(mode: Mode, foreign_keys: bool) -> Any:
+    def set_pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # pysqlite's own transaction handling defers BEGIN; let SQLAlchemy emit it.
+        # Pragmas below run outside any transaction (several are no-ops inside one).
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        if mode == "rw":
+            # WAL: readers never block the writer and see whole transactions only.
+            if cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+        else:
+            cur.execute("PRAGMA query_only=ON")
+        cur.close()
+
+    return set_pragmas
+
+
+def _on_begin_writer(conn: Any) -> None:
+    # Writers take the write lock up front (BEGIN IMMEDIATE) so two writers queue on the
+    # busy timeout instead of failing with "database is locked" half way through.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _on_begin_reader(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def make_engine(
+    path: Path, mode: Mode = "rw", *, pooled: bool = True, foreign_keys: bool = True
+) -> Engine:
+    """An Engine for `path` with presetdb's pragmas. Does not check the schema.
+
+    `foreign_keys=False` is for migrations only (see `migrate`)."""
+    engine = create_engine(sqlite_url(path, mode), poolclass=None if pooled else NullPool)
+    event.listen(engine, "connect", _on_connect(mode, foreign_keys))
+    event.listen(engine, "begin", _on_begin_writer if mode == "rw" else _on_begin_reader)
+    return engine
+
+
+def check_file(path: Path, *, must_exist: bool = True) -> None:
+    """Missing, empty or non-SQLite files get a clear error before SQLite sees them."""
+    if not path.exists():
+        if must_exist:
+            raise StoreNotFoundError(
+                f"{path}: no such database file. Create one with `presetdb db upgrade --db {path}` "
+                "or build a shippable one with `presetdb build --out PATH`."
+            )
+        return
+    if path.is_dir():
+        raise NotADatabaseError(f"{path}: is a directory, not a presetdb database file")
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(len(SQLITE_HEADER))
+    except PermissionError:
+        raise StoreError(f"{path}: permission denied reading the database file") from None
+    if len(header) == 0:
+        if must_exist:
+            raise NotADatabaseError(
+                f"{path}: the file is empty (0 bytes), not a presetdb database. "
+                f"Initialise it with `presetdb db upgrade --db {path}`."
+            )
+        return
+    if header != SQLITE_HEADER:
+        raise NotADatabaseError(
+            f"{path}: not a SQLite database (bad header). Point --db / PRESETDB_PATH at a file "
+            "made by `presetdb build` or `presetdb db upgrade`."
+        )
+
+
+@dataclass
+class Store:
+    """An opened database: its engine, how it was opened, and session helpers."""
+
+    path: Path
+    mode: Mode
+    engine: Engine
+    revision: str | None = None
+    _sessions: sessionmaker[Session] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def writable(self) -> bool:
+        return self.mode == "rw"
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only session (one transaction, rolled back at the end)."""
+        with self._sessions() as session:
+            yield session
+            session.rollback()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A write transaction: committed when the block ends, rolled back on error."""
+        if not self.writable:
+            raise ReadOnlyStoreError(
+                f"{self.path}: opened {self.mode}; writes need a writable copy "
+                "(open with mode 'rw', or import into another file with `presetdb import --db`)."
+            )
+        with self._sessions() as session:
+            try:
+                with session.begin():
+                    yield session
+            except OperationalError as exc:
+                raise translate_operational(self.path, exc) from exc
+
+    def data_version(self) -> int:
+        """SQLite's `PRAGMA data_version` on a dedicated connection: changes when another
+        connection commits. Used by the picker to notice a changed mutable db."""
+        with self.engine.connect() as conn:
+            return int(conn.exec_driver_sql("PRAGMA data_version").scalar() or 0)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def translate_operational(path: Path, exc: DBAPIError) -> StoreError:
+    message = str(exc.orig) if exc.orig is not None else str(exc)
+    if "readonly" in message or "read-only" in message:
+        return ReadOnlyStoreError(
+            f"{path}: the database is read-only ({message}). Check the file and directory "
+            "permissions, or open a writable copy."
+        )
+    if "locked" in message:
+        return StoreError(
+            f"{path}: the database is locked by another process ({message}); retry, or find "
+            "the process holding it."
+        )
+    if "not a database" in message or "malformed" in message:
+        return NotADatabaseError(f"{path}: corrupt or not a SQLite database ({message})")
+    return StoreError(f"{path}: {message}")
+
+
+def execute_pragma(engine: Engine, pragma: str) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(text(f"PRAGMA {pragma}"))]

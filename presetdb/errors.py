@@ -1,0 +1,81 @@
+"""Exceptions. One root (`PresetDBError`); each subclass says what happened and the
+message says what to do about it."""
+
+from __future__ import annotations
+
+
+class PresetDBError(Exception):
+    """Root of every error presetdb raises on purpose."""
+
+
+class StoreError(PresetDBError):
+    """A database file cannot be used as a presetdb store."""
+
+
+class StoreNotFoundError(StoreError):
+    """The database file does not exist."""
+
+
+class NotADatabaseError(StoreError):
+    """The file is not a SQLite file, is empty, or belongs to another application."""
+
+
+class SchemaTooOldError(StoreError):
+    """The database schema is older than this package expects."""
+
+
+class SchemaTooNewError(StoreError):
+    """The database was written by a newer presetdb (or an unknown revision)."""
+
+
+class ReadOnlyStoreError(StoreError):
+    """A write was attempted on a database opened read-only or immutable."""
+
+
+class IntegrityCheckError(StoreError):
+    """`presetdb db check` found a problem (integrity, foreign keys, revision)."""
+
+
+class KeySpecError(PresetDBError):
+    """A key spec or a shape key is malformed."""
+
+
+class UnknownKernelError(PresetDBError):
+    """No kernel of that name is known (registered or stored)."""
+
+
+class UnknownPlatformError(PresetDBError):
+    """No platform of that name is known."""
+
+
+class SettingsError(PresetDBError):
+    """An environment variable holds a value presetdb does not accept."""
+
+
+class PresetMissError(PresetDBError):
+    """Strict mode: no stored config serves this call."""
+
+
+class InvalidConfigError(PresetDBError):
+    """A stored or imported config does not validate against the kernel's ConfigSpec."""
+
+
+class ImportValidationError(PresetDBError):
+    """An import found invalid rows; nothing was written.
+
+    `problems` holds one human-readable line per bad row (file, row, field, reason).
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = list(problems or [])
+        detail = "".join(f"\n  - {p}" for p in self.problems[:50])
+        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
+        super().__init__(message + detail + more)
+
+
+class SeedDataTamperedError(PresetDBError):
+    """A seed file's sha256 differs from the one its data migration pinned."""
+
+
+class ReadOnlySQLError(PresetDBError):
+    """`presetdb sql` was given a statement that could write or escape the file."""

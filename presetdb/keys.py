@@ -1,0 +1,303 @@
+"""Shape keys and key specs.
+
+A *shape key* is the part of a kernel call that selects a config, e.g.
+``{"dtype": "bfloat16", "hidden": 4096, "num_tokens": 128}``. Its canonical string is
+compact sorted-key JSON (the same text vLLM uses for its config keys); ``{}`` is the
+kernel's default entry.
+
+A *key spec* names the fields, how each is extracted from a call's arguments, and how a
+stored key is matched when the call's value was never tuned:
+
+- ``exact``   categorical (dtype, flags): only the same value matches;
+- ``nearest`` numeric: the stored value closest in log2 space (ties: the larger value);
+- ``ceil``    numeric: the smallest stored value >= actual, else the largest stored;
+- ``floor``   numeric: the largest stored value <= actual, else the smallest stored.
+
+Fields are matched in spec order: the first field picks its best stored value, the
+remaining candidates are those stored keys with that value, and so on. The chosen key
+therefore always exists, and the order of fields states which dimension matters most.
+
+This module is pure Python (no torch) so the store, importers and CLI can use it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+from presetdb.errors import KeySpecError
+
+Policy = Literal["exact", "nearest", "ceil", "floor"]
+POLICIES: tuple[Policy, ...] = ("exact", "nearest", "ceil", "floor")
+DEFAULT_KEY = "{}"
+
+KeyValue = str | int | float | bool
+
+
+def canonical_key(key: Mapping[str, Any]) -> str:
+    """Compact, sorted-key JSON: the one string form of a shape key."""
+    for name, value in key.items():
+        if not isinstance(name, str) or not name:
+            raise KeySpecError(f"shape key field names must be non-empty strings, got {name!r}")
+        if not isinstance(value, (str, int, float, bool)) or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            raise KeySpecError(
+                f"shape key field {name!r} must be a string, number or bool, got {value!r}"
+            )
+    return json.dumps(dict(key), sort_keys=True, separators=(",", ":"))
+
+
+def parse_key(text: str) -> dict[str, KeyValue]:
+    """Parse a shape key string (any JSON object spelling) into a dict."""
+    try:
+        value = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise KeySpecError(f"shape key is not valid JSON: {text!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise KeySpecError(f"shape key must be a JSON object, got {text!r}")
+    canonical_key(value)  # validates value types
+    return value
+
+
+@dataclass(frozen=True)
+class KeyField:
+    """One field of a key spec. `extract` maps the call's arguments to the value."""
+
+    name: str
+    policy: Policy
+    extract: Callable[..., KeyValue] | None = field(default=None, compare=False, repr=False)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise KeySpecError(
+                f"key field {self.name!r}: unknown policy {self.policy!r}; "
+                f"use one of {', '.join(POLICIES)}"
+            )
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """The ordered fields that select a config for one kernel."""
+
+    fields: tuple[KeyField, ...]
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields]
+        if len(set(names)) != len(names):
+            raise KeySpecError(f"key spec has duplicate field names: {names}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+    def features(self, *args: Any) -> tuple[KeyValue, ...]:
+        """Extract the feature tuple (values in field order) from a call's arguments."""
+        return tuple(f.extract(*args) for f in self.fields)  # type: ignore[misc]
+
+    def key_of(self, features: tuple[KeyValue, ...]) -> dict[str, KeyValue]:
+        return dict(zip(self.names, features, strict=True))
+
+    def to_schema(self) -> dict[str, Any]:
+        """The JSON stored in `kernels.key_schema`: what SQL readers see."""
+        return {
+            "fields": [
+                {"name": f.name, "policy": f.policy, "description": f.description}
+                for f in self.fields
+            ]
+        }
+
+    @classmethod
+    def from_schema(cls, schema: Mapping[str, Any] | str) -> KeySpec:
+        """Rebuild a spec (without extractors) from its stored JSON."""
+        data = json.loads(schema) if isinstance(schema, str) else schema
+        try:
+            return cls(
+                tuple(
+                    KeyField(
+                        name=item["name"],
+                        policy=item["policy"],
+                        description=item.get("description", ""),
+                    )
+                    for item in data["fields"]
+                )
+            )
+        except (KeyError, TypeError) as exc:
+            raise KeySpecError(
+                f"key schema must look like {{'fields': [{{'name': ..., 'policy': ...}}]}}: {exc}"
+            ) from None
+
+    def check_key(self, key: Mapping[str, Any]) -> list[str]:
+        """Problems with a stored key against this spec ([] when fine; `{}` is fine)."""
+        if not key:
+            return []
+        problems: list[str] = []
+        missing = [n for n in self.names if n not in key]
+        extra = [n for n in key if n not in self.names]
+        if missing:
+            problems.append(f"missing key field(s) {missing}; the key spec has {list(self.names)}")
+        if extra:
+            problems.append(f"unknown key field(s) {extra}; the key spec has {list(self.names)}")
+        for f in self.fields:
+            if f.name not in key:
+                continue
+            value = key[f.name]
+            if f.policy != "exact":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    problems.append(f"key field {f.name!r} ({f.policy}) must be a number, got {value!r}")
+                elif not math.isfinite(value) or value < 0:
+                    problems.append(f"key field {f.name!r} must be finite and >= 0, got {value!r}")
+        return problems
+
+
+def _log2(value: float) -> float:
+    # Sizes of 0 and 1 both sit at the bottom of the scale.
+    return math.log2(value) if value > 1 else 0.0
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Match(Generic[T]):
+    """The outcome of a lookup: the stored key, its payload and how it was reached."""
+
+    key: str
+    payload: T
+    kind: Literal["exact", "nearest", "ceil", "floor", "default"]
+    # Per field: |log2(stored) - log2(actual)| for numeric fields, 0.0 when equal.
+    distances: dict[str, float]
+
+
+class _Level:
+    """One trie level: stored values of one field, with a sorted copy for numbers."""
+
+    __slots__ = ("children", "numbers", "logs")
+
+    def __init__(self) -> None:
+        self.children: dict[KeyValue, Any] = {}
+        self.numbers: list[float] = []
+        self.logs: list[float] = []
+
+    def freeze(self) -> None:
+        self.numbers = sorted(v for v in self.children if not isinstance(v, (str, bool)))
+        self.logs = [_log2(v) for v in self.numbers]
+
+
+class KeyIndex(Generic[T]):
+    """Immutable lookup structure over stored keys (built once, queried many times).
+
+    Lookups cost O(fields x log keys): each field descends one trie level, using a dict
+    for `exact` and bisection for the numeric policies.
+    """
+
+    def __init__(self, spec: KeySpec, entries: Iterable[tuple[Mapping[str, KeyValue], T]]) -> None:
+        self.spec = spec
+        self._root = _Level()
+        self.default: tuple[str, T] | None = None
+        self.keys: list[str] = []
+        depth = len(spec.fields)
+        for key, payload in entries:
+            text = canonical_key(key)
+            self.keys.append(text)
+            if not key:
+                self.default = (text, payload)
+                continue
+            problems = spec.check_key(key)
+            if problems:
+                raise KeySpecError(f"stored key {text}: " + "; ".join(problems))
+            level = self._root
+            for i, f in enumerate(spec.fields):
+                value = key[f.name]
+                if i == depth - 1:
+                    level.children[value] = (text, payload)
+                else:
+                    level = level.children.setdefault(value, _Level())
+        self._freeze(self._root, 0)
+
+    def _freeze(self, level: _Level, depth: int) -> None:
+        level.freeze()
+        if depth < len(self.spec.fields) - 1:
+            for child in level.children.values():
+                self._freeze(child, depth + 1)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def lookup(self, features: tuple[KeyValue, ...]) -> Match[T] | None:
+        """Best stored key for the features, else the default entry, else None."""
+        if self.spec.fields and self._root.children:
+            found = self._descend(features)
+            if found is not None:
+                return found
+        if self.default is not None:
+            return Match(self.default[0], self.default[1], "default", {})
+        return None
+
+    def _descend(self, features: tuple[KeyValue, ...]) -> Match[T] | None:
+        node: Any = self._root
+        distances: dict[str, float] = {}
+        kinds: set[str] = set()
+        for f, actual in zip(self.spec.fields, features, strict=True):
+            level: _Level = node
+            if f.policy == "exact" or isinstance(actual, (str, bool)):
+                if actual not in level.children:
+                    return None
+                node = level.children[actual]
+                continue
+            chosen = _pick_number(level, f.policy, float(actual))
+            if chosen is None:
+                return None
+            node = level.children[chosen]
+            if chosen != actual:
+                distances[f.name] = abs(_log2(chosen) - _log2(float(actual)))
+                kinds.add(f.policy)
+            else:
+                distances[f.name] = 0.0
+        text, payload = node
+        kind = "exact" if not kinds else (kinds.pop() if len(kinds) == 1 else "nearest")
+        return Match(text, payload, kind, distances)  # type: ignore[arg-type]
+
+    def nearest_keys(self, features: tuple[KeyValue, ...], limit: int = 3) -> list[str]:
+        """Stored keys ranked by total log2 distance: for 'did you mean' messages."""
+
+        def distance(text: str) -> tuple[float, str]:
+            key = json.loads(text)
+            total = 0.0
+            for f, actual in zip(self.spec.fields, features, strict=True):
+                stored = key.get(f.name)
+                if stored is None:
+                    total += 100.0
+                elif f.policy == "exact" or isinstance(actual, (str, bool)):
+                    total += 0.0 if stored == actual else 1000.0
+                else:
+                    total += abs(_log2(float(stored)) - _log2(float(actual)))
+            return (total, text)
+
+        return sorted((k for k in self.keys if k != DEFAULT_KEY), key=distance)[:limit]
+
+
+def _pick_number(level: _Level, policy: Policy, actual: float) -> float | None:
+    numbers = level.numbers
+    if not numbers:
+        return None
+    if policy == "ceil":
+        i = bisect.bisect_left(numbers, actual)
+        return numbers[i] if i < len(numbers) else numbers[-1]
+    if policy == "floor":
+        i = bisect.bisect_right(numbers, actual)
+        return numbers[i - 1] if i > 0 else numbers[0]
+    # nearest in log2 space; a tie goes to the larger value
+    target = _log2(actual)
+    i = bisect.bisect_left(level.logs, target)
+    if i == 0:
+        return numbers[0]
+    if i == len(numbers):
+        return numbers[-1]
+    below, above = level.logs[i - 1], level.logs[i]
+    return numbers[i] if (above - target) <= (target - below) else numbers[i - 1]

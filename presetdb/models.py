@@ -1,0 +1,232 @@
+"""SQLAlchemy 2 typed models of the store. Alembic revision 0001 creates exactly this
+schema (a test checks that autogenerate finds no difference). ORM objects never leave
+the repository layer; callers get frozen records.
+
+Units live in column names (`_ms`, `_seconds`); timestamps are UTC ISO-8601 text with
+`_at`, so plain `sqlite3` shows them readably.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+PRESET_STATUSES = ("active", "superseded", "quarantined")
+RUN_SOURCES = (
+    "tune",  # presetdb tune on a GPU
+    "autotune",  # PRESETDB_ON_MISS=autotune at run time
+    "import-presetdb",
+    "import-vllm",
+    "import-helion-cache",
+    "import-helion-aot",
+    "manual",
+)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Kernel(Base):
+    __tablename__ = "kernels"
+    __table_args__ = (CheckConstraint("json_valid(key_schema)", name="key_schema_json"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)  # e.g. "rms_norm"
+    # {"fields": [{"name", "policy", "description"}]}: how shape keys are matched
+    key_schema: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[str] = mapped_column(String(32), default=utc_now)
+
+
+class Platform(Base):
+    __tablename__ = "platforms"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)  # canonical, e.g. "nvidia_h100"
+    vendor: Mapped[str] = mapped_column(String(50), default="")  # "nvidia", "amd", "cpu"
+    device_name: Mapped[str] = mapped_column(String(200), default="")  # a representative SKU string
+    compute_capability: Mapped[str | None] = mapped_column(String(20))  # "9.0"; gfx arch on AMD
+    sm_count: Mapped[int | None] = mapped_column(Integer)  # streaming multiprocessors / CUs
+    created_at: Mapped[str] = mapped_column(String(32), default=utc_now)
+
+
+class PlatformAlias(Base):
+    """Device strings (as torch reports them) that mean a canonical platform."""
+
+    __tablename__ = "platform_aliases"
+
+    alias: Mapped[str] = mapped_column(String(200), primary_key=True)  # "NVIDIA H100 80GB HBM3"
+    platform_id: Mapped[int] = mapped_column(ForeignKey("platforms.id", ondelete="CASCADE"), index=True)
+
+
+class PlatformFallback(Base):
+    """Ranked platforms whose configs may serve another platform (rank 1 first)."""
+
+    __tablename__ = "platform_fallbacks"
+    __table_args__ = (
+        UniqueConstraint("platform_id", "fallback_platform_id"),
+        CheckConstraint("platform_id <> fallback_platform_id", name="not_self"),
+        CheckConstraint("rank >= 1", name="rank_positive"),
+    )
+
+    platform_id: Mapped[int] = mapped_column(
+        ForeignKey("platforms.id", ondelete="CASCADE"), primary_key=True
+    )
+    rank: Mapped[int] = mapped_column(Integer, primary_key=True)  # 1 = tried first
+    fallback_platform_id: Mapped[int] = mapped_column(ForeignKey("platforms.id", ondelete="CASCADE"))
+
+
+class TuningRun(Base):
+    """Provenance of one batch of presets: who tuned or imported what, where, with what."""
+
+    __tablename__ = "tuning_runs"
+    __table_args__ = (
+        CheckConstraint(
+            "source IN (" + ", ".join(f"'{s}'" for s in RUN_SOURCES) + ")", name="source_known"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(40))  # one of RUN_SOURCES
+    source_file: Mapped[str | None] = mapped_column(Text)  # file name the rows came from
+    source_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    revision: Mapped[str | None] = mapped_column(String(64), index=True)  # importing migration
+    tuned_by: Mapped[str | None] = mapped_column(String(200))  # user@host or a team name
+    host: Mapped[str | None] = mapped_column(String(200))
+    device_name: Mapped[str | None] = mapped_column(String(200))  # torch's device string
+    sm_count: Mapped[int | None] = mapped_column(Integer)
+    driver_version: Mapped[str | None] = mapped_column(String(50))
+    cuda_version: Mapped[str | None] = mapped_column(String(50))  # or the HIP version
+    torch_version: Mapped[str | None] = mapped_column(String(50))
+    triton_version: Mapped[str | None] = mapped_column(String(50))
+    helion_version: Mapped[str | None] = mapped_column(String(50))
+    presetdb_version: Mapped[str | None] = mapped_column(String(50))
+    autotune_effort: Mapped[str | None] = mapped_column(String(20))  # none / quick / full
+    seed: Mapped[int | None] = mapped_column(Integer)
+    benchmark_method: Mapped[str | None] = mapped_column(Text)  # e.g. do_bench median, warm-up
+    started_at: Mapped[str | None] = mapped_column(String(32))
+    finished_at: Mapped[str | None] = mapped_column(String(32))
+    imported_at: Mapped[str] = mapped_column(String(32), default=utc_now)
+
+
+class Config(Base):
+    """A Helion config, stored once and addressed by the sha256 of its canonical JSON."""
+
+    __tablename__ = "configs"
+    __table_args__ = (CheckConstraint("json_valid(config_json)", name="config_json"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    config_json: Mapped[str] = mapped_column(Text)  # sorted keys, compact
+    created_at: Mapped[str] = mapped_column(String(32), default=utc_now)
+
+
+class Preset(Base):
+    """The config chosen for one (kernel, platform, shape key), with its timings.
+
+    At most one row per key is `active`; older rows stay as `superseded` history and
+    point at their successor. `quarantined` rows failed validation or compilation.
+    """
+
+    __tablename__ = "presets"
+    __table_args__ = (
+        CheckConstraint("json_valid(shape_key)", name="shape_key_json"),
+        CheckConstraint(
+            "status IN (" + ", ".join(f"'{s}'" for s in PRESET_STATUSES) + ")", name="status_known"
+        ),
+        CheckConstraint("latency_ms IS NULL OR latency_ms > 0", name="latency_positive"),
+        CheckConstraint("default_ms IS NULL OR default_ms > 0", name="default_positive"),
+        CheckConstraint("reference_ms IS NULL OR reference_ms > 0", name="reference_positive"),
+        CheckConstraint("configs_tried IS NULL OR configs_tried >= 0", name="tried_nonnegative"),
+        CheckConstraint("tuning_seconds IS NULL OR tuning_seconds >= 0", name="tuning_nonnegative"),
+        Index(
+            "uq_presets_active_key",
+            "kernel_id",
+            "platform_id",
+            "shape_key",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+        ),
+        Index("ix_presets_lookup", "kernel_id", "platform_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kernel_id: Mapped[int] = mapped_column(ForeignKey("kernels.id"))
+    platform_id: Mapped[int] = mapped_column(ForeignKey("platforms.id"))
+    shape_key: Mapped[str] = mapped_column(Text)  # canonical JSON; "{}" = the kernel default
+    config_id: Mapped[int] = mapped_column(ForeignKey("configs.id"), index=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("tuning_runs.id"), index=True)
+    kernel_source_hash: Mapped[str | None] = mapped_column(String(64))  # sha256 of kernel source
+    latency_ms: Mapped[float | None] = mapped_column(Float)  # the stored config, median
+    default_ms: Mapped[float | None] = mapped_column(Float)  # Helion's default config
+    reference_ms: Mapped[float | None] = mapped_column(Float)  # the PyTorch reference
+    configs_tried: Mapped[int | None] = mapped_column(Integer)  # configs the search compiled
+    tuning_seconds: Mapped[float | None] = mapped_column(Float)  # wall time of the search
+    status: Mapped[str] = mapped_column(String(20), default="active")
+    status_reason: Mapped[str | None] = mapped_column(Text)  # why quarantined / superseded
+    superseded_by: Mapped[int | None] = mapped_column(ForeignKey("presets.id"))
+    created_at: Mapped[str] = mapped_column(String(32), default=utc_now)
+
+
+class PresetCandidate(Base):
+    """Runners-up of a tuning search, fastest first."""
+
+    __tablename__ = "preset_candidates"
+    __table_args__ = (
+        UniqueConstraint("preset_id", "rank"),
+        CheckConstraint("rank >= 1", name="rank_positive"),
+        CheckConstraint("latency_ms IS NULL OR latency_ms > 0", name="latency_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    preset_id: Mapped[int] = mapped_column(ForeignKey("presets.id", ondelete="CASCADE"))
+    config_id: Mapped[int] = mapped_column(ForeignKey("configs.id"), index=True)
+    rank: Mapped[int] = mapped_column(Integer)  # 1 = the fastest runner-up
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+
+
+class PresetMiss(Base):
+    """Miss ledger: calls nothing matched (not even a default), kept in the user overlay
+    so the next tuning run can target what production asked for."""
+
+    __tablename__ = "preset_misses"
+    __table_args__ = (
+        UniqueConstraint("kernel", "platform", "features"),
+        CheckConstraint("json_valid(features)", name="features_json"),
+        CheckConstraint("count >= 1", name="count_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kernel: Mapped[str] = mapped_column(String(200))  # by name: the kernel may not be stored
+    platform: Mapped[str] = mapped_column(String(100))
+    features: Mapped[str] = mapped_column(Text)  # canonical shape key of the call
+    reason: Mapped[str] = mapped_column(String(40), default="no-match")  # or "quarantined", ...
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    first_seen_at: Mapped[str] = mapped_column(String(32), default=utc_now)
+    last_seen_at: Mapped[str] = mapped_column(String(32), default=utc_now)
