@@ -231,15 +231,17 @@ class KeyIndex(Generic[T]):
 
     def lookup(self, features: tuple[KeyValue, ...]) -> Match[T] | None:
         """Best stored key for the features, else the default entry, else None."""
-        if self.spec.fields and self._root.children:
-            found = self._descend(features)
-            if found is not None:
-                return found
-        if self.default is not None:
-            return Match(self.default[0], self.default[1], "default", {})
-        return None
+        return self.match(features) or self.default_match()
 
-    def _descend(self, features: tuple[KeyValue, ...]) -> Match[T] | None:
+    def default_match(self) -> Match[T] | None:
+        if self.default is None:
+            return None
+        return Match(self.default[0], self.default[1], "default", {})
+
+    def match(self, features: tuple[KeyValue, ...]) -> Match[T] | None:
+        """Best stored shape key for the features (never the default entry)."""
+        if not self.spec.fields or not self._root.children:
+            return None
         node: Any = self._root
         distances: dict[str, float] = {}
         kinds: set[str] = set()

@@ -12,7 +12,8 @@ from presetdb.errors import PresetDBError
 
 app = typer.Typer(
     name="presetdb",
-    help="Pre-tuned Helion kernel configs in a shippable, auditable SQLite database.",
+    help="Pre-tuned Helion kernel configs in a shippable, auditable SQLite database.\n\n"
+    "Example: presetdb list --kernel rms_norm --platform nvidia_h100",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",

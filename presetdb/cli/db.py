@@ -11,7 +11,9 @@ from presetdb import migrate
 from presetdb.cli.common import DbOption, console, db_path
 
 db_app = typer.Typer(
-    help="Schema and data migrations of a database file.", no_args_is_help=True
+    help="Schema and data migrations of a database file.\n\n"
+    "Example: presetdb db upgrade --db presets.db",
+    no_args_is_help=True,
 )
 
 

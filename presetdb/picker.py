@@ -1,0 +1,401 @@
+"""The picker: which stored config serves a kernel call.
+
+Per kernel, the picker loads the active presets of every platform in the fallback chain
+from every layer once (one query per layer and platform), merges the layers per shape
+key (the higher layer wins a key), and builds an immutable `KeyIndex` per platform.
+`resolve()` then answers from memory:
+
+    memo hit                      one dict lookup (the common case)
+    memo miss                     own platform's shape match, then fallback platforms'
+                                  shape match, then default entries ({}), else None
+
+Nothing on the hot path touches SQLite. The overlay is the only layer that can change
+under a running process; its ``PRAGMA data_version`` is looked at no more than once per
+`RECHECK_SECONDS`, on a resolve, and a change drops the indexes and the memo. Immutable
+layers are never re-read.
+
+Misses are counted in memory and flushed to the overlay's `preset_misses` by a
+background timer and at exit, never by the call that missed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import threading
+import time
+import warnings
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from presetdb.engine import Store
+from presetdb.errors import PresetDBError
+from presetdb.keys import KeyIndex, KeySpec, KeyValue, canonical_key
+from presetdb.models import utc_now
+from presetdb.platforms import PlatformInfo, resolve_platform
+from presetdb.repository import MissRecord, PresetInput, PresetRecord, Repository
+from presetdb.settings import Settings
+from presetdb.stores import Layer, StoreWarning, open_layers
+
+RECHECK_SECONDS = 1.0
+MEMO_LIMIT = 65_536
+MISS_FLUSH_SECONDS = 2.0
+_NOT_FOUND: Any = object()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The stored config chosen for a call, and why."""
+
+    kernel: str
+    preset: PresetRecord
+    match: str  # "exact" | "nearest" | "ceil" | "floor" | "default"
+    distances: dict[str, float]
+    platform: str  # platform whose preset answered
+    requested_platform: str
+    layer: str  # "overlay" | "deployment" | "default"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.preset.config
+
+    @property
+    def fallback(self) -> bool:
+        return self.platform != self.requested_platform
+
+    @property
+    def kind(self) -> str:
+        return "fallback-platform" if self.fallback else self.match
+
+    def describe(self) -> str:
+        far = {k: round(v, 2) for k, v in self.distances.items() if v}
+        how = self.match + (f" (log2 distance {far})" if far else "")
+        where = f"{self.layer} db"
+        if self.fallback:
+            where += f", fallback platform {self.platform} for {self.requested_platform}"
+        return f"{self.kernel}: key {self.preset.shape_key} by {how} from {where}"
+
+
+@dataclass
+class _KernelIndex:
+    spec: KeySpec
+    # (platform, index over merged layers); payload = (PresetRecord, layer name)
+    per_platform: list[tuple[str, KeyIndex[tuple[PresetRecord, str]]]]
+
+
+@dataclass
+class _Miss:
+    reason: str
+    count: int = 0
+    first: str = field(default_factory=utc_now)
+    last: str = field(default_factory=utc_now)
+
+
+class Picker:
+    def __init__(self, layers: list[Layer], writer: Store | None, platform: PlatformInfo) -> None:
+        self.layers = layers
+        self.writer = writer
+        self.info = platform
+        self._lock = threading.RLock()
+        self._indexes: dict[str, _KernelIndex] = {}
+        self._memo: dict[tuple[str, tuple[KeyValue, ...]], Choice | None] = {}
+        self._watch = [layer for layer in layers if layer.mutable]
+        self._versions = {id(layer): layer.store.data_version() for layer in self._watch}
+        self._next_check = time.monotonic() + RECHECK_SECONDS
+        self._misses: dict[tuple[str, str, str], _Miss] = {}
+        self._miss_timer: threading.Timer | None = None
+        self._quarantined: set[tuple[str, str, str, str]] = set()  # in memory, always honoured
+        self.loads = 0  # index builds, for tests and benchmarks
+
+    @property
+    def platform(self) -> str:
+        return self.info.platform
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        return self.info.chain
+
+    # ------------------------------------------------------------------ resolve
+    def resolve(self, kernel: str, spec: KeySpec, features: tuple[KeyValue, ...]) -> Choice | None:
+        """The stored config for these features, or None (a miss). Memoized."""
+        if self._watch and time.monotonic() >= self._next_check:
+            self._check_changed()
+        memo_key = (kernel, features)
+        found = self._memo.get(memo_key, _NOT_FOUND)
+        if found is not _NOT_FOUND:
+            return found
+        choice = self._resolve_uncached(kernel, spec, features)
+        if len(self._memo) >= MEMO_LIMIT:
+            self._memo.clear()  # bounded: a storm of new shapes cannot grow memory
+        self._memo[memo_key] = choice
+        return choice
+
+    def _resolve_uncached(
+        self, kernel: str, spec: KeySpec, features: tuple[KeyValue, ...]
+    ) -> Choice | None:
+        index = self._index(kernel, spec)
+        for platform, idx in index.per_platform:
+            m = idx.match(features)
+            if m is not None:
+                return self._choice(kernel, platform, m.payload, m.kind, m.distances)
+        for platform, idx in index.per_platform:
+            m = idx.default_match()
+            if m is not None:
+                return self._choice(kernel, platform, m.payload, "default", {})
+        return None
+
+    def _choice(
+        self, kernel: str, platform: str, payload: tuple[PresetRecord, str], match: str,
+        distances: dict[str, float],
+    ) -> Choice:
+        preset, layer = payload
+        return Choice(kernel, preset, match, distances, platform, self.platform, layer)
+
+    def nearest_keys(self, kernel: str, spec: KeySpec, features: tuple[KeyValue, ...], limit: int = 3) -> list[str]:
+        """Stored keys closest to the features on the requested platform chain."""
+        index = self._index(kernel, spec)
+        found: list[str] = []
+        for platform, idx in index.per_platform:
+            found += [f"{platform}:{k}" for k in idx.nearest_keys(features, limit)]
+        return found[:limit]
+
+    # ------------------------------------------------------------------ loading
+    def _index(self, kernel: str, spec: KeySpec) -> _KernelIndex:
+        index = self._indexes.get(kernel)
+        if index is not None and index.spec.names == spec.names:
+            return index
+        with self._lock:
+            index = self._indexes.get(kernel)
+            if index is None or index.spec.names != spec.names:
+                index = self._build(kernel, spec)
+                self._indexes[kernel] = index
+            return index
+
+    def _build(self, kernel: str, spec: KeySpec) -> _KernelIndex:
+        self.loads += 1
+        per_platform = []
+        for platform in self.chain:
+            merged: dict[str, tuple[PresetRecord, str]] = {}
+            for layer in self.layers:
+                for preset in self._load(layer, kernel, platform):
+                    if (kernel, platform, preset.shape_key, preset.config_sha256) in self._quarantined:
+                        continue
+                    merged.setdefault(preset.shape_key, (preset, layer.name))
+            if merged:
+                entries = [(json.loads(k), payload) for k, payload in merged.items()]
+                try:
+                    per_platform.append((platform, KeyIndex(spec, entries)))
+                except PresetDBError as exc:
+                    warnings.warn(
+                        f"presetdb: stored keys of {kernel} on {platform} do not fit its key spec "
+                        f"{list(spec.names)}; ignoring them: {exc}",
+                        StoreWarning,
+                        stacklevel=4,
+                    )
+        return _KernelIndex(spec, per_platform)
+
+    def _load(self, layer: Layer, kernel: str, platform: str) -> list[PresetRecord]:
+        try:
+            with layer.store.read() as session:
+                repo = Repository(session)
+                presets = repo.active_presets(kernel, platform)
+                if layer.name == "overlay":
+                    self._quarantined |= _quarantined_in(session, kernel, platform)
+                return presets
+        except Exception as exc:  # a layer failing mid-flight must not fail the call
+            warnings.warn(
+                f"presetdb: could not read {layer.name} db {layer.path}: {exc}", StoreWarning, stacklevel=5
+            )
+            return []
+
+    def _check_changed(self) -> None:
+        with self._lock:
+            self._next_check = time.monotonic() + RECHECK_SECONDS
+            changed = False
+            for layer in self._watch:
+                try:
+                    version = layer.store.data_version()
+                except Exception:
+                    continue
+                if version != self._versions.get(id(layer)):
+                    self._versions[id(layer)] = version
+                    changed = True
+            if changed:
+                self.invalidate()
+
+    def invalidate(self) -> None:
+        """Drop indexes and memo; the next resolve reloads from the stores."""
+        with self._lock:
+            self._indexes = {}
+            self._memo = {}
+
+    # ------------------------------------------------------------------ writes (overlay)
+    def record_miss(self, kernel: str, features: dict[str, Any], reason: str = "no-match") -> None:
+        """Count a miss; flushed to the overlay later by a timer thread."""
+        key = (kernel, self.platform, canonical_key(features))
+        with self._lock:
+            miss = self._misses.get(key)
+            if miss is None:
+                miss = self._misses[key] = _Miss(reason)
+            miss.count += 1
+            miss.last = utc_now()
+            miss.reason = reason
+            if self._miss_timer is None and self.writer is not None:
+                self._miss_timer = threading.Timer(MISS_FLUSH_SECONDS, self.flush_misses)
+                self._miss_timer.daemon = True
+                self._miss_timer.start()
+
+    def pending_misses(self) -> list[MissRecord]:
+        with self._lock:
+            return [
+                MissRecord(k, p, f, m.reason, m.count, m.first, m.last)
+                for (k, p, f), m in self._misses.items()
+            ]
+
+    def flush_misses(self) -> int:
+        """Write counted misses to the overlay's ledger; returns how many rows."""
+        with self._lock:
+            self._miss_timer = None
+            records = self.pending_misses()
+            self._misses = {}
+        if not records or self.writer is None:
+            return 0
+        try:
+            with self.writer.transaction() as session:
+                Repository(session).record_misses(records)
+        except Exception as exc:
+            warnings.warn(f"presetdb: could not write the miss ledger: {exc}", StoreWarning, stacklevel=2)
+            return 0
+        return len(records)
+
+    def quarantine(self, choice: Choice, reason: str) -> None:
+        """Stop serving this stored config for its key: remembered in memory at once and
+        written to the overlay (as a 'quarantined' row) so later processes skip it too."""
+        p = choice.preset
+        with self._lock:
+            self._quarantined.add((p.kernel, p.platform, p.shape_key, p.config_sha256))
+            self.invalidate()
+        if self.writer is None:
+            return
+        try:
+            with self.writer.transaction() as session:
+                repo = Repository(session)
+                spec = self._indexes.get(p.kernel)
+                schema = spec.spec.to_schema() if spec else {"fields": []}
+                if repo.find_kernel(p.kernel) is None:
+                    repo.ensure_kernel(p.kernel, schema)
+                _ensure_platform(repo, p.platform)
+                run = repo.add_run(
+                    "manual",
+                    tuned_by="presetdb quarantine",
+                    device_name=self.info.device.device_name,
+                    source_file=f"{choice.layer} db preset {p.id}",
+                )
+                result = repo.upsert_preset(
+                    p.kernel, p.platform, run.id, PresetInput(p.key, p.config, kernel_source_hash=p.kernel_source_hash)
+                )
+                repo.quarantine(result.preset_id, reason)
+        except Exception as exc:
+            warnings.warn(f"presetdb: could not record the quarantine: {exc}", StoreWarning, stacklevel=2)
+
+    def store_result(
+        self,
+        kernel: str,
+        spec: KeySpec,
+        shape_key: dict[str, Any],
+        config: dict[str, Any],
+        provenance: dict[str, Any],
+        timings: dict[str, Any],
+    ) -> None:
+        """Store a locally autotuned config in the overlay (source 'autotune')."""
+        if self.writer is None:
+            warnings.warn("presetdb: no writable overlay; the autotuned config is not kept", StoreWarning, stacklevel=2)
+            return
+        with self.writer.transaction() as session:
+            repo = Repository(session)
+            repo.ensure_kernel(kernel, spec.to_schema())
+            _ensure_platform(repo, self.platform, self.info)
+            run = repo.add_run("autotune", **provenance)
+            repo.upsert_preset(kernel, self.platform, run.id, PresetInput(shape_key, config, **timings))
+        self.invalidate()
+
+    def close(self) -> None:
+        if self._miss_timer is not None:
+            self._miss_timer.cancel()
+        self.flush_misses()
+        for layer in self.layers:
+            layer.store.dispose()
+        if self.writer is not None:
+            self.writer.dispose()
+
+
+def _quarantined_in(session: Any, kernel: str, platform: str) -> set[tuple[str, str, str, str]]:
+    from sqlalchemy import select
+
+    from presetdb.models import Config, Kernel, Platform, Preset
+
+    rows = session.execute(
+        select(Preset.shape_key, Config.sha256)
+        .join(Kernel, Kernel.id == Preset.kernel_id)
+        .join(Platform, Platform.id == Preset.platform_id)
+        .join(Config, Config.id == Preset.config_id)
+        .where(Kernel.name == kernel, Platform.name == platform, Preset.status == "quarantined")
+    )
+    return {(kernel, platform, key, sha) for key, sha in rows}
+
+
+def _ensure_platform(repo: Repository, name: str, info: PlatformInfo | None = None) -> None:
+    if repo.find_platform(name) is None:
+        device = info.device if info is not None and info.platform == name else None
+        repo.ensure_platform(
+            name,
+            vendor=device.vendor if device else "",
+            device_name=device.device_name if device else "",
+            compute_capability=device.compute_capability if device else None,
+            sm_count=device.sm_count if device else None,
+        )
+
+
+# ---------------------------------------------------------------------- process-wide
+_picker: Picker | None = None
+_picker_lock = threading.Lock()
+
+
+def build_picker(settings: Settings | None = None) -> Picker:
+    settings = settings or Settings.from_env()
+    layers, writer = open_layers(settings)
+    with ExitStack() as stack:
+        repos = [Repository(stack.enter_context(layer.store.read())) for layer in layers]
+        info = resolve_platform(repos, override=settings.platform)
+    return Picker(layers, writer, info)
+
+
+def get_picker() -> Picker:
+    """The process-wide picker, built on first use from the environment."""
+    global _picker
+    picker = _picker
+    if picker is not None:
+        return picker
+    with _picker_lock:
+        if _picker is None:
+            _picker = build_picker()
+        return _picker
+
+
+def reset_picker() -> None:
+    """Close and forget the process-wide picker (tests; after changing PRESETDB_*)."""
+    global _picker
+    with _picker_lock:
+        if _picker is not None:
+            _picker.close()
+        _picker = None
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    if _picker is not None:
+        try:
+            _picker.flush_misses()
+        except Exception:
+            pass
