@@ -20,6 +20,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DatabaseError
 
@@ -27,6 +28,7 @@ from presetdb.engine import Mode, Store, check_file, make_engine, translate_oper
 from presetdb.errors import (
     IntegrityCheckError,
     NotADatabaseError,
+    PresetDBError,
     SchemaTooNewError,
     SchemaTooOldError,
     StoreError,
@@ -39,8 +41,10 @@ def migrations_dir() -> Path:
 
 def alembic_config(connection: Connection | None = None, *, seed_data: bool = True) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(migrations_dir()))
-    cfg.set_main_option("version_locations", str(migrations_dir() / "versions"))
+    # Versions are found in script_location/versions. No version_locations option: Alembic
+    # splits that on spaces, which breaks installs under a path with a space. '%' is
+    # ConfigParser interpolation syntax, hence the escape.
+    cfg.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
     cfg.attributes["connection"] = connection
     # Data migrations skip their inserts when False (user overlays hold no seed data).
     cfg.attributes["seed_data"] = seed_data
@@ -131,13 +135,15 @@ def open_store(path: Path | str, mode: Mode = "ro", *, pooled: bool = True) -> S
     """Open an existing presetdb database, checking file, schema and revision."""
     path = Path(path).expanduser()
     check_file(path, must_exist=True)
-    engine = make_engine(path, mode, pooled=pooled)
+    # Check through a read-only connection: a rw connection switches the file to WAL,
+    # which must not happen to another application's file or a newer db it refuses.
+    probe = make_engine(path, "ro" if mode == "rw" else mode, pooled=False)
     try:
-        revision = current_revision(engine, path)
+        revision = current_revision(probe, path)
         check_compatible(path, revision)
-    except BaseException:
-        engine.dispose()
-        raise
+    finally:
+        probe.dispose()
+    engine = make_engine(path, mode, pooled=pooled)
     return Store(path=path, mode=mode, engine=engine, revision=revision)
 
 
@@ -151,16 +157,26 @@ def _run(path: Path, action: Callable[[Config], None], *, seed_data: bool, creat
     try:
         current_revision(engine, path)  # refuses other applications' files
         with engine.connect() as conn:
+            # One outer transaction: Alembic treats SQLite as non-transactional DDL and
+            # would commit after each revision unless the connection is already in one.
+            conn.begin()
             action(alembic_config(conn, seed_data=seed_data))
-            conn.commit()
+            # Check inside the migration's transaction: on a problem nothing is written.
             problems = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
-            conn.rollback()
             if problems:
+                conn.rollback()
                 raise IntegrityCheckError(
-                    f"{path}: foreign key check failed after migrating: {problems[:5]}"
+                    f"{path}: foreign key check failed after migrating (table, rowid, parent, "
+                    f"fk): {problems[:5]}; the migration was rolled back, nothing was changed."
                 )
+            conn.commit()
     except DatabaseError as exc:
         raise translate_operational(path, exc) from exc
+    except CommandError as exc:  # e.g. an unknown or unreachable target revision
+        known = ", ".join(r.id for r in revisions())
+        raise PresetDBError(
+            f"{path}: {exc}. Revisions: {known}; also head, base, +N and -N."
+        ) from None
     finally:
         engine.dispose()
 
@@ -182,6 +198,11 @@ def upgrade(path: Path | str, target: str = "head", *, seed_data: bool = True) -
 
 def downgrade(path: Path | str, target: str) -> str:
     path = Path(path).expanduser()
+    # Read-only first: another application's file or a newer db is refused unchanged
+    # (the read-write engine below would switch the file to WAL before refusing it).
+    rev = revision_of(path)
+    if rev is not None and schema_revision_of(rev) is None:
+        check_compatible(path, rev)  # raises "newer than this package"
     _run(path, lambda cfg: command.downgrade(cfg, target), seed_data=True, create=False)
     return revision_of(path) or "base"
 

@@ -35,7 +35,8 @@ def upgrade(
     console.print(f"{path}: {before or 'base'} -> {after}")
 
 
-@db_app.command("downgrade")
+# "-1" is a revision, not an option: let it through as the argument.
+@db_app.command("downgrade", context_settings={"ignore_unknown_options": True})
 def downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision, e.g. 0001, -1 or base.")],
     db: DbOption = None,
