@@ -1,9 +1,247 @@
-"""CLI commands (placeholder: filled by its issue)."""
+"""`presetdb audit`, `presetdb sql` and `presetdb diff`: read-only looks into a db file.
+
+Nothing here can change a file: every db is opened through `presetdb.audit.ReadOnlyDB`.
+"""
 
 from __future__ import annotations
 
+import csv
+import inspect
+import json
+import sys
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+from rich.table import Table
+
+from presetdb import audit as audits_mod
+from presetdb.audit import AuditError, QueryResult, ReadOnlyDB
+from presetdb.cli.common import DbOption, console, db_path
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+FormatOption = Annotated[
+    OutputFormat, typer.Option("--format", "-f", help="table (Rich), json or csv.")
+]
+ParamOption = Annotated[
+    list[str] | None,
+    typer.Option("--param", "-p", help="A query parameter as NAME=VALUE (repeatable)."),
+]
+
+
+def parse_params(items: Sequence[str] | None) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        name = name.strip().lstrip(":")
+        if not sep or not name:
+            raise typer.BadParameter(f"--param {item!r}: use NAME=VALUE, e.g. kernel=rms_norm")
+        params[name] = value
+    return params
+
+
+# ---------------------------------------------------------------- output
+
+
+def _cell(value: Any) -> str:
+    return "NULL" if value is None else str(value)
+
+
+def emit(
+    columns: list[str],
+    rows: Sequence[Sequence[Any]],
+    fmt: OutputFormat,
+    *,
+    title: str | None = None,
+    caption: str | None = None,
+) -> None:
+    if fmt is OutputFormat.json:
+        records = [dict(zip(columns, row, strict=True)) for row in rows]
+        typer.echo(json.dumps(records, indent=2, default=str))
+    elif fmt is OutputFormat.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(["" if v is None else v for v in row] for row in rows)
+    else:
+        table = Table(title=title, caption=caption)
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*(_cell(v) for v in row))
+        console.print(table)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def audit(
+    name: Annotated[
+        str | None, typer.Argument(help="Audit to run; none: a summary of all.", show_default=False)
+    ] = None,
+    db: DbOption = None,
+    fmt: FormatOption = OutputFormat.table,
+    param: ParamOption = None,
+    check_source: Annotated[
+        bool,
+        typer.Option(
+            "--check-source",
+            help="stale: also compare kernel source hashes with presetdb.kernels (imports torch).",
+        ),
+    ] = False,
+    fail_on_rows: Annotated[
+        bool, typer.Option("--fail-on-rows", help="Exit 1 when the audit returns rows (for CI).")
+    ] = False,
+    datasette_metadata: Annotated[
+        Path | None,
+        typer.Option(
+            "--datasette-metadata",
+            help="Write datasette metadata (canned queries + column descriptions) to this "
+            "file and exit; needs no db.",
+        ),
+    ] = None,
+    database_name: Annotated[
+        str, typer.Option("--database-name", help="Datasette's name for the db (file stem).")
+    ] = "presets",
+) -> None:
+    """Run the canned audit queries (presetdb/sql/*.sql) read-only against a db.
+
+    Missing versions for `stale` come from the installed helion/triton/torch (package
+    metadata; nothing is imported).
+
+    Example: presetdb audit stale --db presets.db --format json
+    """
+    if datasette_metadata is not None:
+        audits_mod.write_json(datasette_metadata, audits_mod.datasette_metadata(database_name))
+        console.print(f"wrote {datasette_metadata} ({len(audits_mod.audits())} canned queries)")
+        return
+    if fail_on_rows and name is None:
+        raise typer.BadParameter("--fail-on-rows needs an audit NAME")
+    if check_source and name not in (None, "stale"):
+        raise typer.BadParameter(f"--check-source applies to `stale`, not {name!r}")
+    params: dict[str, Any] = parse_params(param)
+    if check_source:
+        params["source_hashes"] = audits_mod.current_source_hashes()
+    path = db_path(db)
+    with ReadOnlyDB(path) as rodb:
+        rodb.require_presetdb()
+        if name is None:
+            rows = audits_mod.summary(rodb, params)
+            emit(
+                ["audit", "rows", "highlight", "title"],
+                [(r.audit, r.rows, r.highlight, r.title) for r in rows],
+                fmt,
+                title=f"audits of {path}",
+                caption="details: presetdb audit NAME",
+            )
+            return
+        canned = audits_mod.get_audit(name)
+        result: QueryResult = audits_mod.run_audit(rodb, name, params)
+    emit(
+        result.columns,
+        result.rows,
+        fmt,
+        title=f"{canned.title}: {len(result.rows)} row(s)",
+        caption=str(path),
+    )
+    if fail_on_rows and result.rows:
+        raise typer.Exit(1)
+
+
+def sql(
+    query: Annotated[str, typer.Argument(help="One SELECT / WITH / VALUES / EXPLAIN / PRAGMA.")],
+    db: DbOption = None,
+    fmt: FormatOption = OutputFormat.table,
+    param: ParamOption = None,
+) -> None:
+    """Run one read-only SQL statement. Writes, ATTACH, writing pragmas and chained
+    statements are refused; the file is opened read-only and never changes.
+
+    Example: presetdb sql "SELECT kernel, platform, active_presets FROM v_coverage" --db presets.db
+    """
+    path = db_path(db)
+    result = audits_mod.run_sql(path, query, parse_params(param))
+    emit(result.columns, result.rows, fmt, caption=f"{len(result.rows)} row(s) from {path}")
+
+
+def diff(
+    old: Annotated[Path, typer.Argument(help="The older db file.")],
+    new: Annotated[Path, typer.Argument(help="The newer db file.")],
+    fmt: FormatOption = OutputFormat.table,
+) -> None:
+    """Active presets added, removed and changed (another config) between two dbs, with
+    latency deltas (ms, and ratio new/old: below 1 is faster).
+
+    Example: presetdb diff presets-1.0.db presets-1.1.db
+    """
+    result = audits_mod.diff_databases(old, new)
+    counts = result.counts()
+    if fmt is OutputFormat.json:
+        payload = {
+            "old": str(old),
+            "new": str(new),
+            "summary": counts,
+            "changes": [r.record() for r in result.rows],
+        }
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    records = [r.record() for r in result.rows]
+    columns = list(_DIFF_COLUMNS)
+    if fmt is OutputFormat.table:
+        # A table has no room for two sha256s: 8 characters each identify a config.
+        columns = [c for c in columns if not c.endswith("_config_sha256")]
+        columns.insert(4, "config")
+        for r in records:
+            r["config"] = (
+                f"{(r['old_config_sha256'] or '-')[:8]} -> {(r['new_config_sha256'] or '-')[:8]}"
+            )
+    summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+    emit(
+        columns,
+        [[r[c] for c in columns] for r in records],
+        fmt,
+        title=f"{old} -> {new}",
+        caption=summary,
+    )
+
+
+_DIFF_COLUMNS = (
+    "change",
+    "kernel",
+    "platform",
+    "shape_key",
+    "old_config_sha256",
+    "new_config_sha256",
+    "old_ms",
+    "new_ms",
+    "delta_ms",
+    "ratio",
+)
+
+
+def _audit_help() -> str:
+    """The command's help lists the audits found in presetdb/sql (never out of date)."""
+    try:
+        names = "; ".join(f"{a.name}: {a.title}" for a in audits_mod.audits().values())
+    except AuditError as exc:  # a broken .sql file must not break `presetdb --help`
+        names = f"(audits unavailable: {exc})"
+    # Typer keeps the newlines of an explicit help text: rejoin each paragraph's lines.
+    paragraphs = inspect.cleandoc(audit.__doc__ or "").split("\n\n")
+    doc = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+    return doc + "\n\nAudits: " + names
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("audit", help=_audit_help())(audit)
+    app.command("sql")(sql)
+    app.command("diff")(diff)
+
+
+__all__ = ["OutputFormat", "emit", "parse_params", "register"]

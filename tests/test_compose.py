@@ -1,0 +1,195 @@
+"""docker-compose.yml and Dockerfile, checked without a Docker engine: the compose file
+parses, every service refers to things that exist, and the commands the services run
+work here: `build` makes a db that passes `presetdb db check`, datasette serves it with
+the metadata the image generates, and neither needs torch (the app image has none)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from datasette.app import Datasette
+from typer.testing import CliRunner
+
+from presetdb import audit
+from presetdb.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+GPU_STACK = ("torch", "triton", "helion")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> str:
+    return DOCKERFILE.read_text()
+
+
+def _stages(dockerfile: str) -> set[str]:
+    return set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", dockerfile, re.MULTILINE | re.IGNORECASE))
+
+
+def _generated_metadata_path(dockerfile: str) -> str:
+    found = re.findall(r"presetdb audit --datasette-metadata (\S+)", dockerfile)
+    assert len(found) == 1, "the Dockerfile must generate the datasette metadata once"
+    return found[0]
+
+
+def test_services_and_volumes(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"build", "audit", "tune"} <= set(services)
+    assert "presetdb-data" in compose["volumes"]
+
+
+def test_build_contexts_and_targets_exist(compose: dict[str, Any], dockerfile: str) -> None:
+    images: dict[str, str] = {}
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if build is None:
+            continue
+        context = ROOT / build["context"]
+        assert (context / build.get("dockerfile", "Dockerfile")).is_file(), name
+        assert build["target"] in _stages(dockerfile), (name, build["target"])
+        images[service["image"]] = name
+    # A service without a build section must use an image that another service builds.
+    for name, service in compose["services"].items():
+        if "build" not in service:
+            assert service["image"] in images, name
+
+
+def test_dockerfile_copies_files_that_exist(dockerfile: str) -> None:
+    copies = re.findall(r"^COPY\s+(?!--from)(.+)$", dockerfile, re.MULTILINE)
+    assert copies
+    for line in copies:
+        *sources, _dest = line.split()
+        for source in sources:
+            assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+    # Scripts the Dockerfile runs are copied first.
+    for script in re.findall(r"python (?:/src/)?(docker/\S+\.py)", dockerfile):
+        assert (ROOT / script).is_file(), script
+
+
+def test_build_service_runs_here(compose: dict[str, Any], tmp_path: Path) -> None:
+    build = compose["services"]["build"]
+    command = build["command"]
+    assert command[:3] == ["presetdb", "build", "--out"]
+    out = command[3]
+    mount = next(v for v in build["volumes"] if v.startswith("presetdb-data:"))
+    target = mount.split(":")[1]
+    assert out.startswith(target + "/"), "the db must land in the named volume"
+    local = tmp_path / Path(out).relative_to(target)
+    runner = CliRunner()
+    built = runner.invoke(app, [*command[1:3], str(local)])
+    assert built.exit_code == 0, (built.output, built.exception)
+    checked = runner.invoke(app, ["db", "check", "--db", str(local)])
+    assert checked.exit_code == 0, checked.output
+    assert checked.output.strip().endswith("ok")
+    assert (tmp_path / (local.name + ".manifest.json")).is_file()
+
+
+def test_audit_service_serves_the_build_output_immutable(
+    compose: dict[str, Any], dockerfile: str
+) -> None:
+    services = compose["services"]
+    command = [str(c) for c in services["audit"]["command"]]
+    assert command[:2] == ["datasette", "serve"]
+    db_file = command[command.index("-i") + 1]
+    assert db_file == services["build"]["command"][3], "audit must serve what build wrote"
+    assert command[command.index("--metadata") + 1] == _generated_metadata_path(dockerfile)
+    assert command[command.index("--port") + 1] == "8001"
+    assert "8001:8001" in services["audit"]["ports"]
+    assert any(
+        v.startswith("presetdb-data:") and v.endswith(":ro") for v in services["audit"]["volumes"]
+    )
+    depends = services["audit"]["depends_on"]["build"]
+    assert depends["condition"] == "service_completed_successfully"
+
+
+def test_tune_service_reserves_an_nvidia_gpu(compose: dict[str, Any]) -> None:
+    tune = compose["services"]["tune"]
+    devices = tune["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    assert tune["command"][:2] == ["presetdb", "tune"]
+    out = tune["command"][tune["command"].index("--out") + 1]
+    assert "./results:/results" in tune["volumes"] and out.startswith("/results/")
+
+
+def test_image_requirements_follow_pyproject() -> None:
+    def requirements(*args: str) -> list[str]:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "docker/app_requirements.py"),
+                *args,
+                str(ROOT / "pyproject.toml"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return proc.stdout.split()
+
+    app_reqs = requirements()
+    assert not [r for r in app_reqs if r.startswith(GPU_STACK)]
+    assert any(r.startswith("datasette") for r in app_reqs)
+    assert any(r.startswith("sqlalchemy") for r in app_reqs)
+    gpu = requirements("--gpu")
+    assert "helion==1.5.0" in gpu and any(r.startswith("torch") for r in gpu)
+
+
+def test_app_image_commands_run_without_torch(dockerfile: str, tmp_path: Path) -> None:
+    """What the app image runs (build, metadata generation) with torch, triton and
+    helion made unimportable, as in the image. Then datasette serves the result."""
+    metadata = tmp_path / "datasette-metadata.json"
+    db = tmp_path / "presets.db"
+    code = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {GPU_STACK!r}:
+            raise ImportError('not in the app image: ' + name)
+sys.meta_path.insert(0, Block())
+from presetdb.cli import main
+for argv in (['build', '--out', {str(db)!r}],
+             ['audit', '--datasette-metadata', {str(metadata)!r}],
+             ['audit', '--db', {str(db)!r}]):
+    sys.argv = ['presetdb', *argv]
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code, (argv, exc.code)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    generated = json.loads(metadata.read_text())
+    assert generated == audit.datasette_metadata("presets")
+    assert Path(_generated_metadata_path(dockerfile)).name == metadata.name
+
+    async def serve() -> list[int]:
+        ds = Datasette(immutables=[str(db)], metadata=generated)
+        await ds.invoke_startup()
+        return [
+            (await ds.client.get(f"/presets/{name}.json")).status_code for name in audit.audits()
+        ]
+
+    assert asyncio.run(serve()) == [200] * len(audit.audits())
