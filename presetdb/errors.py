@@ -3,6 +3,8 @@ message says what to do about it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class PresetDBError(Exception):
     """Root of every error presetdb raises on purpose."""
@@ -53,7 +55,29 @@ class SettingsError(PresetDBError):
 
 
 class PresetMissError(PresetDBError):
-    """Strict mode: no stored config serves this call."""
+    """Strict mode: no stored config serves this call.
+
+    `kernel`, `platform`, `features` (the call's shape key) and `nearest` (stored keys
+    closest to it) are set when the integration raises it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        kernel: str | None = None,
+        platform: str | None = None,
+        features: Mapping[str, object] | None = None,
+        nearest: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kernel = kernel
+        self.platform = platform
+        self.features = dict(features or {})
+        self.nearest = list(nearest or [])
+
+
+class KernelRegistrationError(PresetDBError):
+    """`register_kernel` was given a name already taken or settings it must pin itself."""
 
 
 class InvalidConfigError(PresetDBError):

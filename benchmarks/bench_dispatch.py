@@ -1,0 +1,237 @@
+"""Host time per call of a tiny rms_norm (4 x 4096 bf16), side by side in one process.
+
+Variants:
+  presetdb_eager      RegisteredKernel call (fast dispatch to the compiled runner)
+  presetdb_op         torch.ops.presetdb.rms_norm (the same, through the dispatcher)
+  helion_keyed        vLLM-style Helion kernel: key= picks a config key, autotuner_fn= returns it
+  helion_config_static   helion.kernel(config=..., static_shapes=True)
+  helion_config_dynamic  helion.kernel(config=..., static_shapes=False)
+  compiled_runner     bound.compile_config(config) called directly (the floor for Helion)
+  torch_rms_norm      torch.nn.functional.rms_norm
+
+Targets (GPU): presetdb <= 0.33 x helion_keyed and <= 1.2 x compiled_runner.
+
+`--cpu-noop` replaces Helion's launcher with a no-op before anything compiles, so the
+Python host overhead is measurable on a machine without a GPU (torch_rms_norm still
+computes on the CPU there).
+
+    python benchmarks/bench_dispatch.py --out benchmarks/results/h100
+    python benchmarks/bench_dispatch.py --cpu-noop --out benchmarks/results/cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+SHAPE = (4, 4096)
+EPS = 1e-6
+CONFIG = {"block_sizes": [1], "num_warps": 4}
+
+
+def _setup_store(tmp: Path) -> None:
+    """A deployment db holding CONFIG for the benchmark's key, wired through the env."""
+    from presetdb import migrate
+    from presetdb.keys import KeyField, KeySpec
+    from presetdb.repository import PresetInput, Repository
+
+    db = tmp / "bench.db"
+    migrate.upgrade(db, seed_data=False)
+    spec = KeySpec((KeyField("dtype", "exact"), KeyField("hidden", "nearest"), KeyField("num_tokens", "ceil")))
+    store = migrate.open_store(db, "rw")
+    with store.transaction() as session:
+        repo = Repository(session)
+        repo.ensure_kernel("rms_norm", spec.to_schema())
+        run = repo.add_run("manual", tuned_by="bench_dispatch")
+        key = {"dtype": "bfloat16", "hidden": SHAPE[1], "num_tokens": SHAPE[0]}
+        for platform_name in ("cpu", "bench"):
+            if repo.find_platform(platform_name) is None:
+                repo.ensure_platform(platform_name)
+            repo.upsert_preset("rms_norm", platform_name, run.id, PresetInput(key, CONFIG))
+    store.dispose()
+    os.environ["PRESETDB_PATH"] = str(db)
+    os.environ["PRESETDB_USER_DB"] = str(tmp / "overlay.db")
+    os.environ["PRESETDB_CACHE_DIR"] = str(tmp / "cache")
+    os.environ["PRESETDB_PLATFORM"] = "bench"
+    os.environ["PRESETDB_ON_MISS"] = "strict"  # the benchmark must never run a default config
+
+
+def _time_us(fn: Callable[[], Any], sync: Callable[[], None], calls: int, repeats: int) -> dict[str, float]:
+    for _ in range(50):
+        fn()
+    sync()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        samples.append((time.perf_counter() - start) / calls * 1e6)
+    return {"median_us": statistics.median(samples), "min_us": min(samples), "max_us": max(samples)}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"cpu: {platform.processor() or platform.machine()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
+    parser.add_argument("--cpu-noop", action="store_true", help="no-op launcher; measure host overhead on CPU")
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+
+    if args.cpu_noop:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    tmp = Path(tempfile.mkdtemp(prefix="presetdb-bench-"))
+    _setup_store(tmp)
+
+    import helion
+    import helion.language as hl  # noqa: F401  (the kernel body module uses it)
+    import helion.runtime
+    import torch
+    from helion.autotuner.base_search import BaseAutotuner
+
+    from presetdb.integrations.ops import no_launch
+
+    if args.cpu_noop:
+        # Before any compile: generated host code binds helion.runtime.default_launcher
+        # as its `_launcher` default when its module is loaded.
+        helion.runtime.default_launcher = no_launch  # type: ignore[assignment]
+    elif not torch.cuda.is_available():
+        parser.error("no CUDA device: run with --cpu-noop")
+
+    import presetdb.kernels  # noqa: F401  (registers the kernels)
+    from presetdb.kernels.rms_norm import rms_norm as rk
+
+    device = "cpu" if args.cpu_noop else "cuda"
+    sync: Callable[[], None] = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    x = torch.randn(SHAPE, device=device, dtype=torch.bfloat16)
+    w = torch.randn(SHAPE[1], device=device, dtype=torch.bfloat16)
+    body = rk.body
+    config = helion.Config(**CONFIG)
+
+    # vLLM-style: a config picker maps args to one of the stored config keys
+    configs = {f"hidden_{SHAPE[1]}_tokens_{SHAPE[0]}": config, "default": config}
+
+    def key_computer(x: torch.Tensor, weight: torch.Tensor, eps: float) -> str:
+        hidden, tokens = x.shape[-1], x.numel() // x.shape[-1]
+        wanted = f"hidden_{hidden}_tokens_{tokens}"
+        return wanted if wanted in configs else "default"
+
+    class PickedConfig(BaseAutotuner):
+        def __init__(self, args: Any) -> None:
+            self.args = args
+
+        def autotune(self, *, skip_cache: bool = False) -> helion.Config:
+            return configs[key_computer(*self.args)]
+
+    keyed = helion.kernel(
+        body, key=key_computer, autotuner_fn=lambda bound, a, **kw: PickedConfig(a), static_shapes=False,
+        autotune_effort="quick",
+    )
+    static = helion.kernel(body, config=config, static_shapes=True)
+    dynamic = helion.kernel(body, config=config, static_shapes=False)
+    bound = helion.kernel(body, static_shapes=False).bind((x, w, EPS))
+    runner = bound.compile_config(config)
+    op = torch.ops.presetdb.rms_norm
+
+    variants: dict[str, Callable[[], Any]] = {
+        "presetdb_eager": lambda: rk(x, w, EPS),
+        "presetdb_op": lambda: op(x, w, EPS),
+        "helion_keyed": lambda: keyed(x, w, EPS),
+        "helion_config_static": lambda: static(x, w, EPS),
+        "helion_config_dynamic": lambda: dynamic(x, w, EPS),
+        "compiled_runner": lambda: runner(x, w, EPS),
+        "torch_rms_norm": lambda: torch.nn.functional.rms_norm(x, (SHAPE[1],), w, EPS),
+    }
+    if not args.cpu_noop:  # correctness of what we time
+        expected = rk.reference(x, w, EPS).float()
+        for name, fn in variants.items():
+            torch.testing.assert_close(fn().float(), expected, rtol=4e-2, atol=4e-2, msg=name)
+    res = rk.resolution(x, w, EPS)
+    assert res.choice is not None and res.choice.config == CONFIG, "benchmark must use the stored config"
+
+    # Interleave variants across repeats so drift hits them alike.
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    for _ in range(3):
+        for name, fn in variants.items():
+            results[name].append(_time_us(fn, sync, args.calls, max(1, args.repeats // 3)))
+    medians = {name: statistics.median(r["median_us"] for r in runs) for name, runs in results.items()}
+    best = {name: min(r["min_us"] for r in runs) for name, runs in results.items()}
+
+    ratios = {
+        f"{p}/{base}": medians[p] / medians[base]
+        for p in ("presetdb_eager", "presetdb_op")
+        for base in ("helion_keyed", "compiled_runner")
+    }
+    device_name = torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
+    report = {
+        "benchmark": "bench_dispatch",
+        "mode": "cpu-noop" if args.cpu_noop else "gpu",
+        "device": device_name,
+        "shape": list(SHAPE),
+        "dtype": "bfloat16",
+        "config": CONFIG,
+        "calls_per_sample": args.calls,
+        "median_us": medians,
+        "min_us": best,
+        "ratios": ratios,
+        "ratios_of_min": {
+            f"{p}/{base}": best[p] / best[base]
+            for p in ("presetdb_eager", "presetdb_op")
+            for base in ("helion_keyed", "compiled_runner")
+        },
+        "targets": {
+            "presetdb <= 0.33 x helion_keyed": {
+                p: ratios[f"{p}/helion_keyed"] <= 0.33 for p in ("presetdb_eager", "presetdb_op")
+            },
+            "presetdb <= 1.2 x compiled_runner": {
+                p: ratios[f"{p}/compiled_runner"] <= 1.2 for p in ("presetdb_eager", "presetdb_op")
+            },
+        },
+        "notes": (
+            "cpu-noop: Helion launcher replaced by a no-op; torch_rms_norm computes on the CPU"
+            if args.cpu_noop else "host time per call incl. launch; CUDA synchronized per sample"
+        ),
+        "versions": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "triton": version("triton"),
+            "helion": version("helion"),
+            "presetdb": version("presetdb"),
+        },
+        "host": platform.node(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench_dispatch.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"{'variant':<24}{'median us':>10}{'min us':>10}", "-" * 44]
+    lines += [f"{name:<24}{us:>10.2f}{best[name]:>10.2f}" for name, us in medians.items()]
+    lines += ["", *(f"{k:<40}{v:>8.3f}" for k, v in ratios.items())]
+    text = "\n".join(lines)
+    (args.out / "bench_dispatch.txt").write_text(f"{report['mode']} on {device_name}\n{text}\n")
+    print(text)
+    print(f"wrote {args.out / 'bench_dispatch.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,264 @@
+"""Fast dispatch: from a call's tensor metadata straight to Helion's compiled runner.
+
+Helion's own per-call path (``Kernel.__call__`` with a ``key=`` hook) rebuilds an exact
+metadata key, calls the hook and walks its specialization machinery on every launch.
+After the first call for a (stored config, specialization) pair presetdb instead keeps
+the compiled runner (``BoundKernel._run``, the generated host function) and calls it
+directly, keyed by a cheap tuple:
+
+- per tensor: dtype, device, rank, each size as 0 / 1 / "2 or more", whether it is
+  contiguous, else each stride as 0 / 1 / "2 or more", and whether ``numel`` needs
+  64-bit indexing;
+- per scalar: its type (by value for ``str`` and constexpr parameters);
+- the token of the stored config that resolved the call.
+
+Why this never changes results: with ``static_shapes=False`` Helion keys a compiled
+kernel by dtype, rank (every concrete size is bucketed alike), the 64-bit flag, device
+type and the ``key=`` token; this tuple refines all of those. What a compilation learns
+later (size guards such as "this dim is 1", ``hl.specialize`` values, tensor-descriptor
+layout facts, exact-metadata compiler facts) Helion records as extractor functions; each
+entry keeps those extractors with the values they had and re-checks them per call, and
+an entry is dropped when Helion's specialization or reset generation moves on. Any
+mismatch falls back to Helion's own path, which is always correct. Aliased tensor
+arguments, tensor subclasses and unknown argument types always take Helion's path.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import torch
+
+INT32_INDEX_LIMIT = 2**31 - 1  # numel above this needs 64-bit indexing (Helion's rule)
+
+Runner = Callable[..., Any]
+Guard = tuple[Callable[[Sequence[object]], Hashable], Hashable]
+
+def dispatch_key(args: Sequence[object], scalars_by_value: bool = False) -> tuple[Hashable, ...] | None:
+    """The cheap metadata tuple of a call, or None when only Helion's path is safe."""
+    key: list[Hashable] = []
+    add = key.append
+    seen: list[object] = []
+    for a in args:
+        t = type(a)
+        if t is torch.Tensor or t is torch.nn.Parameter:
+            for other in seen:
+                if other is a:
+                    return None  # Helion keys aliasing; leave it to Helion
+            seen.append(a)
+            tensor: torch.Tensor = a  # type: ignore[assignment]
+            if getattr(tensor, "_dynamo_static_indices", None) is not None:
+                return None
+            add(tensor.dtype)
+            add(tensor.device)
+            shape = tensor.shape
+            add(len(shape))  # the rank: makes the flat key parse one way only
+            for s in shape:
+                add(s if s < 2 else 2)  # noqa: FURB136  (min() is a call: slower here)
+            if tensor.is_contiguous():
+                add(True)  # the common case: strides follow from the sizes
+            else:
+                add(False)
+                for s in tensor.stride():
+                    add(s if s < 2 else 2)  # noqa: FURB136
+            add(tensor.numel() > INT32_INDEX_LIMIT)
+        elif t is float or t is int or t is bool:
+            add((t, a) if scalars_by_value else t)
+        elif t is str or t is torch.dtype or a is None:
+            add(a)
+        else:
+            return None  # tensor subclasses (FakeTensor), containers, objects
+    return tuple(key)
+
+
+def fast_guard(extractor: Any, nargs: int) -> Callable[[Sequence[object]], Hashable] | None:
+    """An equivalent, cheaper form of Helion's most common guard fact: a relation of two
+    input sizes/strides (``weight.size(0) == x.size(1)``, ``x.size(0) != 1``).
+
+    Returns None (use Helion's extractor as is) for anything else. The returned function
+    gives the same value as the extractor for arguments whose dispatch key matched the
+    entry's: those positions hold plain tensors of the recorded ranks."""
+    from torch._dynamo.source import LocalSource, TensorProperty, TensorPropertySource
+
+    fact: Any = getattr(extractor, "extractor", None)
+    if fact is None or type(fact).__name__ != "_GuardedInputFact":
+        return None
+    try:
+        import sympy  # type: ignore[import-untyped]
+
+        names = list(fact.param_names)
+        readers: dict[Any, Callable[[Sequence[Any]], int]] = {}
+        for symbol, source in fact.sources:
+            if not (isinstance(source, TensorPropertySource) and isinstance(source.base, LocalSource)):
+                return None
+            position = names.index(source.base.local_name)
+            if position >= nargs or source.idx is None:
+                return None
+            if source.prop == TensorProperty.SIZE:
+                readers[symbol] = _size_reader(position, source.idx)
+            elif source.prop == TensorProperty.STRIDE:
+                readers[symbol] = _stride_reader(position, source.idx)
+            else:
+                return None
+
+        def side(expr: Any) -> Callable[[Sequence[Any]], int] | None:
+            if isinstance(expr, sympy.Integer):
+                value = int(expr)
+                return lambda args: value
+            return readers.get(expr) if isinstance(expr, sympy.Symbol) else None
+
+        lhs, rhs = side(fact.lhs), side(fact.rhs)
+    except Exception:  # noqa: BLE001  (any surprise: keep Helion's own extractor)
+        return None
+    if lhs is None or rhs is None:
+        return None
+    equal, block = bool(fact.equal), bool(fact.block)
+
+    def check(args: Sequence[object]) -> Hashable:
+        value = lhs(args)
+        if block:  # a reduction block: next power of two of the extent
+            value = 1 if value <= 0 else 1 << (value - 1).bit_length()
+        return equal if value == rhs(args) else not equal
+
+    return check
+
+
+def _size_reader(position: int, dim: int) -> Callable[[Sequence[Any]], int]:
+    return lambda args: args[position].shape[dim]
+
+
+def _stride_reader(position: int, dim: int) -> Callable[[Sequence[Any]], int]:
+    return lambda args: args[position].stride(dim)
+
+
+class _Entry:
+    __slots__ = ("bound", "generation", "guards", "raw_run", "reset", "run", "schema", "seed_schema", "signature")
+
+    def __init__(
+        self, run: Runner, raw_run: Runner, guards: tuple[Guard, ...], generation: int, reset: int,
+        bound: Any, signature: Hashable, schema: object, seed_schema: object,
+    ) -> None:
+        self.run = run
+        self.raw_run = raw_run  # bound._run when published
+        self.guards = guards
+        self.generation = generation  # Helion's specialization generation last validated
+        self.reset = reset
+        self.bound = bound  # the BoundKernel that compiled `run` (introspection, tests)
+        self.signature = signature
+        self.schema = schema  # the extractor list Helion published for `signature`
+        self.seed_schema = seed_schema
+
+    def still_valid(self, kernel: Any) -> bool:
+        """After Helion's generation moved: is this runner still what Helion would use?
+
+        Helion replaces a signature's extractor list when it learns a new guard, and
+        retires a bound kernel by clearing its runner; other signatures are untouched."""
+        return (
+            self.reset == kernel._reset_generation
+            and self.bound._reset_generation == kernel._reset_generation
+            and self.bound._run is self.raw_run
+            and kernel._specialize_extra.get(self.signature) is self.schema
+            and kernel._compiler_seed_specialize_extra.get(self.signature) is self.seed_schema
+        )
+
+
+def helion_supports_fast_dispatch(kernel: Any) -> bool:
+    """The private Helion state this module reads exists (pinned helion==1.5.0)."""
+    return all(
+        hasattr(kernel, name)
+        for name in (
+            "_specialize_extra",
+            "_compiler_seed_specialize_extra",
+            "_specialization_generation",
+            "_reset_generation",
+        )
+    )
+
+
+class RunnerCache:
+    """Compiled runners of one Helion kernel, keyed by (token, dispatch key)."""
+
+    def __init__(self, kernel: Any, *, scalars_by_value: bool = False) -> None:
+        self.kernel = kernel
+        self.scalars_by_value = scalars_by_value
+        self.enabled = helion_supports_fast_dispatch(kernel)
+        self.launcher: Callable[..., Any] | None = None  # benchmarks: a no-op launcher
+        self._by_token: dict[Hashable, dict[tuple[Hashable, ...], list[_Entry]]] = {}
+
+    def key(self, args: Sequence[object]) -> tuple[Hashable, ...] | None:
+        return dispatch_key(args, self.scalars_by_value) if self.enabled else None
+
+    def lookup(self, token: Hashable, meta: tuple[Hashable, ...], args: Sequence[object]) -> Runner | None:
+        by_meta = self._by_token.get(token)
+        if by_meta is None:
+            return None
+        entries = by_meta.get(meta)
+        if entries is None:
+            return None
+        kernel = self.kernel
+        for entry in entries:
+            if entry.generation != kernel._specialization_generation:
+                if not entry.still_valid(kernel):
+                    try:
+                        entries.remove(entry)  # Helion learned more about this signature
+                    except ValueError:  # another thread removed it first
+                        pass
+                    return self.lookup(token, meta, args)
+                entry.generation = kernel._specialization_generation
+            for extract, expected in entry.guards:
+                if extract(args) != expected:
+                    break
+            else:
+                return entry.run
+        return None
+
+    def entry_for(self, token: Hashable, args: Sequence[object]) -> _Entry | None:
+        """The entry a call would use (tests and introspection)."""
+        meta = self.key(args)
+        if meta is None:
+            return None
+        for entry in self._by_token.get(token, {}).get(meta, []):
+            if self.lookup(token, meta, args) is entry.run:
+                return entry
+        return None
+
+    def publish(self, token: Hashable, meta: tuple[Hashable, ...], args: tuple[object, ...]) -> bool:
+        """After a successful call through Helion: remember the runner it used.
+
+        Must run while the key= hook still answers `token` for these args (the caller
+        keeps its per-call slot filled), because `bind` consults the hook."""
+        kernel = self.kernel
+        generation, reset = kernel._specialization_generation, kernel._reset_generation
+        bound = kernel.bind(args)
+        run = bound._run
+        signature = getattr(bound, "_base_spec_key", None)
+        if run is None or signature is None or signature not in kernel._specialize_extra:
+            return False  # no published schema to guard with: keep using Helion's path
+        schema = kernel._specialize_extra.get(signature)
+        seed_schema = kernel._compiler_seed_specialize_extra.get(signature)
+        extractors = list(schema or ())
+        extractors += [
+            e
+            for e in seed_schema or ()
+            # device facts are fixed by the device in the key; exact metadata is not
+            if getattr(e, "fact", None) == "input_tensor_metadata"
+        ]
+        guards = tuple((fast_guard(e, len(args)) or e, e(args)) for e in extractors)
+        if generation != kernel._specialization_generation or reset != kernel._reset_generation:
+            return False  # the schema moved while we looked; try again next call
+        launched = run if self.launcher is None else functools.partial(run, _launcher=self.launcher)
+        entries = self._by_token.setdefault(token, {}).setdefault(meta, [])
+        values = tuple(v for _, v in guards)
+        entries[:] = [
+            e for e in entries if tuple(v for _, v in e.guards) != values and e.still_valid(kernel)
+        ]
+        entries.append(_Entry(launched, run, guards, generation, reset, bound, signature, schema, seed_schema))
+        return True
+
+    def clear(self) -> None:
+        self._by_token = {}
+
+    def __len__(self) -> int:
+        return sum(len(v) for by_meta in self._by_token.values() for v in by_meta.values())

@@ -1,0 +1,67 @@
+"""Matrix multiply ``a @ b`` (a: [..., k], b: [k, n]) with a float32 accumulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import helion.language as hl
+import torch
+
+from presetdb.integrations.helion import flatten_leading, key_fields, register_kernel
+from presetdb.kernels.common import dtype_name, pick_dtype, randn
+from presetdb.keys import KeySpec
+
+
+def features(a: torch.Tensor, b: torch.Tensor) -> tuple[str, int, int, int]:
+    """Key values of a (2-D) kernel call: dtype, n, k, m."""
+    return dtype_name(a.dtype), b.shape[1], a.shape[1], a.shape[0]
+
+
+KEY_SPEC = KeySpec(
+    key_fields(
+        features,
+        ("dtype", "exact", "input dtype"),
+        ("n", "nearest", "output columns"),
+        ("k", "nearest", "reduction dim"),
+        ("m", "ceil", "output rows (all leading dims of a)"),
+    )
+)
+
+
+def reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.float() @ b.float()).to(a.dtype)
+
+
+def baseline(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """What a PyTorch user calls (cuBLAS on a GPU): timed as reference_ms."""
+    return a @ b
+
+
+def example_inputs(
+    shape_key: dict[str, Any], device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+) -> tuple[Any, ...]:
+    dt = pick_dtype(shape_key, dtype)
+    m, n, k = (int(shape_key.get(f, 1024)) for f in ("m", "n", "k"))
+    return (randn((m, k), dt, device, 4), randn((k, n), dt, device, 5))
+
+
+@register_kernel(
+    name="matmul",
+    key_spec=KEY_SPEC,
+    reference=reference,
+    baseline=baseline,
+    example_inputs=example_inputs,
+    adapt=flatten_leading(0),
+    features=features,
+    description="a @ b with a float32 accumulator",
+)
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    m, k = a.size()
+    _, n = b.size()
+    out = torch.empty([m, n], dtype=a.dtype, device=a.device)
+    for tile_m, tile_n in hl.tile([m, n]):
+        acc = hl.zeros([tile_m, tile_n], dtype=torch.float32)
+        for tile_k in hl.tile(k):
+            acc = torch.addmm(acc, a[tile_m, tile_k], b[tile_k, tile_n])
+        out[tile_m, tile_n] = acc.to(out.dtype)
+    return out

@@ -1,0 +1,71 @@
+"""SwiGLU activation: ``silu(x[..., :d]) * x[..., d:]`` with ``d = x.shape[-1] // 2``.
+
+Tiles over (rows, d); the "up" half is read at a column offset of d. Math in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import helion.language as hl
+import torch
+
+from presetdb.integrations.helion import flatten_leading, key_fields, register_kernel
+from presetdb.kernels.common import dtype_name, pick_dtype, randn
+from presetdb.keys import KeySpec
+
+
+def features(x: torch.Tensor) -> tuple[str, int, int]:
+    """Key values of a (2-D) kernel call: dtype, d, num_tokens."""
+    return dtype_name(x.dtype), x.shape[1] // 2, x.shape[0]
+
+
+KEY_SPEC = KeySpec(
+    key_fields(
+        features,
+        ("dtype", "exact", "input dtype"),
+        ("d", "nearest", "output width (half the input's last dim)"),
+        ("num_tokens", "ceil", "rows (all leading dims)"),
+    )
+)
+
+
+def reference(x: torch.Tensor) -> torch.Tensor:
+    d = x.shape[-1] // 2
+    xf = x.float()
+    return (torch.nn.functional.silu(xf[..., :d]) * xf[..., d : 2 * d]).to(x.dtype)
+
+
+def baseline(x: torch.Tensor) -> torch.Tensor:
+    """What a PyTorch user calls: timed as reference_ms."""
+    d = x.shape[-1] // 2
+    return torch.nn.functional.silu(x[..., :d]) * x[..., d:]
+
+
+def example_inputs(
+    shape_key: dict[str, Any], device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+) -> tuple[Any, ...]:
+    dt = pick_dtype(shape_key, dtype)
+    d, tokens = int(shape_key.get("d", 4096)), int(shape_key.get("num_tokens", 32))
+    return (randn((tokens, 2 * d), dt, device, 2),)
+
+
+@register_kernel(
+    name="silu_mul",
+    key_spec=KEY_SPEC,
+    reference=reference,
+    baseline=baseline,
+    example_inputs=example_inputs,
+    adapt=flatten_leading(0),
+    features=features,
+    description="silu(x[..., :d]) * x[..., d:] (SwiGLU)",
+)
+def silu_mul(x: torch.Tensor) -> torch.Tensor:
+    m, n2 = x.size()
+    d = n2 // 2
+    out = torch.empty([m, d], dtype=x.dtype, device=x.device)
+    for tile_m, tile_d in hl.tile([m, d]):
+        gate = x[tile_m, tile_d].to(torch.float32)
+        up = x[tile_m, tile_d.index + d].to(torch.float32)
+        out[tile_m, tile_d] = (gate * torch.sigmoid(gate) * up).to(out.dtype)
+    return out

@@ -1,0 +1,64 @@
+"""GPU-only checks (skipped without CUDA): the example kernels with stored configs on a
+real device, CUDA graph capture/replay and torch.compile, via benchmarks/gpu_check_helion.py,
+plus one in-process CUDA graph test through the fast-dispatch path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from helion_fixtures import assert_close, block_sizes_of, preset_store_fixture  # noqa: F401  (provides the preset_store fixture)
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1",
+        reason="needs a CUDA device (and no TRITON_INTERPRET)",
+    ),
+]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_script_passes(tmp_path: Path) -> None:
+    env = dict(os.environ, OUT=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check_helion.py")],
+        env=env, check=False, capture_output=True, text=True, timeout=1800,
+    )
+    report = json.loads((tmp_path / "gpu_check_helion.json").read_text())
+    failed = [c for c in report["checks"] if not c["ok"]]
+    assert done.returncode == 0 and not failed, (failed, done.stdout[-4000:], done.stderr[-4000:])
+    assert report["passed"] >= 4 * 3  # eager, graph, compile for every kernel at least
+
+
+def test_cuda_graph_replays_the_fast_path(preset_store) -> None:
+    import presetdb.kernels  # noqa: F401  (registers the kernels)
+    from presetdb.integrations.helion import get_kernel
+
+    rk = get_kernel("rms_norm")
+    key = {"dtype": "bfloat16", "hidden": 1024, "num_tokens": 64}
+    preset_store.add("rms_norm", rk.key_spec, key, {"block_sizes": [2], "num_warps": 4})
+    x, w, eps = rk.example_inputs(key, device="cuda")
+    rk(x, w, eps)  # compile + publish outside the capture
+    assert rk.runners.entry_for(rk.resolution(x, w, eps).token, (x, w, eps)) is not None
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        rk(x, w, eps)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = torch.ops.presetdb.rms_norm(x, w, eps)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close(out, rk.reference(x, w, eps), torch.bfloat16)
+    assert block_sizes_of(rk.bound(x, w, eps)) == [2]
