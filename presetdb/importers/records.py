@@ -1,0 +1,112 @@
+"""What every parser produces: one `ParsedFile` header and a stream of `Row`s.
+
+Parsers only read and reshape; they never import torch, never open the db and never
+judge configs. Checks against the kernel registry live in `validate`, writes in `apply`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Format = Literal["presetdb", "vllm", "helion-cache", "helion-aot"]
+FORMATS: tuple[Format, ...] = ("presetdb", "vllm", "helion-cache", "helion-aot")
+SOURCES: dict[Format, str] = {
+    "presetdb": "import-presetdb",
+    "vllm": "import-vllm",
+    "helion-cache": "import-helion-cache",
+    "helion-aot": "import-helion-aot",
+}
+
+# tuning_runs columns a file may fill (the rest come from the import itself).
+PROVENANCE_FIELDS = (
+    "tuned_by",
+    "host",
+    "device_name",
+    "sm_count",
+    "driver_version",
+    "cuda_version",
+    "torch_version",
+    "triton_version",
+    "helion_version",
+    "presetdb_version",
+    "autotune_effort",
+    "seed",
+    "benchmark_method",
+    "started_at",
+    "finished_at",
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One candidate preset as read from a file (not yet validated)."""
+
+    index: int  # position in the file, 0-based
+    where: str  # how a person finds it, e.g. "entries[3]" or "rms_norm[2]"
+    kernel: str | None  # as the file names it; None when the file cannot say
+    key: Mapping[str, Any] | None  # None: derive it from `shape_features`
+    config: Any  # a dict when well formed; anything else is reported
+    latency_ms: Any = None
+    default_ms: Any = None
+    reference_ms: Any = None
+    configs_tried: Any = None
+    tuning_seconds: Any = None
+    runners_up: tuple[tuple[Any, Any], ...] = ()  # (config, latency_ms)
+    shape_features: Mapping[str, Any] | None = None  # Helion AOT rows
+    kernel_source_hash: str | None = None
+    problems: tuple[str, ...] = ()  # found while parsing: "field: reason"
+
+
+@dataclass
+class ParsedFile:
+    """A file's header (what applies to every row) and its rows, read lazily."""
+
+    path: Path
+    format: Format
+    sha256: str
+    kernel: str | None = None  # None: per row (AOT) or from --kernel
+    platform: str | None = None  # canonical name, or a device string to resolve
+    platform_hint: str | None = None  # device string / hardware id, for messages
+    key_schema: dict[str, Any] | None = None
+    kernel_source_hash: str | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    rows: Iterator[Row] = field(default_factory=lambda: iter(()))
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def source(self) -> str:
+        return SOURCES[self.format]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a whole file or nothing: temp file in the same directory, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results files are shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
