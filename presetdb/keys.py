@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import operator
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -155,6 +156,18 @@ class KeySpec:
         return problems
 
 
+def _refuse(spec: KeySpec, text: str, key: Any) -> None:
+    """Raise KeySpecError worded by `check_key` (a key that fits returns quietly)."""
+    if not isinstance(key, Mapping):
+        raise KeySpecError(f"stored key {text}: not a JSON object")
+    try:
+        problems = spec.check_key(key)
+    except OverflowError:
+        problems = ["a number is too large"]
+    if problems:
+        raise KeySpecError(f"stored key {text}: " + "; ".join(problems))
+
+
 def _log2(value: float) -> float:
     # Sizes of 0 and 1 both sit at the bottom of the scale.
     return math.log2(value) if value > 1 else 0.0
@@ -197,28 +210,71 @@ class KeyIndex(Generic[T]):
     """
 
     def __init__(self, spec: KeySpec, entries: Iterable[tuple[Mapping[str, KeyValue], T]]) -> None:
+        self._fill(spec, ((canonical_key(key), key, payload) for key, payload in entries))
+
+    @classmethod
+    def from_canonical(
+        cls, spec: KeySpec, entries: Iterable[tuple[str, Mapping[str, KeyValue], T]]
+    ) -> KeyIndex[T]:
+        """Like the constructor, for keys whose canonical text is already known (stored
+        keys: `presets.shape_key`), given as (text, parsed key, payload): the picker's
+        load of 10,000 presets does not re-encode 10,000 keys."""
+        index = cls.__new__(cls)
+        index._fill(spec, entries)
+        return index
+
+    def _fill(self, spec: KeySpec, entries: Iterable[tuple[str, Mapping[str, KeyValue], T]]) -> None:
         self.spec = spec
         self._root = _Level()
         self.default: tuple[str, T] | None = None
         self.keys: list[str] = []
-        depth = len(spec.fields)
-        for key, payload in entries:
-            text = canonical_key(key)
-            self.keys.append(text)
+        names = spec.names
+        # key -> its values in field order, as a tuple (itemgetter of one name returns the bare value)
+        get = operator.itemgetter(*names) if len(names) > 1 else (lambda key: (key[names[0]],))
+        keys_append = self.keys.append
+        seen: list[tuple[KeyValue, ...]] = []  # values of the non-default keys ...
+        seen_texts: list[str] = []  # ... and their texts
+        seen_append, texts_append = seen.append, seen_texts.append
+        root = self._root
+        for text, key, payload in entries:
+            keys_append(text)
             if not key:
                 self.default = (text, payload)
                 continue
-            problems = spec.check_key(key)
-            if problems:
-                raise KeySpecError(f"stored key {text}: " + "; ".join(problems))
-            level = self._root
-            for i, f in enumerate(spec.fields):
-                value = key[f.name]
-                if i == depth - 1:
-                    level.children[value] = (text, payload)
-                else:
-                    level = level.children.setdefault(value, _Level())
-        self._freeze(self._root, 0)
+            try:
+                values = get(key)
+            except (KeyError, TypeError, IndexError):
+                values = None
+            if values is None or len(key) != len(names):
+                _refuse(spec, text, key)
+                if values is None:
+                    raise KeySpecError(f"stored key {text}: does not fit the key spec {list(names)}")
+            seen_append(values)
+            texts_append(text)
+            level = root
+            for value in values[:-1]:
+                child = level.children.get(value)
+                if child is None:
+                    child = level.children[value] = _Level()
+                level = child
+            level.children[values[-1]] = (text, payload)
+        # Numeric fields are checked a column at a time (C-speed builtins), not per key.
+        if seen:
+            for f, column in zip(spec.fields, zip(*seen, strict=True), strict=True):
+                if f.policy == "exact":
+                    continue
+                try:
+                    fits = (
+                        set(map(type, column)) <= {int, float}
+                        and all(map(math.isfinite, column))
+                        and min(column) >= 0
+                    )
+                except OverflowError:  # an int beyond float range
+                    fits = False
+                if not fits:
+                    for values, text in zip(seen, seen_texts, strict=True):
+                        _refuse(spec, text, dict(zip(names, values, strict=True)))
+        self._freeze(root, 0)
 
     def _freeze(self, level: _Level, depth: int) -> None:
         level.freeze()

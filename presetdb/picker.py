@@ -1,9 +1,10 @@
 """The picker: which stored config serves a kernel call.
 
-Per kernel, the picker loads the active presets of every platform in the fallback chain
-from every layer once (one query per layer and platform), merges the layers per shape
-key (the higher layer wins a key), and builds an immutable `KeyIndex` per platform.
-`resolve()` then answers from memory:
+Per kernel and platform, the picker loads the active presets from every layer once (one
+query per layer), merges the layers per shape key (the higher layer wins a key), and
+builds an immutable `KeyIndex`. The requested platform is loaded on the kernel's first
+call; a fallback platform only when a call first needs it (a process whose own platform
+answers never loads the others). `resolve()` then answers from memory:
 
     memo hit                      one dict lookup (the common case)
     memo miss                     own platform's shape match, then fallback platforms'
@@ -21,11 +22,13 @@ background timer and at exit, never by the call that missed.
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import threading
 import time
 import warnings
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +36,14 @@ from presetdb.engine import Store
 from presetdb.errors import PresetDBError
 from presetdb.keys import KeyIndex, KeySpec, KeyValue, canonical_key
 from presetdb.models import utc_now
-from presetdb.platforms import PlatformInfo, resolve_platform
-from presetdb.repository import MissRecord, PresetInput, PresetRecord, Repository
+from presetdb.platforms import DeviceInfo, PlatformInfo, resolve_platform
+from presetdb.repository import (
+    MissRecord,
+    PresetInput,
+    PresetRecord,
+    PresetRows,
+    Repository,
+)
 from presetdb.settings import Settings
 from presetdb.stores import Layer, StoreWarning, open_layers
 
@@ -77,11 +86,20 @@ class Choice:
         return f"{self.kernel}: key {self.preset.shape_key} by {how} from {where}"
 
 
+# KeyIndex payload: (layer name, a row of that layer's PresetRows). Only strings and
+# plain tuples of plain values: the cyclic GC untracks them, so 10,000 loaded presets do
+# not make every later full collection walk 10,000 more objects.
+_Payload = tuple[str, tuple[Any, ...]]
+
+
 @dataclass
 class _KernelIndex:
     spec: KeySpec
-    # (platform, index over merged layers); payload = (PresetRecord, layer name)
-    per_platform: list[tuple[str, KeyIndex[tuple[PresetRecord, str]]]]
+    # platform -> index over the merged layers (None: no presets there). Filled in chain
+    # order as resolves need it: a call the own platform answers never loads a fallback.
+    # Both dicts are replaced, never mutated, so readers need no lock.
+    loaded: dict[str, KeyIndex[_Payload] | None]
+    rows: dict[tuple[str, str], PresetRows]  # (platform, layer name) -> rows loaded
 
 
 @dataclass
@@ -101,7 +119,7 @@ class Picker:
         self._indexes: dict[str, _KernelIndex] = {}
         self._memo: dict[tuple[str, tuple[KeyValue, ...]], Choice | None] = {}
         self._watch = [layer for layer in layers if layer.mutable]
-        self._versions = {id(layer): layer.store.data_version() for layer in self._watch}
+        self._versions = {id(layer): layer.data_version() for layer in self._watch}
         self._next_check = time.monotonic() + RECHECK_SECONDS
         self._misses: dict[tuple[str, str, str], _Miss] = {}
         self._miss_timer: threading.Timer | None = None
@@ -122,42 +140,51 @@ class Picker:
         if self._watch and time.monotonic() >= self._next_check:
             self._check_changed()
         memo_key = (kernel, features)
-        found = self._memo.get(memo_key, _NOT_FOUND)
+        # One read of self._memo: an invalidate() meanwhile swaps in a new dict, so an
+        # answer computed from the old indexes lands in the discarded dict, never the new.
+        memo = self._memo
+        found = memo.get(memo_key, _NOT_FOUND)
         if found is not _NOT_FOUND:
             return found
         choice = self._resolve_uncached(kernel, spec, features)
-        if len(self._memo) >= MEMO_LIMIT:
-            self._memo.clear()  # bounded: a storm of new shapes cannot grow memory
-        self._memo[memo_key] = choice
+        if len(memo) >= MEMO_LIMIT:
+            memo.clear()  # bounded: a storm of new shapes cannot grow memory
+        memo[memo_key] = choice
         return choice
 
     def _resolve_uncached(
         self, kernel: str, spec: KeySpec, features: tuple[KeyValue, ...]
     ) -> Choice | None:
         index = self._index(kernel, spec)
-        for platform, idx in index.per_platform:
-            m = idx.match(features)
+        for platform in self.chain:
+            idx = self._slice(kernel, index, platform)
+            m = idx.match(features) if idx is not None else None
             if m is not None:
-                return self._choice(kernel, platform, m.payload, m.kind, m.distances)
-        for platform, idx in index.per_platform:
-            m = idx.default_match()
+                return self._choice(kernel, index, platform, m.payload, m.kind, m.distances)
+        for platform in self.chain:
+            idx = self._slice(kernel, index, platform)
+            m = idx.default_match() if idx is not None else None
             if m is not None:
-                return self._choice(kernel, platform, m.payload, "default", {})
+                return self._choice(kernel, index, platform, m.payload, "default", {})
         return None
 
     def _choice(
-        self, kernel: str, platform: str, payload: tuple[PresetRecord, str], match: str,
+        self, kernel: str, index: _KernelIndex, platform: str, payload: _Payload, match: str,
         distances: dict[str, float],
     ) -> Choice:
-        preset, layer = payload
+        layer, row = payload
+        # The record is built here, for the preset served, not for every row loaded.
+        preset = index.rows[(platform, layer)].record(row)
         return Choice(kernel, preset, match, distances, platform, self.platform, layer)
 
     def nearest_keys(self, kernel: str, spec: KeySpec, features: tuple[KeyValue, ...], limit: int = 3) -> list[str]:
         """Stored keys closest to the features on the requested platform chain."""
         index = self._index(kernel, spec)
         found: list[str] = []
-        for platform, idx in index.per_platform:
-            found += [f"{platform}:{k}" for k in idx.nearest_keys(features, limit)]
+        for platform in self.chain:
+            idx = self._slice(kernel, index, platform)
+            if idx is not None:
+                found += [f"{platform}:{k}" for k in idx.nearest_keys(features, limit)]
         return found[:limit]
 
     # ------------------------------------------------------------------ loading
@@ -173,41 +200,83 @@ class Picker:
             return index
 
     def _build(self, kernel: str, spec: KeySpec) -> _KernelIndex:
+        """The kernel's index with its own platform loaded (fallbacks load on demand)."""
         self.loads += 1
-        per_platform = []
-        for platform in self.chain:
-            merged: dict[str, tuple[PresetRecord, str]] = {}
-            for layer in self.layers:
-                for preset in self._load(layer, kernel, platform):
-                    if (kernel, platform, preset.shape_key, preset.config_sha256) in self._quarantined:
-                        continue
-                    merged.setdefault(preset.shape_key, (preset, layer.name))
-            if merged:
-                entries = [(json.loads(k), payload) for k, payload in merged.items()]
-                try:
-                    per_platform.append((platform, KeyIndex(spec, entries)))
-                except PresetDBError as exc:
-                    warnings.warn(
-                        f"presetdb: stored keys of {kernel} on {platform} do not fit its key spec "
-                        f"{list(spec.names)}; ignoring them: {exc}",
-                        StoreWarning,
-                        stacklevel=4,
-                    )
-        return _KernelIndex(spec, per_platform)
+        index = _KernelIndex(spec, {}, {})
+        self._slice(kernel, index, self.chain[0])
+        return index
 
-    def _load(self, layer: Layer, kernel: str, platform: str) -> list[PresetRecord]:
+    def _slice(self, kernel: str, index: _KernelIndex, platform: str) -> KeyIndex[_Payload] | None:
+        loaded = index.loaded
+        if platform in loaded:
+            return loaded[platform]
+        with self._lock:
+            if platform not in index.loaded:
+                sources: dict[tuple[str, str], PresetRows] = {}
+                with _gc_paused():
+                    built = self._load_platform(kernel, index.spec, platform, sources)
+                index.rows = {**index.rows, **sources}  # before `loaded`: readers go by it
+                index.loaded = {**index.loaded, platform: built}
+            return index.loaded[platform]
+
+    def _load_platform(
+        self, kernel: str, spec: KeySpec, platform: str, sources: dict[tuple[str, str], PresetRows]
+    ) -> KeyIndex[_Payload] | None:
+        # shape key -> (layer name, row); the first layer wins a key
+        merged: dict[str, _Payload] = {}
+        for layer in self.layers:
+            rows = self._load(layer, kernel, platform)
+            if rows is None:
+                continue
+            sources[(platform, layer.name)] = rows
+            skip = {(key, sha) for k, p, key, sha in self._quarantined if (k, p) == (kernel, platform)}
+            name = layer.name
+            for row in rows.rows:
+                key = row[PresetRows.SHAPE_KEY]
+                if key in merged or (skip and (key, row[PresetRows.CONFIG_SHA256]) in skip):
+                    continue
+                merged[key] = (name, row)
+        if not merged:
+            return None
+        texts = list(merged)
+        try:
+            # Stored keys are canonical JSON: parsed in one call, not re-encoded.
+            keys = json.loads("[" + ",".join(texts) + "]")
+            try:
+                return KeyIndex.from_canonical(spec, zip(texts, keys, merged.values(), strict=True))
+            except PresetDBError as exc:
+                # Some rows do not fit the spec: serve the others, say which were dropped.
+                entries = list(zip(texts, keys, merged.values(), strict=True))
+                good = [e for e in entries if _fits(spec, e[1])]
+                warnings.warn(
+                    f"presetdb: {len(entries) - len(good)} stored key(s) of {kernel} on {platform} "
+                    f"do not fit its key spec {list(spec.names)}; ignoring them: {exc}",
+                    StoreWarning,
+                    stacklevel=6,
+                )
+                return KeyIndex.from_canonical(spec, good) if good else None
+        except (PresetDBError, ValueError) as exc:
+            warnings.warn(
+                f"presetdb: stored keys of {kernel} on {platform} cannot be read; ignoring "
+                f"them: {exc}",
+                StoreWarning,
+                stacklevel=6,
+            )
+            return None
+
+    def _load(self, layer: Layer, kernel: str, platform: str) -> PresetRows | None:
         try:
             with layer.store.read() as session:
                 repo = Repository(session)
-                presets = repo.active_presets(kernel, platform)
+                rows = repo.active_preset_rows(kernel, platform)
                 if layer.name == "overlay":
                     self._quarantined |= _quarantined_in(session, kernel, platform)
-                return presets
+                return rows
         except Exception as exc:  # a layer failing mid-flight must not fail the call
             warnings.warn(
                 f"presetdb: could not read {layer.name} db {layer.path}: {exc}", StoreWarning, stacklevel=5
             )
-            return []
+            return None
 
     def _check_changed(self) -> None:
         with self._lock:
@@ -215,7 +284,7 @@ class Picker:
             changed = False
             for layer in self._watch:
                 try:
-                    version = layer.store.data_version()
+                    version = layer.data_version()
                 except Exception:
                     continue
                 if version != self._versions.get(id(layer)):
@@ -269,20 +338,21 @@ class Picker:
             return 0
         return len(records)
 
-    def quarantine(self, choice: Choice, reason: str) -> None:
+    def quarantine(self, choice: Choice, reason: str, *, persist: bool = True) -> None:
         """Stop serving this stored config for its key: remembered in memory at once and
         written to the overlay (as a 'quarantined' row) so later processes skip it too."""
         p = choice.preset
         with self._lock:
+            # The key spec, for the overlay's kernels row: read before invalidate() drops it.
+            known = self._indexes.get(p.kernel)
             self._quarantined.add((p.kernel, p.platform, p.shape_key, p.config_sha256))
             self.invalidate()
-        if self.writer is None:
+        if self.writer is None or not persist:
             return
         try:
             with self.writer.transaction() as session:
                 repo = Repository(session)
-                spec = self._indexes.get(p.kernel)
-                schema = spec.spec.to_schema() if spec else {"fields": []}
+                schema = known.spec.to_schema() if known else {"fields": []}
                 if repo.find_kernel(p.kernel) is None:
                     repo.ensure_kernel(p.kernel, schema)
                 _ensure_platform(repo, p.platform)
@@ -325,9 +395,31 @@ class Picker:
             self._miss_timer.cancel()
         self.flush_misses()
         for layer in self.layers:
-            layer.store.dispose()
+            layer.close()
         if self.writer is not None:
             self.writer.dispose()
+
+
+def _fits(spec: KeySpec, key: Any) -> bool:
+    try:
+        return isinstance(key, dict) and not spec.check_key(key)
+    except OverflowError:
+        return False
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """A load allocates ~10 small containers per preset, none of them in a cycle; the
+    cyclic collector would run over them dozens of times (half the load time of 10,000
+    presets). Pause it for the load only."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _quarantined_in(session: Any, kernel: str, platform: str) -> set[tuple[str, str, str, str]]:
@@ -362,12 +454,13 @@ _picker: Picker | None = None
 _picker_lock = threading.Lock()
 
 
-def build_picker(settings: Settings | None = None) -> Picker:
+def build_picker(settings: Settings | None = None, *, device: DeviceInfo | None = None) -> Picker:
+    """A picker over the layers `settings` name; `device` skips detecting the device."""
     settings = settings or Settings.from_env()
     layers, writer = open_layers(settings)
     with ExitStack() as stack:
         repos = [Repository(stack.enter_context(layer.store.read())) for layer in layers]
-        info = resolve_platform(repos, override=settings.platform)
+        info = resolve_platform(repos, override=settings.platform, device=device)
     return Picker(layers, writer, info)
 
 

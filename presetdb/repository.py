@@ -134,6 +134,35 @@ class PresetRecord:
 
 
 @dataclass(frozen=True)
+class PresetRows:
+    """The active presets of one (kernel, platform) as plain rows (`_ROW_COLUMNS`) and the
+    tuning runs they share (`_RUN_COLUMNS` by run id). Building 10,000 frozen records
+    costs more than the query; `record(row)` builds one when it is needed."""
+
+    kernel: str
+    platform: str
+    rows: Sequence[tuple[Any, ...]]
+    runs: Mapping[int, tuple[Any, ...]]
+
+    # Positions in a row, for readers that need a field without a record.
+    SHAPE_KEY = 1
+    CONFIG_SHA256 = 3
+
+    def record(self, row: Sequence[Any]) -> PresetRecord:
+        (pid, shape_key, config_json, sha, latency, default, reference, tried, tuning,
+         source_hash, run_id, created_at, reason, superseded_by) = row
+        source, device_name, helion_version, finished_at, revision = self.runs[run_id]
+        return PresetRecord(
+            pid, self.kernel, self.platform, shape_key, config_json, sha, "active", latency,
+            default, reference, tried, tuning, source_hash, run_id, source, device_name,
+            helion_version, finished_at, revision, created_at, reason, superseded_by,
+        )
+
+    def records(self) -> list[PresetRecord]:
+        return [self.record(row) for row in self.rows]
+
+
+@dataclass(frozen=True)
 class CandidateRecord:
     rank: int
     config_json: str
@@ -399,6 +428,42 @@ class Repository:
         )
         return [PresetRecord(*row) for row in self.session.execute(query)]
 
+    def active_preset_rows(self, kernel: str, platform: str) -> PresetRows:
+        """`active_presets` without building a record per row: what the picker loads.
+
+        Core queries on the session's connection (no ORM result processing), one row of
+        per-preset columns each, and the few tuning runs they share in a second query;
+        `PresetRows.record(row)` builds the record of a preset actually served."""
+        where = (Kernel.name == kernel, Platform.name == platform, Preset.status == "active")
+        conn = self.session.connection()
+        result = conn.execute(
+            select(*_ROW_COLUMNS)
+            .select_from(Preset)
+            .join(Kernel, Kernel.id == Preset.kernel_id)
+            .join(Platform, Platform.id == Preset.platform_id)
+            .join(Config, Config.id == Preset.config_id)
+            .where(*where)
+        )
+        try:
+            # The driver's plain tuples (these columns need no result processing): the GC
+            # untracks tuples of plain values, unlike Row objects, which a picker keeps.
+            rows: list[tuple[Any, ...]] = list(result.cursor.fetchall())
+        finally:
+            result.close()
+        runs: dict[int, tuple[Any, ...]] = {}
+        if rows:
+            used = (
+                select(Preset.run_id)
+                .join(Kernel, Kernel.id == Preset.kernel_id)
+                .join(Platform, Platform.id == Preset.platform_id)
+                .where(*where)
+            )
+            runs = {
+                row[0]: tuple(row[1:])
+                for row in conn.execute(select(*_RUN_COLUMNS).where(TuningRun.id.in_(used)))
+            }
+        return PresetRows(kernel, platform, rows, runs)
+
     def all_presets(self, *, status: str | None = "active") -> list[PresetRecord]:
         query = _preset_query()
         if status is not None:
@@ -508,6 +573,20 @@ def _preset_query() -> Any:
     )
 
 
+# PresetRows: per-preset columns (kernel, platform and status are the same for a slice) ...
+_ROW_COLUMNS = (
+    Preset.id, Preset.shape_key, Config.config_json, Config.sha256, Preset.latency_ms,
+    Preset.default_ms, Preset.reference_ms, Preset.configs_tried, Preset.tuning_seconds,
+    Preset.kernel_source_hash, Preset.run_id, Preset.created_at, Preset.status_reason,
+    Preset.superseded_by,
+)
+# ... and the provenance columns of PresetRecord, which the presets of one run share.
+_RUN_COLUMNS = (
+    TuningRun.id, TuningRun.source, TuningRun.device_name, TuningRun.helion_version,
+    TuningRun.finished_at, TuningRun.revision,
+)
+
+
 def _field_policies(schema: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(f["name"], f["policy"]) for f in schema.get("fields", [])]
 
@@ -535,6 +614,7 @@ __all__ = [
     "PlatformRecord",
     "PresetInput",
     "PresetRecord",
+    "PresetRows",
     "Repository",
     "RunRecord",
     "UpsertResult",

@@ -1,15 +1,24 @@
-"""`presetdb list` and `presetdb show`: what a database holds."""
+"""`presetdb list` and `presetdb show`: what a database holds. `presetdb pick`: which
+stored config a call would get, and why. `presetdb platform`: what this machine is.
+
+None of these import torch, except `platform`, which asks torch for the device.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from typing import Annotated
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from presetdb import migrate
 from presetdb.cli.common import DbOption, console, db_path
+from presetdb.errors import KeySpecError, UnknownKernelError, UnknownPlatformError
+from presetdb.keys import KeySpec, KeyValue, parse_key
 from presetdb.repository import Repository
 
 
@@ -59,7 +68,14 @@ def show(
     store = migrate.open_store(db_path(db), "ro")
     with store.read() as session:
         repo = Repository(session)
-        preset = repo.get_preset(preset_id)
+        try:
+            preset = repo.get_preset(preset_id)
+        except LookupError:
+            store.dispose()
+            raise typer.BadParameter(
+                f"no preset with id {preset_id} in {store.path}; `presetdb list` shows the ids",
+                param_hint="PRESET_ID",
+            ) from None
         run = repo.get_run(preset.run_id)
         candidates = repo.candidates(preset_id)
         history = repo.history(preset.kernel, preset.platform, preset.shape_key)
@@ -96,6 +112,287 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+# ---------------------------------------------------------------------- pick
+
+_EXAMPLE_SHAPE = '{"dtype":"bfloat16","hidden":4096,"num_tokens":37}'
+
+
+def pick(
+    kernel: Annotated[str, typer.Option("--kernel", "-k", help="Kernel name, e.g. rms_norm.")],
+    platform: Annotated[
+        str,
+        typer.Option(
+            "--platform", "-p", help="Canonical platform to pick for, e.g. nvidia_h100 "
+            "(what PRESETDB_PLATFORM would say); its fallbacks apply as at run time."
+        ),
+    ],
+    shape: Annotated[
+        str,
+        typer.Option(
+            "--shape", "-s", help=f"The call's key features as JSON, e.g. '{_EXAMPLE_SHAPE}'. "
+            "Every field of the kernel's key spec is needed."
+        ),
+    ],
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db", show_default=False,
+            help="Use only this file, as the deployment layer (no user overlay, no embedded "
+            "default). Default: the run-time layers: user overlay > $PRESETDB_PATH > embedded default.",
+        ),
+    ] = None,
+) -> None:
+    """Which stored config a call would get, and why: match kind, per-field distances,
+    fallbacks used, layer, then the config with its timings and provenance.
+    Exit code 1 when nothing matches (the nearest stored keys are listed).
+
+    Example: presetdb pick --kernel rms_norm --platform nvidia_h100 --shape '{"dtype":"bfloat16","hidden":4096,"num_tokens":37}'
+    """
+    try:
+        wanted = parse_key(shape)
+    except KeySpecError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--shape") from None
+    picker = _picker_for(db, platform)
+    try:
+        spec = KeySpec.from_schema(_kernel_schema(picker, kernel))
+        _check_platform(picker, platform)
+        features = _features(kernel, spec, wanted)
+        choice = picker.resolve(kernel, spec, features)
+        head = f"{kernel} on {platform} for {json.dumps(spec.key_of(features), separators=(',', ':'))}"
+        if choice is None:
+            nearest = picker.nearest_keys(kernel, spec, features, limit=5)
+            typer.echo(
+                f"no match: {head}: no stored key fits (platforms tried: "
+                f"{' > '.join(picker.chain)}) and no default entry ({{}}).",
+                err=True,
+            )
+            typer.echo(
+                "nearest stored keys: " + ("; ".join(nearest) if nearest else
+                f"none: {kernel} has no presets on these platforms"),
+                err=True,
+            )
+            raise typer.Exit(1)
+        _print_choice(picker, choice, spec, features, head)
+    finally:
+        picker.close()
+
+
+def _picker_for(db: Path | None, platform: str) -> Any:
+    from presetdb.picker import Picker, build_picker
+    from presetdb.platforms import resolve_platform
+    from presetdb.settings import Settings
+    from presetdb.stores import open_immutable
+
+    if db is None:
+        settings = Settings.from_env()
+        # The run-time layers, as PRESETDB_PLATFORM=platform would see them. An overlay
+        # that does not exist yet holds nothing: a question does not create one.
+        skip = settings.disable_overlay or not settings.user_db_path.exists()
+        settings = dataclasses.replace(settings, platform=platform, disable_overlay=skip)
+        return build_picker(settings, device=_device_for_override())
+    layer = open_immutable("deployment", db.expanduser(), strict=True)
+    assert layer is not None  # strict: raises instead
+    with layer.store.read() as session:
+        info = resolve_platform([Repository(session)], override=platform, device=_device_for_override())
+    return Picker([layer], None, info)
+
+
+def _device_for_override() -> Any:
+    from presetdb.platforms import DeviceInfo
+
+    # `pick` names its platform, so nothing is detected and torch is never imported; the
+    # fallback chain comes from the stored platform record, as for PRESETDB_PLATFORM.
+    return DeviceInfo("(not detected: platform given)", "cpu", None, None)
+
+
+def _kernel_schema(picker: Any, kernel: str) -> dict[str, Any]:
+    """The stored key schema of `kernel` from the first layer that has one."""
+    known: set[str] = set()
+    for layer in picker.layers:
+        with layer.store.read() as session:
+            repo = Repository(session)
+            record = repo.find_kernel(kernel)
+            if record is not None and record.key_schema.get("fields"):
+                return record.key_schema
+            known |= {k.name for k in repo.list_kernels()}
+    where = ", ".join(f"{layer.name} {layer.path}" for layer in picker.layers) or "no usable db"
+    raise UnknownKernelError(
+        f"unknown kernel {kernel!r}; known kernels: {', '.join(sorted(known)) or '(none)'} "
+        f"(searched: {where})"
+    )
+
+
+def _check_platform(picker: Any, platform: str) -> None:
+    known: set[str] = set()
+    for layer in picker.layers:
+        with layer.store.read() as session:
+            repo = Repository(session)
+            if repo.find_platform(platform) is not None:
+                return
+            known |= {p.name for p in repo.list_platforms()}
+    raise UnknownPlatformError(
+        f"unknown platform {platform!r}; known platforms: {', '.join(sorted(known)) or '(none)'}"
+    )
+
+
+def _features(kernel: str, spec: KeySpec, wanted: dict[str, KeyValue]) -> tuple[KeyValue, ...]:
+    fields = ", ".join(f"{f.name} ({f.policy})" for f in spec.fields)
+    missing = [n for n in spec.names if n not in wanted]
+    extra = [n for n in wanted if n not in spec.names]
+    problems = []
+    if missing:
+        problems.append(f"missing field(s) {', '.join(missing)}")
+    if extra:
+        problems.append(f"unknown field(s) {', '.join(extra)}")
+    if not problems:
+        problems = spec.check_key(wanted)
+    if problems:
+        raise typer.BadParameter(
+            f"{'; '.join(problems)}. {kernel}'s key spec expects the fields: {fields}",
+            param_hint="--shape",
+        )
+    return tuple(wanted[n] for n in spec.names)
+
+
+def _print_choice(picker: Any, choice: Any, spec: KeySpec, features: tuple[KeyValue, ...], head: str) -> None:
+    preset = choice.preset
+    layer = next(layer for layer in picker.layers if layer.name == choice.layer)
+    with layer.store.read() as session:
+        run = Repository(session).get_run(preset.run_id)
+    echo = typer.echo
+    echo(head)
+    echo(f"chosen:     preset {preset.id}, key {preset.shape_key}, platform {choice.platform}")
+    echo(f"why:        {choice.describe()}")
+    echo(f"match:      {choice.match} (kind {choice.kind})")
+    echo(f"distances:  {_distances(choice, spec, features)}")
+    echo(f"fallbacks:  {_fallbacks(picker, choice, spec, features)}")
+    echo(f"layer:      {choice.layer} ({layer.path})")
+    echo(f"platforms:  requested {choice.requested_platform}; chain {' > '.join(picker.chain)}")
+    echo(f"config:     {preset.config_json}  (sha256 {preset.config_sha256[:12]})")
+    speedup = (
+        f" ({preset.default_ms / preset.latency_ms:.2f}x faster than Helion's default)"
+        if preset.latency_ms and preset.default_ms else ""
+    )
+    echo(
+        f"timings:    latency {_ms(preset.latency_ms)} ms{speedup} | Helion default "
+        f"{_ms(preset.default_ms)} ms | PyTorch {_ms(preset.reference_ms)} ms | configs tried "
+        f"{preset.configs_tried if preset.configs_tried is not None else '-'} | tuning "
+        f"{preset.tuning_seconds if preset.tuning_seconds is not None else '-'} s"
+    )
+    prov = ", ".join(
+        f"{name} {value}" for name, value in vars(run).items()
+        if name != "id" and value not in (None, "")
+    )
+    echo(f"provenance: tuning run {run.id}: {prov}")
+    echo(f"status:     {preset.status}, created {preset.created_at}")
+
+
+def _distances(choice: Any, spec: KeySpec, features: tuple[KeyValue, ...]) -> str:
+    if choice.match == "default":
+        return "none (the kernel's default entry {} answers any shape)"
+    stored = choice.preset.key
+    parts = []
+    for f, actual in zip(spec.fields, features, strict=True):
+        if f.name in choice.distances:
+            d = choice.distances[f.name]
+            same = "=" if stored[f.name] == actual else "for"
+            parts.append(f"{f.name} {d:.3g} ({f.policy}: stored {stored[f.name]} {same} {actual})")
+        else:
+            parts.append(f"{f.name} 0 ({f.policy}: {actual})")
+    return "; ".join(parts)
+
+
+def _fallbacks(picker: Any, choice: Any, spec: KeySpec, features: tuple[KeyValue, ...]) -> str:
+    used = []
+    if choice.fallback:
+        rank = picker.chain.index(choice.platform)
+        used.append(
+            f"platform {choice.platform} served {choice.requested_platform} "
+            f"(fallback {rank} in the chain; no key fitted on the platforms before it)"
+        )
+    if choice.match == "default":
+        used.append("default entry {}: no stored shape key fitted on any platform in the chain")
+    else:
+        stored = choice.preset.key
+        for f, actual in zip(spec.fields, features, strict=True):
+            value = stored[f.name]
+            if f.policy == "ceil" and isinstance(actual, (int, float)) and value < actual:
+                used.append(f"{f.name} clamped to the largest tuned value {value} (ceil, actual {actual})")
+            elif f.policy == "floor" and isinstance(actual, (int, float)) and value > actual:
+                used.append(f"{f.name} clamped to the smallest tuned value {value} (floor, actual {actual})")
+    return "; ".join(used) or "none"
+
+
+# ---------------------------------------------------------------------- platform
+
+
+def show_platform(
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db", show_default=False,
+            help="Resolve against only this file. Default: the run-time layers "
+            "(user overlay if it exists > $PRESETDB_PATH > embedded default).",
+        ),
+    ] = None,
+) -> None:
+    """The platform this machine resolves to: detected device, compute capability, how the
+    name was resolved (PRESETDB_PLATFORM, a db alias, or derived) and the fallback chain.
+
+    Example: PRESETDB_PLATFORM=nvidia_h200 presetdb platform
+    """
+    from presetdb import platforms
+    from presetdb.settings import Settings
+    from presetdb.stores import open_immutable, open_layers
+
+    settings = Settings.from_env()
+    if db is not None:
+        layer = open_immutable("deployment", db.expanduser(), strict=True)
+        layers = [layer] if layer is not None else []
+    else:
+        # A read-only question: do not create a user overlay just to answer it.
+        skip = settings.disable_overlay or not settings.user_db_path.exists()
+        layers, writer = open_layers(dataclasses.replace(settings, disable_overlay=skip))
+        if writer is not None:
+            writer.dispose()
+    device = platforms.detect_device()
+    try:
+        with ExitStack() as stack:
+            repos = [Repository(stack.enter_context(layer.store.read())) for layer in layers]
+            info = platforms.resolve_platform(repos, override=settings.platform, device=device)
+            ranked: list[str] = []
+            for repo in repos:
+                ranked += [p for p in repo.fallbacks(info.platform) if p not in ranked]
+            record = next((r for repo in repos if (r := repo.find_platform(info.platform))), None)
+    finally:
+        for layer in layers:
+            layer.close()
+    how = {
+        "PRESETDB_PLATFORM": f"PRESETDB_PLATFORM={settings.platform} (override)",
+        "alias": f"the device string {device.device_name!r} is an alias in the db",
+        "derived": f"derived from the device string {device.device_name!r} (no db knows it as an alias)",
+    }[info.how]
+    echo = typer.echo
+    echo(f"platform:            {info.platform}")
+    echo(f"resolved by:         {how}")
+    echo(f"device:              {device.device_name} (vendor {device.vendor})")
+    echo(f"compute capability:  {device.compute_capability or '-'} (device)"
+         + (f"; {record.compute_capability or '-'} (stored for {info.platform})" if record else
+            f"; {info.platform} is not in the db"))
+    echo(f"SMs:                 {device.sm_count or '-'}")
+    echo(f"fallback chain:      {' > '.join(info.chain)}")
+    for i, name in enumerate(info.chain):
+        why = (
+            "requested" if i == 0 else
+            f"ranked fallback {ranked.index(name) + 1}" if name in ranked else
+            "same compute capability"
+        )
+        echo(f"  {i}. {name} ({why})")
+    echo("dbs:                 " + (", ".join(f"{layer.name} {layer.path}" for layer in layers) or "none usable"))
+
+
 def register(app: typer.Typer) -> None:
     app.command("list")(list_presets)
     app.command("show")(show)
+    app.command("pick")(pick)
+    app.command("platform")(show_platform)
