@@ -303,6 +303,13 @@ class ReadOnlyDB:
                 raise NotADatabaseError(
                     f"{self.path}: corrupt or not a SQLite database ({exc})"
                 ) from None
+            if getattr(exc, "sqlite_errorname", "") == "SQLITE_READONLY_ROLLBACK":
+                raise AuditError(
+                    f"{self.path}: a write was interrupted and left a hot journal "
+                    f"({self.path.name}-journal); `presetdb sql` opens files read-only and will "
+                    "not roll it back. Open the file read-write once (e.g. `presetdb db upgrade "
+                    f"--db {self.path}`), or query a copy of the file with its journal."
+                ) from None
             if "readonly" in str(exc) or "read-only" in str(exc):
                 raise ReadOnlySQLError(f"refused: {exc}; the file is opened read-only") from None
             raise AuditError(f"{self.path}: SQL error: {exc}") from None

@@ -65,7 +65,7 @@ def content_digest(path: Path) -> str:
             digest.update(f"table {table} {columns}\n".encode())
             quoted = ", ".join(f'"{c}"' for c in columns)
             # Table and column names come from sqlite_master, not from user input.
-            rows = conn.execute(f'SELECT {quoted} FROM "{table}"').fetchall()
+            rows = conn.execute(f'SELECT {quoted} FROM "{table}"').fetchall()  # sql: names from sqlite_master
             for row in sorted(rows, key=repr):
                 digest.update(repr(row).encode() + b"\n")
     finally:

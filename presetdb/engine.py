@@ -13,6 +13,7 @@ file is a presetdb database whose schema matches this package (see `migrate`).
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,12 +50,18 @@ def _on_connect(mode: Mode, foreign_keys: bool) -> Any:
         # Pragmas below run outside any transaction (several are no-ops inside one).
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
-        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")  # sql: ON/OFF literal
+        cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")  # sql: int constant
         if mode == "rw":
             # WAL: readers never block the writer and see whole transactions only.
             if cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                cur.execute("PRAGMA journal_mode=WAL")
+                try:
+                    cur.execute("PRAGMA journal_mode=WAL")
+                except sqlite3.OperationalError as exc:
+                    # A read-only file or directory: reads still work, and a write is
+                    # refused by `Store.transaction` with a clear read-only error.
+                    if "readonly" not in str(exc):
+                        raise
         else:
             cur.execute("PRAGMA query_only=ON")
         cur.close()
@@ -165,6 +172,12 @@ class Store:
 
 def translate_operational(path: Path, exc: DBAPIError) -> StoreError:
     message = str(exc.orig) if exc.orig is not None else str(exc)
+    if getattr(exc.orig, "sqlite_errorname", "") == "SQLITE_READONLY_ROLLBACK":
+        return ReadOnlyStoreError(
+            f"{path}: a write was interrupted (a crash or kill) and left a hot journal "
+            f"({path.name}-journal) that only a read-write open can roll back. Open the file "
+            f"read-write once, e.g. `presetdb db upgrade --db {path}`, then retry."
+        )
     if "readonly" in message or "read-only" in message:
         return ReadOnlyStoreError(
             f"{path}: the database is read-only ({message}). Check the file and directory "
@@ -176,10 +189,22 @@ def translate_operational(path: Path, exc: DBAPIError) -> StoreError:
             "the process holding it."
         )
     if "not a database" in message or "malformed" in message:
-        return NotADatabaseError(f"{path}: corrupt or not a SQLite database ({message})")
+        return NotADatabaseError(
+            f"{path}: corrupt or not a SQLite database ({message}). Restore it from a good copy "
+            "or rebuild it with `presetdb build --out PATH`; `presetdb db check --db PATH` "
+            "reports the damage."
+        )
+    if "unable to open" in message:
+        return StoreError(
+            f"{path}: SQLite cannot open the file ({message}); check that it and its "
+            "directory exist and are readable (and writable, for writes)."
+        )
     return StoreError(f"{path}: {message}")
 
 
 def execute_pragma(engine: Engine, pragma: str) -> list[tuple[Any, ...]]:
+    """Read one pragma by name (`PRAGMA <name>`); the name must be a bare identifier."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", pragma):
+        raise ValueError(f"not a pragma name: {pragma!r}")
     with engine.connect() as conn:
-        return [tuple(row) for row in conn.execute(text(f"PRAGMA {pragma}"))]
+        return [tuple(row) for row in conn.execute(text(f"PRAGMA {pragma}"))]  # sql: identifier checked above

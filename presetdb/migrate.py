@@ -131,6 +131,26 @@ def check_compatible(path: Path, revision: str | None) -> None:
         )
 
 
+def missing_tables(engine: Engine, path: Path) -> list[str]:
+    """Tables of this package's schema that the db lacks (a damaged or hand-edited file)."""
+    from presetdb.models import Base
+
+    try:
+        with engine.connect() as conn:
+            have = set(inspect(conn).get_table_names())
+    except DatabaseError as exc:
+        raise translate_operational(path, exc) from exc
+    return sorted(set(Base.metadata.tables) - have)
+
+
+def _damaged(path: Path, revision: str | None, missing: list[str]) -> str:
+    return (
+        f"{path}: damaged presetdb database: table(s) {', '.join(missing)} missing although it "
+        f"is stamped at revision {revision}. Restore the file from a good copy or rebuild it "
+        "(`presetdb build --out PATH`); `presetdb db check --db PATH` reports what else is wrong."
+    )
+
+
 def open_store(path: Path | str, mode: Mode = "ro", *, pooled: bool = True) -> Store:
     """Open an existing presetdb database, checking file, schema and revision."""
     path = Path(path).expanduser()
@@ -141,6 +161,9 @@ def open_store(path: Path | str, mode: Mode = "ro", *, pooled: bool = True) -> S
     try:
         revision = current_revision(probe, path)
         check_compatible(path, revision)
+        missing = missing_tables(probe, path)
+        if missing:
+            raise IntegrityCheckError(_damaged(path, revision, missing))
     finally:
         probe.dispose()
     engine = make_engine(path, mode, pooled=pooled)
@@ -246,6 +269,9 @@ def check(path: Path | str) -> CheckReport:
         try:
             revision = current_revision(engine, path)
             check_compatible(path, revision)
+            missing = missing_tables(engine, path)
+            if missing:
+                schema_problem = _damaged(path, revision, missing)
         except (SchemaTooOldError, SchemaTooNewError) as exc:
             schema_problem = str(exc)
         try:

@@ -169,12 +169,12 @@ def upgrade() -> None:
 
     # ### end Alembic commands ###
     for name, sql in VIEWS.items():
-        op.execute(f"CREATE VIEW {name} AS {sql}")
+        op.execute(f"CREATE VIEW {name} AS {sql}")  # sql: VIEWS is a constant of this module
 
 
 def downgrade() -> None:
     for name in reversed(list(VIEWS)):
-        op.execute(f"DROP VIEW IF EXISTS {name}")
+        op.execute(f"DROP VIEW IF EXISTS {name}")  # sql: VIEWS is a constant of this module
     with op.batch_alter_table('preset_candidates', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_preset_candidates_config_id'))
 
