@@ -1,0 +1,227 @@
+"""How well the seed presets serve, measured on a GPU (issue [seed]).
+
+1. Seeded shapes: the op through torch.ops.presetdb (its stored config) vs Helion's
+   default config vs the PyTorch baseline, side by side, do_bench median.
+2. Held-out shapes (benchmarks/shapes/heldout.json, fixed before tuning, never tuned):
+   the picker's choice vs every stored config of the kernel measured on that shape
+   (the best stored config) vs Helion's default config.
+3. Cold start: a fresh process to the first correct result for every seeded shape,
+   vs the quick-autotune seconds recorded in the tuning provenance.
+
+    python3 -P benchmarks/gpu/seed_eval.py --db presets.db --out $OUT [--deadline 500]
+Writes seed_eval.json and seed_eval.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+KERNELS = ("rms_norm", "silu_mul", "softmax", "matmul")
+
+COLD_START = r"""
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+import presetdb.kernels
+from presetdb.integrations.helion import get_kernel
+keys = json.loads(sys.argv[1])
+out = []
+for name, key in keys:
+    rk = get_kernel(name)
+    torch.manual_seed(0)
+    args = rk.example_inputs(key, device="cuda")
+    s = time.perf_counter()
+    y = getattr(torch.ops.presetdb, name)(*args)
+    torch.cuda.synchronize()
+    ref = rk.reference(*args)
+    ok = bool(torch.allclose(y.float(), ref.float(), atol=5e-2, rtol=5e-2))
+    choice = rk.last_choice
+    out.append({"kernel": name, "key": key, "first_call_s": time.perf_counter() - s, "ok": ok,
+                "served_key": choice.preset.shape_key if choice else None})
+print(json.dumps({"total_s": time.perf_counter() - t0, "calls": out}))
+"""
+
+
+def bench(fn: Any) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def geomean(xs: list[float]) -> float:
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--db", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
+    parser.add_argument("--platform", default="nvidia_h100")
+    parser.add_argument("--deadline", type=float, default=480.0, help="seconds; later parts are skipped")
+    parser.add_argument("--parts", default="seeded,heldout,cold")
+    opts = parser.parse_args()
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="seed-eval-"))
+    os.environ.update(
+        PRESETDB_PATH=str(opts.db.resolve()), PRESETDB_PLATFORM=opts.platform,
+        PRESETDB_USER_DB=str(tmp / "overlay.db"), PRESETDB_CACHE_DIR=str(tmp / "cache"),
+        PRESETDB_ON_MISS="default",
+    )
+    import torch
+
+    import presetdb.kernels  # noqa: F401
+    from presetdb import migrate
+    from presetdb.integrations.helion import get_kernel
+    from presetdb.integrations.policy import split_device_keys
+    from presetdb.picker import get_picker
+    from presetdb.repository import Repository
+    from presetdb.tuning import plain_kernel
+
+    store = migrate.open_store(opts.db, "immutable")
+    with store.read() as session:
+        repo = Repository(session)
+        stored = {k: repo.active_presets(k, opts.platform) for k in KERNELS}
+    picker = get_picker()
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(), "platform": opts.platform, "db": str(opts.db),
+        "torch": torch.__version__, "helion": "1.5.0", "method": "triton.testing.do_bench median, warmup 25 ms, rep 100 ms",
+        "seeded": [], "heldout": [], "cold_start": None, "skipped": [],
+    }
+    plains: dict[str, Any] = {}
+
+    def plain(name: str) -> Any:
+        if name not in plains:
+            plains[name] = plain_kernel(get_kernel(name), effort="quick", seed=0, budget_seconds=None)
+        return plains[name]
+
+    def compiled(name: str, kargs: tuple[Any, ...], config: dict[str, Any]) -> Any:
+        bound = plain(name).bind(kargs)
+        portable, _ = split_device_keys(bound.config_spec, config)
+        return bound.compile_config(bound.config_spec.normalized_config(portable))
+
+    def default_fn(name: str, kargs: tuple[Any, ...]) -> Any:
+        bound = plain(name).bind(kargs)
+        return bound.compile_config(bound.config_spec.default_config())
+
+    def left() -> float:
+        return opts.deadline - (time.perf_counter() - started)
+
+    parts = set(opts.parts.split(","))
+    if "seeded" in parts:
+        for name in KERNELS:
+            rk = get_kernel(name)
+            op = getattr(torch.ops.presetdb, name)
+            for p in stored[name]:
+                if p.shape_key == "{}":
+                    continue
+                if left() < 200:
+                    result["skipped"].append(f"seeded {name} {p.shape_key}")
+                    continue
+                key = json.loads(p.shape_key)
+                torch.manual_seed(0)
+                args = rk.example_inputs(key, device="cuda")
+                kargs, _ = rk.adapt_args(args)
+                op(*args)
+                row = {
+                    "kernel": name, "key": key,
+                    "preset_ms": bench(lambda: op(*args)),
+                    "default_ms": bench(lambda f=default_fn(name, kargs): f(*kargs)),
+                    "torch_ms": bench(lambda: rk.baseline(*args)),
+                    "served_key": rk.last_choice.preset.shape_key if rk.last_choice else None,
+                }
+                result["seeded"].append(row)
+                print(f"seeded {name} {p.shape_key}: preset {row['preset_ms']:.4f} default {row['default_ms']:.4f} torch {row['torch_ms']:.4f}", flush=True)
+    if "heldout" in parts:
+        heldout = json.loads((ROOT / "benchmarks/shapes/heldout.json").read_text())
+        for name in KERNELS:
+            rk = get_kernel(name)
+            configs = {p.config_sha256: (p.shape_key, p.config) for p in stored[name]}
+            for key in heldout[name]:
+                if left() < 60:
+                    result["skipped"].append(f"heldout {name} {json.dumps(key)}")
+                    continue
+                torch.manual_seed(0)
+                args = rk.example_inputs(key, device="cuda")
+                kargs, _ = rk.adapt_args(args)
+                choice = picker.resolve(name, rk.key_spec, rk.features_of_kernel_args(kargs))
+                times: dict[str, float] = {}
+                for sha, (_, config) in configs.items():
+                    try:
+                        fn = compiled(name, kargs, config)
+                        times[sha] = bench(lambda fn=fn: fn(*kargs))
+                    except Exception as exc:  # a stored config may not fit this shape
+                        print(f"  {name} {key} config {sha[:8]} failed: {type(exc).__name__}", flush=True)
+                if not times or choice is None:
+                    continue
+                best_sha = min(times, key=times.get)
+                picked = times.get(choice.preset.config_sha256, float("nan"))
+                row = {
+                    "kernel": name, "key": key, "picked_key": choice.preset.shape_key,
+                    "match": choice.kind, "picked_ms": picked, "best_stored_ms": times[best_sha],
+                    "best_stored_key": configs[best_sha][0], "default_ms": bench(lambda f=default_fn(name, kargs): f(*kargs)),
+                    "torch_ms": bench(lambda: rk.baseline(*args)), "stored_configs_measured": len(times),
+                    "quality": times[best_sha] / picked,
+                }
+                result["heldout"].append(row)
+                print(f"heldout {name} {json.dumps(key)}: picked {picked:.4f} ({choice.preset.shape_key}) best {times[best_sha]:.4f} default {row['default_ms']:.4f} quality {row['quality']:.3f}", flush=True)
+    if "cold" in parts and left() > 40:
+        keys = [[k, json.loads(p.shape_key)] for k in KERNELS for p in stored[k] if p.shape_key != "{}"]
+        env = {**os.environ, "PRESETDB_USER_DB": str(tmp / "cold-overlay.db")}
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-P", "-c", COLD_START, json.dumps(keys)],
+                              capture_output=True, text=True, env=env, timeout=max(30, left()))
+        wall = time.perf_counter() - t0
+        if proc.returncode == 0:
+            cold = json.loads(proc.stdout.strip().splitlines()[-1])
+            tuning = sum(p.tuning_seconds or 0 for k in KERNELS for p in stored[k])
+            result["cold_start"] = {
+                "process_wall_s": wall, "in_process_s": cold["total_s"], "shapes": len(keys),
+                "all_correct": all(c["ok"] for c in cold["calls"]),
+                "exact_hits": sum(c["served_key"] == json.dumps(c["key"], sort_keys=True, separators=(",", ":")) for c in cold["calls"]),
+                "recorded_quick_autotune_s": tuning, "calls": cold["calls"],
+            }
+        else:
+            result["cold_start"] = {"error": proc.stderr[-2000:]}
+    write(result, opts.out)
+    return 0
+
+
+def write(result: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "seed_eval.json").write_text(json.dumps(result, indent=1))
+    lines = [f"# Seed presets on {result['device']} ({result['platform']})", "", f"method: {result['method']}", ""]
+    if result["seeded"]:
+        lines += ["## Seeded shapes", "", "| kernel | key | preset ms | Helion default ms | PyTorch ms | default/preset |", "|---|---|---|---|---|---|"]
+        for r in result["seeded"]:
+            lines.append(f"| {r['kernel']} | {json.dumps(r['key'])} | {r['preset_ms']:.4f} | {r['default_ms']:.4f} | {r['torch_ms']:.4f} | {r['default_ms'] / r['preset_ms']:.2f} |")
+    if result["heldout"]:
+        q = [r["quality"] for r in result["heldout"] if r["quality"] == r["quality"]]
+        lines += ["", "## Held-out shapes (never tuned)", "",
+                  f"picker quality = best stored ms / picked ms: geometric mean {geomean(q):.3f}, worst {min(q):.3f} over {len(q)} shapes (target >= 0.95 / >= 0.80)", "",
+                  "| kernel | key | picked key | match | picked ms | best stored ms | Helion default ms | PyTorch ms | quality |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in result["heldout"]:
+            lines.append(f"| {r['kernel']} | {json.dumps(r['key'])} | {r['picked_key']} | {r['match']} | {r['picked_ms']:.4f} | {r['best_stored_ms']:.4f} | {r['default_ms']:.4f} | {r['torch_ms']:.4f} | {r['quality']:.3f} |")
+    cold = result.get("cold_start")
+    if cold and "error" not in cold:
+        lines += ["", "## Cold start", "",
+                  f"fresh process to first correct result for {cold['shapes']} seeded shapes: {cold['process_wall_s']:.1f} s wall "
+                  f"({cold['in_process_s']:.1f} s after interpreter start), all correct: {cold['all_correct']}, exact hits {cold['exact_hits']}; "
+                  f"quick autotune of the same shapes (tuning provenance): {cold['recorded_quick_autotune_s']:.0f} s"]
+    if result["skipped"]:
+        lines += ["", f"skipped (deadline): {len(result['skipped'])} items"]
+    (out / "seed_eval.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
