@@ -23,6 +23,7 @@ VARIABLES = {
     "PRESETDB_ON_MISS": "default | strict | autotune: what a call with no stored config does",
     "PRESETDB_CACHE_DIR": "where the embedded default db and the overlay live",
     "PRESETDB_DISABLE_OVERLAY": "1 to skip the user overlay entirely (read-only deployments)",
+    "PRESETDB_KERNEL_MODULES": "modules to import for their register_kernel calls (tune, import)",
 }
 
 

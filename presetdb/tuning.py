@@ -361,9 +361,9 @@ class Tuner:
         if effort not in EFFORTS:
             raise TuneError(f"--effort {effort!r}: use one of {', '.join(EFFORTS)}")
         if isinstance(kernel, str):
-            import presetdb.kernels  # noqa: F401  (registers the example kernels)
-            from presetdb.integrations.helion import get_kernel
+            from presetdb.integrations.helion import get_kernel, load_kernel_modules
 
+            load_kernel_modules()  # the examples and PRESETDB_KERNEL_MODULES
             kernel = get_kernel(kernel)
         self.rk = kernel
         self.out = Path(out)

@@ -166,6 +166,10 @@ def tune_cmd(
         ),
     ] = "helion",
     runners_up: Annotated[int, typer.Option("--runners-up", help="Runners-up to re-measure and keep.")] = 3,
+    module: Annotated[
+        list[str] | None,
+        typer.Option("--module", help="Import this module first (it registers your kernel); repeatable."),
+    ] = None,
 ) -> None:
     """Autotune a kernel per shape with Helion and write a presetdb-results/1 file (GPU).
 
@@ -177,6 +181,10 @@ def tune_cmd(
     """
     from presetdb import tuning
 
+    if module:
+        from presetdb.integrations.helion import load_kernel_modules
+
+        load_kernel_modules(module)
     if (shapes is None) == (grid is None):
         raise typer.BadParameter("give exactly one of --shapes FILE or --grid SPEC")
     keys = tuning.load_shapes(shapes) if shapes is not None else tuning.parse_grid(grid or "")

@@ -95,8 +95,9 @@ class RegistryResolver:
     """Kernels from the process-wide registry (registers the example kernels first)."""
 
     def __init__(self) -> None:
-        import presetdb.kernels  # noqa: F401  (registers rms_norm, silu_mul, ...)
-        from presetdb.integrations.helion import get_kernel, registered_kernels
+        from presetdb.integrations.helion import get_kernel, load_kernel_modules, registered_kernels
+
+        load_kernel_modules()  # the examples and PRESETDB_KERNEL_MODULES
 
         self._get_kernel = get_kernel
         self._registered = registered_kernels

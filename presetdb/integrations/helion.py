@@ -412,6 +412,19 @@ def last_choice(name: str) -> Choice | None:
     return get_kernel(name).last_choice
 
 
+def load_kernel_modules(extra: Sequence[str] = ()) -> None:
+    """Import the example kernels, the modules named in ``PRESETDB_KERNEL_MODULES``
+    (comma-separated) and `extra`, so their `register_kernel` calls run. Offline tools
+    (tune, import, new-migration) use this to find a project's own kernels."""
+    import importlib
+    import os
+
+    names = ["presetdb.kernels", *os.environ.get("PRESETDB_KERNEL_MODULES", "").split(","), *extra]
+    for module in (n.strip() for n in names):
+        if module:
+            importlib.import_module(module)
+
+
 def get_kernel(name: str) -> RegisteredKernel:
     try:
         return _registry[name]
