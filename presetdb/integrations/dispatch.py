@@ -245,6 +245,14 @@ class RunnerCache:
             # device facts are fixed by the device in the key; exact metadata is not
             if getattr(e, "fact", None) == "input_tensor_metadata"
         ]
+        if not _uses_tensor_descriptors(getattr(bound, "_config", None)):
+            # Helion keeps tensor-descriptor layout guards when it cannot know the config
+            # at bind time (our autotuner_fn path), but a guard is only active for a config
+            # that indexes that operation with tensor descriptors (Helion's own
+            # `_td_guard_active_for_config`). The runner's config is known here: for a
+            # pointer/block-pointer config they cannot change the code, and re-checking
+            # them was the largest part of the fast path's cost on a GPU.
+            extractors = [e for e in extractors if not _is_td_layout_guard(e)]
         guards = tuple((fast_guard(e, len(args)) or e, e(args)) for e in extractors)
         if generation != kernel._specialization_generation or reset != kernel._reset_generation:
             return False  # the schema moved while we looked; try again next call
@@ -262,3 +270,22 @@ class RunnerCache:
 
     def __len__(self) -> int:
         return sum(len(v) for by_meta in self._by_token.values() for v in by_meta.values())
+
+
+def _uses_tensor_descriptors(config: Any) -> bool:
+    """Whether a compiled config may index any operation with tensor descriptors.
+    Unknown (None) counts as yes: keep every guard."""
+    if config is None:
+        return True
+    get = config.get if hasattr(config, "get") else lambda k, d=None: getattr(config, k, d)
+    for name in ("indexing", "atomic_indexing"):
+        value = get(name, None)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(v == "tensor_descriptor" for v in values):
+            return True
+    return bool(get("host_tensor_descriptors", False))
+
+
+def _is_td_layout_guard(extractor: Any) -> bool:
+    inner = getattr(extractor, "extractor", extractor)
+    return getattr(inner, "__name__", "") == "td_layout_extractor"
