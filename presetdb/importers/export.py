@@ -16,27 +16,11 @@ from typing import Any, Literal
 
 from presetdb import migrate
 from presetdb.importers import presetdb_results, vllm
+from presetdb.importers.records import PROVENANCE_FIELDS
 from presetdb.repository import PresetRecord, Repository, RunRecord
 
 ExportFormat = Literal["vllm", "presetdb"]
-_RUN_KEYS = (
-    "source",
-    "tuned_by",
-    "host",
-    "device_name",
-    "sm_count",
-    "driver_version",
-    "cuda_version",
-    "torch_version",
-    "triton_version",
-    "helion_version",
-    "presetdb_version",
-    "autotune_effort",
-    "seed",
-    "benchmark_method",
-    "started_at",
-    "finished_at",
-)
+_RUN_KEYS = ("source", *PROVENANCE_FIELDS)
 
 
 def _sorted(presets: list[PresetRecord]) -> list[PresetRecord]:
