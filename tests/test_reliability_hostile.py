@@ -5,9 +5,8 @@ writes nothing (the db's bytes and rows are unchanged).
 Hypothesis builds presetdb-results/1 and vLLM files of valid entries with one defect
 planted at a random row: malformed JSON, wrong types, NaN / negative / huge timings,
 unknown config keys, wrong key fields, a shape key given twice. Enormous files (50 MB)
-are read with bounded memory. Inputs that still escape as raw Python exceptions are
-pinned by strict xfail tests below (they are the importer's to fix; see
-docs/reliability.md).
+are read with bounded memory. Undecodable bytes, repeated member names and config
+values Triton cannot run are refused too.
 """
 
 from __future__ import annotations
@@ -351,15 +350,9 @@ def test_enormous_file_is_read_with_bounded_memory(target: Target, tmp_path: Pat
     )
 
 
-# ---------------------------------------------------------------- known gaps (importer)
-
-GAP = (
-    "importer gap (presetdb/importers/jsonstream.py, owned by the importer work): this input "
-    "escapes as a raw Python exception instead of ImportValidationError; see docs/reliability.md"
-)
+# ---------------------------------------------------------------- undecodable input, bad values
 
 
-@pytest.mark.xfail(strict=True, reason=GAP)
 @pytest.mark.parametrize(
     "content",
     [
@@ -377,12 +370,6 @@ def test_unreadable_bytes_are_an_import_error(target: Target, content: bytes) ->
     target.refuse(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="validation gap (RegisteredKernel.validate_config in presetdb/integrations/helion.py): "
-    "Helion's ConfigSpec.normalized_config does not range-check these values, so they are "
-    "stored and only fail (and get quarantined) at compile time; see docs/reliability.md",
-)
 @pytest.mark.parametrize(
     ("field", "value"),
     [("num_warps", -4), ("num_warps", 3), ("num_stages", -2), ("indexing", ["teleport"] * 7),
@@ -396,11 +383,6 @@ def test_config_values_helion_cannot_run_are_refused_at_import(target: Target, f
     target.refuse(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="importer gap: duplicate JSON member names are read last-wins (json's default), so a "
-    "file can hide one value behind another; see docs/reliability.md",
-)
 def test_a_member_given_twice_in_one_object_is_refused(target: Target) -> None:
     text = json.dumps(results_doc(0, 2))
     at = text.index('"latency_ms"')

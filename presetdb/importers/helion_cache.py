@@ -35,7 +35,7 @@ def _load(path: Path) -> dict[str, Any]:
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, huge ints
         raise ImportValidationError(
             f"{path.name}: not a Helion .best_config file (not JSON: {exc})"
         ) from None

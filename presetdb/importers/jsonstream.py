@@ -29,13 +29,16 @@ class JsonStream:
         self._pos = 0
         self._consumed = 0  # characters dropped from the front of the buffer
         self._eof = False
-        self._decoder = json.JSONDecoder()
+        self._decoder = json.JSONDecoder(object_pairs_hook=_unique_members)
 
     # -- low level ------------------------------------------------------------
     def _fill(self) -> bool:
         if self._eof:
             return False
-        data = self._fh.read(self._chunk)
+        try:
+            data = self._fh.read(self._chunk)
+        except UnicodeDecodeError as exc:
+            raise self._error(f"the file is not UTF-8 text ({exc.reason} at byte {exc.start} of a chunk)") from None
         if not data:
             self._eof = True
             return False
@@ -80,6 +83,12 @@ class JsonStream:
                 if self._fill():
                     continue
                 raise self._error(exc.msg) from None
+            except _DuplicateMember as dup:
+                raise self._error(f"member {dup.name!r} is given twice in one object") from None
+            except RecursionError:
+                raise self._error("values are nested too deeply") from None
+            except ValueError as exc:  # e.g. an integer of thousands of digits
+                raise self._error(str(exc)) from None
             # A number or literal that ends exactly at the window's edge may continue.
             if end >= len(self._buf) and not self._eof and self._fill():
                 continue
@@ -110,10 +119,14 @@ class JsonStream:
         if self.peek() == "}":
             self._pos += 1
             return
+        seen: set[str] = set()
         while True:
             if self.peek() != '"':
                 raise self._error("expected a member name in double quotes")
             key = self.value()
+            if key in seen:
+                raise self._error(f"member {key!r} is given twice in one object")
+            seen.add(key)
             self.expect(":")
             yield key
             sep = self.peek()
@@ -129,3 +142,18 @@ class JsonStream:
         extra = self.peek()
         if extra:
             raise self._error(f"unexpected {extra!r} after the end of the document")
+
+
+class _DuplicateMember(Exception):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's default keeps the last of repeated names, which lets a file hide a value."""
+    out: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in out:
+            raise _DuplicateMember(name)
+        out[name] = value
+    return out

@@ -327,6 +327,11 @@ class RegisteredKernel:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         args = self.example_inputs(key, device=device)
         kargs, _ = self.adapt_args(args)
+        problems = _value_problems(config)
+        if problems:
+            raise InvalidConfigError(
+                f"{self.name}: config {_config_text(config)} is invalid: " + "; ".join(problems)
+            )
         bound = self.shape_kernel.bind(kargs)
         portable, device_only = split_device_keys(bound.config_spec, config)
         try:
@@ -353,6 +358,31 @@ def _has_constexpr(kernel: Any) -> bool:
     from helion.language.constexpr import ConstExpr  # type: ignore[import-untyped]
 
     return any(a is ConstExpr for a in getattr(kernel, "_annotations", ()))
+
+
+# Values Helion's ConfigSpec passes through unchecked but Triton cannot run; refused at
+# import so they never reach a deployment (they would only fail, and be quarantined, later).
+_INDEXING = {"pointer", "block_ptr", "tensor_descriptor"}
+_EVICTION = {"", "first", "last"}
+
+
+def _value_problems(config: dict[str, Any]) -> list[str]:
+    problems = []
+    warps = config.get("num_warps")
+    if warps is not None and (
+        isinstance(warps, bool) or not isinstance(warps, int) or warps < 1 or warps > 32 or warps & (warps - 1)
+    ):
+        problems.append(f"num_warps must be a power of two from 1 to 32, got {warps!r}")
+    stages = config.get("num_stages")
+    if stages is not None and (isinstance(stages, bool) or not isinstance(stages, int) or not 0 <= stages <= 16):
+        problems.append(f"num_stages must be an integer from 0 to 16, got {stages!r}")
+    for name, allowed in (("indexing", _INDEXING), ("atomic_indexing", _INDEXING), ("load_eviction_policies", _EVICTION)):
+        value = config.get(name)
+        values = value if isinstance(value, list) else [] if value is None else [value]
+        bad = sorted({repr(v) for v in values if v not in allowed})
+        if bad:
+            problems.append(f"{name} has {', '.join(bad)}; allowed: {sorted(allowed)}")
+    return problems
 
 
 def _config_text(config: dict[str, Any]) -> str:
