@@ -10,6 +10,8 @@ scratch folder that holds:
 - ``presets.db``: the example db of tests/audit_fixtures.py (written through the
   repository; invented timings), compacted like a `presetdb build` output;
 - ``old.db``: the release before it, for ``presetdb diff``;
+- ``seed.db``: the real shipped db, built by `presetdb build` from the package's
+  migrations (the H100 seed presets);
 - ``presetdb/sql``: a link to the package's canned queries, as in a checkout.
 
 ``presetdb ...`` runs through presetdb's entry point (`presetdb.cli.main`) in this
@@ -45,6 +47,10 @@ def make_workspace(folder: Path) -> None:
         scratch.unlink()
     for scratch in folder.glob("previous.db*"):
         scratch.unlink()
+    from presetdb.build import build_database
+
+    build_database(folder / "seed.db")
+    (folder / "seed.db.manifest.json").unlink()
     (folder / "presetdb").mkdir()
     (folder / "presetdb" / "sql").symlink_to(ROOT / "presetdb" / "sql")
 
