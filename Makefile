@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml Makefile
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider
 
-# The main job: the end-to-end demo on the embedded default db.
+# The main job: the end-to-end demo on the embedded default db (it switches to the Triton
+# interpreter by itself when no GPU is present, and says so).
 run: $(STAMP)
-	TRITON_INTERPRET=1 $(VENV)/bin/presetdb demo
+	$(VENV)/bin/presetdb demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check presetdb migrations tests benchmarks
