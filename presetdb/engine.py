@@ -13,8 +13,8 @@ file is a presetdb database whose schema matches this package (see `migrate`).
 
 from __future__ import annotations
 
-import re
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from sqlalchemy import URL, Engine, create_engine, event, text
+from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -130,6 +130,8 @@ class Store:
     engine: Engine
     revision: str | None = None
     _sessions: sessionmaker[Session] = field(init=False, repr=False)
+    _version_conn: Any = field(default=None, init=False, repr=False)
+    _version_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -161,12 +163,27 @@ class Store:
                 raise translate_operational(self.path, exc) from exc
 
     def data_version(self) -> int:
-        """SQLite's `PRAGMA data_version` on a dedicated connection: changes when another
-        connection commits. Used by the picker to notice a changed mutable db."""
-        with self.engine.connect() as conn:
-            return int(conn.exec_driver_sql("PRAGMA data_version").scalar() or 0)
+        """SQLite's `PRAGMA data_version`: changes whenever another connection commits.
+        Used by the picker to notice a changed mutable db.
+
+        The counter is per connection (a fresh one starts over), so it is always asked on
+        one dedicated connection, never on whichever the pool hands out."""
+        with self._version_lock:
+            if self._version_conn is None:
+                # Kept checked out: presetdb's pragmas applied, autocommit (the PRAGMA
+                # opens no transaction that would pin a snapshot).
+                self._version_conn = self.engine.raw_connection()
+            cursor = self._version_conn.cursor()
+            try:
+                return int(cursor.execute("PRAGMA data_version").fetchone()[0])
+            finally:
+                cursor.close()
 
     def dispose(self) -> None:
+        with self._version_lock:
+            if self._version_conn is not None:
+                self._version_conn.close()
+                self._version_conn = None
         self.engine.dispose()
 
 
@@ -201,10 +218,3 @@ def translate_operational(path: Path, exc: DBAPIError) -> StoreError:
         )
     return StoreError(f"{path}: {message}")
 
-
-def execute_pragma(engine: Engine, pragma: str) -> list[tuple[Any, ...]]:
-    """Read one pragma by name (`PRAGMA <name>`); the name must be a bare identifier."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", pragma):
-        raise ValueError(f"not a pragma name: {pragma!r}")
-    with engine.connect() as conn:
-        return [tuple(row) for row in conn.execute(text(f"PRAGMA {pragma}"))]  # sql: identifier checked above

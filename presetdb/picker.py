@@ -119,7 +119,7 @@ class Picker:
         self._indexes: dict[str, _KernelIndex] = {}
         self._memo: dict[tuple[str, tuple[KeyValue, ...]], Choice | None] = {}
         self._watch = [layer for layer in layers if layer.mutable]
-        self._versions = {id(layer): layer.data_version() for layer in self._watch}
+        self._versions = {id(layer): layer.store.data_version() for layer in self._watch}
         self._next_check = time.monotonic() + RECHECK_SECONDS
         self._misses: dict[tuple[str, str, str], _Miss] = {}
         self._miss_timer: threading.Timer | None = None
@@ -284,7 +284,7 @@ class Picker:
             changed = False
             for layer in self._watch:
                 try:
-                    version = layer.data_version()
+                    version = layer.store.data_version()
                 except Exception:
                     continue
                 if version != self._versions.get(id(layer)):
@@ -395,7 +395,7 @@ class Picker:
             self._miss_timer.cancel()
         self.flush_misses()
         for layer in self.layers:
-            layer.close()
+            layer.store.dispose()
         if self.writer is not None:
             self.writer.dispose()
 

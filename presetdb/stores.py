@@ -13,11 +13,9 @@ a broken file must never crash a kernel call in a user's model.
 
 from __future__ import annotations
 
-import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from presetdb import migrate
 from presetdb.defaultdb import default_db_path
@@ -35,34 +33,10 @@ class Layer:
     name: str  # "overlay", "deployment" or "default"
     store: Store  # for reads
     mutable: bool  # can change under us (then the picker watches PRAGMA data_version)
-    # `PRAGMA data_version` is per connection (a fresh connection starts over), so it is
-    # always asked on this one dedicated connection, never on whichever the pool hands out.
-    _version_conn: Any = field(default=None, init=False, repr=False)
-    _version_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def path(self) -> Path:
         return self.store.path
-
-    def data_version(self) -> int:
-        """Changes whenever another connection commits to this db (WAL readers included)."""
-        with self._version_lock:
-            if self._version_conn is None:
-                # A pooled DBAPI connection kept checked out: presetdb's pragmas applied,
-                # autocommit (the PRAGMA opens no transaction that would pin a snapshot).
-                self._version_conn = self.store.engine.raw_connection()
-            cursor = self._version_conn.cursor()
-            try:
-                return int(cursor.execute("PRAGMA data_version").fetchone()[0])
-            finally:
-                cursor.close()
-
-    def close(self) -> None:
-        with self._version_lock:
-            if self._version_conn is not None:
-                self._version_conn.close()
-                self._version_conn = None
-        self.store.dispose()
 
 
 def _warn(message: str) -> None:

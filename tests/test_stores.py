@@ -247,9 +247,6 @@ def test_immutable_layers_are_never_rechecked_or_reread(
     asked: list[str] = []
     for layer in picker.layers:
         monkeypatch.setattr(
-            layer, "data_version", lambda name=layer.name: asked.append(name) or 0
-        )
-        monkeypatch.setattr(
             layer.store, "data_version", lambda name=layer.name: asked.append(name) or 0
         )
     for _ in range(3):
@@ -298,13 +295,13 @@ def test_watching_the_overlay_uses_one_connection(
     overlay = make_db(tmp_path / "overlay.db", [], shipped=False)
     picker: Picker = make_picker(overlay=overlay)
     layer = picker.layers[0]
-    before = layer.data_version()
+    before = layer.store.data_version()
     write_presets(overlay, [P("rms_norm", H100, rms_key(), {"x": 1})])
-    assert layer.data_version() != before
-    after = layer.data_version()
-    assert layer.data_version() == after
+    assert layer.store.data_version() != before
+    after = layer.store.data_version()
+    assert layer.store.data_version() == after
     picker.close()
-    assert layer._version_conn is None  # closed with the picker
+    assert layer.store._version_conn is None  # closed with the picker
 
 
 # ---------------------------------------------------------------------------- broken files
@@ -439,7 +436,7 @@ def test_overlay_is_created_schema_only_on_first_use(
         assert migrate.revision_of(overlay) == migrate.head()
     finally:
         for layer in layers:
-            layer.close()
+            layer.store.dispose()
         assert writer is not None
         writer.dispose()
 

@@ -366,7 +366,7 @@ def show_platform(
             record = next((r for repo in repos if (r := repo.find_platform(info.platform))), None)
     finally:
         for layer in layers:
-            layer.close()
+            layer.store.dispose()
     how = {
         "PRESETDB_PLATFORM": f"PRESETDB_PLATFORM={settings.platform} (override)",
         "alias": f"the device string {device.device_name!r} is an alias in the db",

@@ -56,7 +56,6 @@ from presetdb.integrations import interpreter, ops
 from presetdb.integrations.args import Adapter, flatten_leading, key_fields
 from presetdb.integrations.dispatch import RunnerCache, dispatch_key
 from presetdb.integrations.policy import (
-    split_device_keys,
     CALL_SLOT,
     DEFAULT_TOKEN,
     PresetConfigSearch,
@@ -68,6 +67,7 @@ from presetdb.integrations.policy import (
     quarantine,
     resolve,
     slot_resolution,
+    split_device_keys,
 )
 from presetdb.keys import KeySpec, KeyValue, canonical_key
 from presetdb.picker import Choice, get_picker
