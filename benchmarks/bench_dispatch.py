@@ -6,7 +6,8 @@ Variants:
   helion_keyed        vLLM-style Helion kernel: key= picks a config key, autotuner_fn= returns it
   helion_config_static   helion.kernel(config=..., static_shapes=True)
   helion_config_dynamic  helion.kernel(config=..., static_shapes=False)
-  compiled_runner     bound.compile_config(config) called directly (the floor for Helion)
+  compiled_runner     bound.compile_config(config) called directly (Helion's own launch path)
+  compiled_runner_fast_launch  the same runner with presetdb's FastLauncher (GPU only)
   torch_rms_norm      torch.nn.functional.rms_norm
 
 Targets (GPU): presetdb <= 0.33 x helion_keyed and <= 1.2 x compiled_runner.
@@ -152,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
     bound = helion.kernel(body, static_shapes=False).bind((x, w, EPS))
     runner = bound.compile_config(config)
     op = torch.ops.presetdb.rms_norm
+    from presetdb.integrations.launch import FastLauncher, fast_launcher_for
+
+    fast = fast_launcher_for(helion.runtime.default_launcher)
+    fast = fast if isinstance(fast, FastLauncher) else None
 
     variants: dict[str, Callable[[], Any]] = {
         "presetdb_eager": lambda: rk(x, w, EPS),
@@ -160,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "helion_config_static": lambda: static(x, w, EPS),
         "helion_config_dynamic": lambda: dynamic(x, w, EPS),
         "compiled_runner": lambda: runner(x, w, EPS),
+        **({} if fast is None else {"compiled_runner_fast_launch": lambda: runner(x, w, EPS, _launcher=fast)}),
         "torch_rms_norm": lambda: torch.nn.functional.rms_norm(x, (SHAPE[1],), w, EPS),
     }
     if not args.cpu_noop:  # correctness of what we time

@@ -24,6 +24,7 @@ VARIABLES = {
     "PRESETDB_CACHE_DIR": "where the embedded default db and the overlay live",
     "PRESETDB_DISABLE_OVERLAY": "1 to skip the user overlay entirely (read-only deployments)",
     "PRESETDB_KERNEL_MODULES": "modules to import for their register_kernel calls (tune, import)",
+    "PRESETDB_FAST_LAUNCH": "0 to launch through Triton's JITFunction.run instead of the cached kernel (default 1)",
 }
 
 
@@ -39,8 +40,8 @@ def _choice(name: str, allowed: tuple[str, ...], default: str) -> str:
     return value
 
 
-def _flag(name: str) -> bool:
-    value = os.environ.get(name, "").strip().lower()
+def _flag(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name, "").strip().lower() or ("1" if default else "")
     if value in ("", "0", "false", "no", "off"):
         return False
     if value in ("1", "true", "yes", "on"):
@@ -56,6 +57,7 @@ class Settings:
     on_miss: OnMiss
     cache_dir: Path
     disable_overlay: bool
+    fast_launch: bool = True
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -67,4 +69,5 @@ class Settings:
             on_miss=_choice("PRESETDB_ON_MISS", ON_MISS_VALUES, "default"),  # type: ignore[arg-type]
             cache_dir=cache_dir,
             disable_overlay=_flag("PRESETDB_DISABLE_OVERLAY"),
+            fast_launch=_flag("PRESETDB_FAST_LAUNCH", default=True),
         )

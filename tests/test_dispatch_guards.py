@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import helion
 
-from presetdb.integrations.dispatch import _is_td_layout_guard, _uses_tensor_descriptors
+from presetdb.integrations.dispatch import (
+    TD_GUARD_NAMES,
+    _is_td_guard,
+    _uses_tensor_descriptors,
+)
 
 
 def test_tensor_descriptor_use_is_read_from_the_compiled_config() -> None:
@@ -17,8 +21,11 @@ def test_tensor_descriptor_use_is_read_from_the_compiled_config() -> None:
     assert not _uses_tensor_descriptors(helion.Config(block_sizes=[1]))
 
 
-def test_only_helions_layout_extractor_counts_as_a_layout_guard() -> None:
+def test_only_helions_tensor_descriptor_extractors_count_as_td_guards() -> None:
     def td_layout_extractor(args: object) -> object:
+        return args
+
+    def td_alignment_extractor(args: object) -> object:
         return args
 
     def size_guard(args: object) -> object:
@@ -27,5 +34,18 @@ def test_only_helions_layout_extractor_counts_as_a_layout_guard() -> None:
     class Wrapped:  # Helion wraps metadata extractors in a small callable object
         extractor = staticmethod(td_layout_extractor)
 
-    assert _is_td_layout_guard(td_layout_extractor) and _is_td_layout_guard(Wrapped())
-    assert not _is_td_layout_guard(size_guard)
+    assert _is_td_guard(td_layout_extractor) and _is_td_guard(Wrapped()) and _is_td_guard(td_alignment_extractor)
+    assert not _is_td_guard(size_guard)
+
+
+def test_the_guard_names_exist_in_the_pinned_helion() -> None:
+    """The filter goes by Helion's function names: a Helion that renames them must fail here."""
+    import importlib
+    import inspect
+
+    # `helion.runtime.kernel` the attribute is the decorator; the module is this
+    source = inspect.getsource(importlib.import_module("helion.runtime.kernel"))
+    for name in TD_GUARD_NAMES:
+        assert f"def {name}(" in source, name
+    # both are only built for guards that pass Helion's per-config activity check
+    assert source.count("if not guard_is_active(guard):") >= 2

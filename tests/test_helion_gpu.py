@@ -62,3 +62,59 @@ def test_cuda_graph_replays_the_fast_path(preset_store) -> None:
     torch.cuda.synchronize()
     assert_close(out, rk.reference(x, w, eps), torch.bfloat16)
     assert block_sizes_of(rk.bound(x, w, eps)) == [2]
+
+
+def test_fast_launcher_reuses_compiled_kernels_only_where_triton_would(preset_store, monkeypatch) -> None:
+    """The published runner launches Triton's compiled kernel directly; a new pointer
+    alignment or integer divisibility goes through Triton once (a new specialization),
+    and every result matches the reference."""
+
+    import presetdb.kernels  # noqa: F401  (registers the kernels)
+    from presetdb.integrations.helion import get_kernel
+    from presetdb.integrations.launch import FastLauncher
+
+    rk = get_kernel("rms_norm")
+    key = {"dtype": "bfloat16", "hidden": 1024, "num_tokens": 64}
+    preset_store.add("rms_norm", rk.key_spec, key, {"block_sizes": [2], "num_warps": 4})
+    x, w, eps = rk.example_inputs(key, device="cuda")
+    for _ in range(2):  # Helion's path publishes the runner; its first launch caches the kernel
+        assert_close(rk(x, w, eps), rk.reference(x, w, eps), torch.bfloat16)
+    entry = rk.runners.entry_for(rk.resolution(x, w, eps).token, (x, w, eps))
+    assert entry is not None
+    launcher = entry.run.keywords["_launcher"]
+    assert isinstance(launcher, FastLauncher)
+    through_triton: list[object] = []
+    real = launcher._fallback
+    monkeypatch.setattr(launcher, "_fallback", lambda *a, **k: through_triton.append(a[0]) or real(*a, **k))
+
+    for _ in range(3):  # same specialization: no Triton launch path at all
+        assert_close(rk(x, w, eps), rk.reference(x, w, eps), torch.bfloat16)
+    assert through_triton == []
+
+    # 17 rows (not divisible by 16) and a misaligned start (offset of one element).
+    # Each call's first fast launch goes through Triton once (it returns the compiled
+    # kernel to cache), then the cached kernel is launched directly.
+    odd = torch.randn(17, 1024, device="cuda", dtype=torch.bfloat16)
+    base = torch.randn(64 * 1024 + 1, device="cuda", dtype=torch.bfloat16)
+    misaligned = base[1:].view(64, 1024)
+    inputs = {"x": x, "odd": odd, "misaligned": misaligned}
+    for _ in range(2):
+        for t in inputs.values():
+            assert_close(rk(t, w, eps), rk.reference(t, w, eps), torch.bfloat16)
+    launchers = {}
+    for name, t in inputs.items():
+        e = rk.runners.entry_for(rk.resolution(t, w, eps).token, (t, w, eps))
+        assert e is not None
+        launchers[name] = e.run.keywords["_launcher"]
+    # Triton specializes on pointer alignment (and integers divisible by 16): the
+    # misaligned input never shares x's compiled kernel, even when it shares the runner
+    compiled = {id(v[3]) for la in launchers.values() for v in la._kernels.values()}
+    assert len(compiled) >= 2
+    through_triton.clear()  # x's launcher may be shared: it saw odd's and misaligned's first launches
+    for la in {id(la): la for la in launchers.values()}.values():
+        fallback = la._fallback
+        monkeypatch.setattr(la, "_fallback", lambda *a, _f=fallback, **k: through_triton.append(a[0]) or _f(*a, **k))
+    for _ in range(2):
+        for t in inputs.values():
+            assert_close(rk(t, w, eps), rk.reference(t, w, eps), torch.bfloat16)
+    assert through_triton == []

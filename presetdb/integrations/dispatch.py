@@ -4,7 +4,8 @@ Helion's own per-call path (``Kernel.__call__`` with a ``key=`` hook) rebuilds a
 metadata key, calls the hook and walks its specialization machinery on every launch.
 After the first call for a (stored config, specialization) pair presetdb instead keeps
 the compiled runner (``BoundKernel._run``, the generated host function) and calls it
-directly, keyed by a cheap tuple:
+directly (on a GPU with `presetdb.integrations.launch.FastLauncher` as its launcher),
+keyed by a cheap tuple:
 
 - per tensor: dtype, device, rank, each size as 0 / 1 / "2 or more", whether it is
   contiguous, else each stride as 0 / 1 / "2 or more", and whether ``numel`` needs
@@ -246,17 +247,18 @@ class RunnerCache:
             if getattr(e, "fact", None) == "input_tensor_metadata"
         ]
         if not _uses_tensor_descriptors(getattr(bound, "_config", None)):
-            # Helion keeps tensor-descriptor layout guards when it cannot know the config
+            # Helion keeps tensor-descriptor layout/alignment guards when it cannot know the config
             # at bind time (our autotuner_fn path), but a guard is only active for a config
             # that indexes that operation with tensor descriptors (Helion's own
             # `_td_guard_active_for_config`). The runner's config is known here: for a
             # pointer/block-pointer config they cannot change the code, and re-checking
             # them was the largest part of the fast path's cost on a GPU.
-            extractors = [e for e in extractors if not _is_td_layout_guard(e)]
+            extractors = [e for e in extractors if not _is_td_guard(e)]
         guards = tuple((fast_guard(e, len(args)) or e, e(args)) for e in extractors)
         if generation != kernel._specialization_generation or reset != kernel._reset_generation:
             return False  # the schema moved while we looked; try again next call
-        launched = run if self.launcher is None else functools.partial(run, _launcher=self.launcher)
+        launcher = self.launcher if self.launcher is not None else self._fast_launcher()
+        launched = run if launcher is None else functools.partial(run, _launcher=launcher)
         entries = self._by_token.setdefault(token, {}).setdefault(meta, [])
         values = tuple(v for _, v in guards)
         entries[:] = [
@@ -267,6 +269,20 @@ class RunnerCache:
 
     def clear(self) -> None:
         self._by_token = {}
+
+    @staticmethod
+    def _fast_launcher() -> Callable[..., Any] | None:
+        """A launcher of its own for each published runner (presetdb.integrations.launch),
+        or None to keep the runner's default (interpreter, PRESETDB_FAST_LAUNCH=0)."""
+        from helion.runtime import default_launcher
+
+        from presetdb.integrations.launch import fast_launcher_for
+        from presetdb.settings import Settings
+
+        if not Settings.from_env().fast_launch:
+            return None
+        launcher = fast_launcher_for(default_launcher)
+        return None if launcher is default_launcher else launcher
 
     def __len__(self) -> int:
         return sum(len(v) for by_meta in self._by_token.values() for v in by_meta.values())
@@ -286,6 +302,11 @@ def _uses_tensor_descriptors(config: Any) -> bool:
     return bool(get("host_tensor_descriptors", False))
 
 
-def _is_td_layout_guard(extractor: Any) -> bool:
+TD_GUARD_NAMES = frozenset({"td_layout_extractor", "td_alignment_extractor"})
+
+
+def _is_td_guard(extractor: Any) -> bool:
+    """Helion's tensor-descriptor layout and alignment guards (both only active for a
+    config that indexes the guarded operation with tensor descriptors)."""
     inner = getattr(extractor, "extractor", extractor)
-    return getattr(inner, "__name__", "") == "td_layout_extractor"
+    return getattr(inner, "__name__", "") in TD_GUARD_NAMES

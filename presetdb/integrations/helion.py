@@ -292,9 +292,13 @@ class RegisteredKernel:
 
     def bound(self, *args: Any) -> Any:
         """The Helion BoundKernel a call with these arguments uses (its `_config` is the
-        config Helion compiled)."""
+        config Helion compiled): the one whose runner fast dispatch would call, else
+        the one Helion binds them to."""
         kargs, _ = self.adapt_args(args)
         res = self.resolution(*args)
+        entry = self.runners.entry_for(res.token, kargs)
+        if entry is not None:
+            return entry.bound
         slot = CALL_SLOT
         saved = (slot.kernel, slot.args, slot.resolution)
         slot.kernel, slot.args, slot.resolution = self, kargs, res
