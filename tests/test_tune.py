@@ -179,3 +179,32 @@ def test_tune_cli_on_cpu(tmp_path: Path) -> None:
     assert load(out)["run"]["seed"] == 3
     again = CliRunner().invoke(app, args)
     assert "0 tuned, 1 already there" in " ".join(again.output.split())
+
+
+def test_one_lucky_timing_does_not_make_a_config_the_preset(rk: Any, tmp_path: Path) -> None:
+    """The search winner looks fastest once (1.0) but its re-timings are slow (3.0):
+    the runner-up's median (1.4) wins."""
+    first_pass = [1.0, 2.0, 1.5]  # search winner, Helion default, runner-up
+    one_round = [3.0, 1.4, 2.0]  # finalists in first-pass order: winner, runner-up, default
+    script = iter([*first_pass, *one_round * tuning.FINAL_ROUNDS, 9.0])  # 9.0: PyTorch reference
+
+    def timer(fn: Any) -> float:
+        return next(script)
+
+    search = tuning.sample_search(count=2, timer=tuning.cpu_timer(1))
+    outcomes: list[tuning.SearchOutcome] = []
+
+    def recording(request: tuning.SearchRequest) -> tuning.SearchOutcome:
+        outcomes.append(search(request))
+        return outcomes[-1]
+
+    tuner = make_tuner(rk, tmp_path / "t.json", recording)
+    tuner.timer = timer
+    tuner.run(SHAPES[:1])
+    (entry,) = load(tmp_path / "t.json")["entries"]
+    (outcome,) = outcomes
+    assert len(outcome.runners_up) == 1 and outcome.runners_up[0] != outcome.config
+    assert entry["config"] == rk.validate_config(dict(outcome.runners_up[0]), entry["key"])
+    assert (entry["latency_ms"], entry["default_ms"], entry["reference_ms"]) == (1.4, 2.0, 9.0)
+    # the lucky first timing is gone: every runner-up reports its median
+    assert {r["latency_ms"] for r in entry["runners_up"]} <= {2.0, 3.0}
