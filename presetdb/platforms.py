@@ -19,13 +19,13 @@ from presetdb.repository import Repository
 
 # Families recognised in a device string when the db has no alias for it.
 _FAMILY_PATTERNS = (
-    (re.compile(r"\b(gh200|h200)\b", re.I), "nvidia_h200"),
-    (re.compile(r"\b(h100|h800)\b", re.I), "nvidia_h100"),
-    (re.compile(r"\bb200\b", re.I), "nvidia_b200"),
-    (re.compile(r"\b(a100|a800)\b", re.I), "nvidia_a100"),
-    (re.compile(r"\bl40s\b", re.I), "nvidia_l40s"),
-    (re.compile(r"\bmi300x\b", re.I), "amd_instinct_mi300x"),
-    (re.compile(r"\bmi325x\b", re.I), "amd_instinct_mi325x"),
+    (re.compile(r"\b(gh200|h200)\b", re.IGNORECASE), "nvidia_h200"),
+    (re.compile(r"\b(h100|h800)\b", re.IGNORECASE), "nvidia_h100"),
+    (re.compile(r"\bb200\b", re.IGNORECASE), "nvidia_b200"),
+    (re.compile(r"\b(a100|a800)\b", re.IGNORECASE), "nvidia_a100"),
+    (re.compile(r"\bl40s\b", re.IGNORECASE), "nvidia_l40s"),
+    (re.compile(r"\bmi300x\b", re.IGNORECASE), "amd_instinct_mi300x"),
+    (re.compile(r"\bmi325x\b", re.IGNORECASE), "amd_instinct_mi325x"),
 )
 
 
@@ -80,6 +80,7 @@ def resolve_platform(
 ) -> PlatformInfo:
     """Canonical platform and fallback chain, consulting each db (first answer wins)."""
     device = device or detect()
+    platform: str | None
     if override:
         platform, how = override, "PRESETDB_PLATFORM"
     else:
