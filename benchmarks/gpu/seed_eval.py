@@ -1,7 +1,8 @@
 """How well the seed presets serve, measured on a GPU (issue [seed]).
 
-1. Seeded shapes: the op through torch.ops.presetdb (its stored config) vs Helion's
-   default config vs the PyTorch baseline, side by side, do_bench median.
+1. Seeded shapes: the stored config vs Helion's default config vs the PyTorch baseline,
+   side by side; the op through torch.ops.presetdb is checked to serve that stored key
+   and to match the reference.
 2. Held-out shapes (benchmarks/shapes/heldout.json, fixed before tuning, never tuned):
    the picker's choice vs every stored config of the kernel measured on that shape
    (the best stored config) vs Helion's default config.
@@ -10,6 +11,16 @@
 
     python3 -P benchmarks/gpu/seed_eval.py --db presets.db --out $OUT [--deadline 500]
 Writes seed_eval.json and seed_eval.md to --out.
+
+Every kernel time is GPU time of one compiled config, taken two ways:
+- `flush`: triton.testing.do_bench median with its L2 flush between calls (what
+  `presetdb tune` records);
+- `graph`: triton.testing.do_bench_cudagraph median (calls replayed from a CUDA graph:
+  warm L2 and no host launch time, the way a serving engine runs them).
+Host time of the presetdb op is not measured here (benchmarks/bench_dispatch.py is).
+Held-out rows keep every stored config's time. When the first pass's fastest stored
+config is not the picked one, both are timed again three times, alternating, and the
+quality uses those medians: the fastest of ~15 noisy timings is otherwise biased low.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,10 +64,15 @@ print(json.dumps({"total_s": time.perf_counter() - t0, "calls": out}))
 """
 
 
-def bench(fn: Any) -> float:
+def bench(fn: Any) -> dict[str, float]:
     import triton.testing
 
-    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    flush = float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    graph = float(triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median"))  # on its own stream
+    return {"flush": flush, "graph": graph}
+
+
+METHODS = ("flush", "graph")
 
 
 def geomean(xs: list[float]) -> float:
@@ -94,7 +111,7 @@ def main() -> int:
     picker = get_picker()
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(), "platform": opts.platform, "db": str(opts.db),
-        "torch": torch.__version__, "helion": "1.5.0", "method": "triton.testing.do_bench median, warmup 25 ms, rep 100 ms",
+        "torch": torch.__version__, "helion": "1.5.0", "method": "flush: triton.testing.do_bench median (L2 flushed, warmup 25 ms, rep 100 ms); graph: triton.testing.do_bench_cudagraph median (rep 50 ms)",
         "seeded": [], "heldout": [], "cold_start": None, "skipped": [],
     }
     plains: dict[str, Any] = {}
@@ -131,16 +148,18 @@ def main() -> int:
                 torch.manual_seed(0)
                 args = rk.example_inputs(key, device="cuda")
                 kargs, _ = rk.adapt_args(args)
-                op(*args)
+                out = op(*args)
+                ok = bool(torch.allclose(out.float(), rk.reference(*args).float(), atol=5e-2, rtol=5e-2))
                 row = {
-                    "kernel": name, "key": key,
-                    "preset_ms": bench(lambda: op(*args)),
+                    "kernel": name, "key": key, "op_correct": ok,
+                    "served_key": rk.last_choice.preset.shape_key if rk.last_choice else None,
+                    "preset_ms": bench(lambda f=compiled(name, kargs, p.config): f(*kargs)),
                     "default_ms": bench(lambda f=default_fn(name, kargs): f(*kargs)),
                     "torch_ms": bench(lambda: rk.baseline(*args)),
-                    "served_key": rk.last_choice.preset.shape_key if rk.last_choice else None,
+                    "tuned_ms_recorded": p.latency_ms, "default_ms_recorded": p.default_ms,
                 }
                 result["seeded"].append(row)
-                print(f"seeded {name} {p.shape_key}: preset {row['preset_ms']:.4f} default {row['default_ms']:.4f} torch {row['torch_ms']:.4f}", flush=True)
+                print(f"seeded {name} {p.shape_key}: preset {row['preset_ms']} default {row['default_ms']} torch {row['torch_ms']} ok {ok}", flush=True)
     if "heldout" in parts:
         heldout = json.loads((ROOT / "benchmarks/shapes/heldout.json").read_text())
         for name in KERNELS:
@@ -154,7 +173,7 @@ def main() -> int:
                 args = rk.example_inputs(key, device="cuda")
                 kargs, _ = rk.adapt_args(args)
                 choice = picker.resolve(name, rk.key_spec, rk.features_of_kernel_args(kargs))
-                times: dict[str, float] = {}
+                times: dict[str, dict[str, float]] = {}
                 for sha, (_, config) in configs.items():
                     try:
                         fn = compiled(name, kargs, config)
@@ -163,17 +182,40 @@ def main() -> int:
                         print(f"  {name} {key} config {sha[:8]} failed: {type(exc).__name__}", flush=True)
                 if not times or choice is None:
                     continue
-                best_sha = min(times, key=times.get)
-                picked = times.get(choice.preset.config_sha256, float("nan"))
                 row = {
-                    "kernel": name, "key": key, "picked_key": choice.preset.shape_key,
-                    "match": choice.kind, "picked_ms": picked, "best_stored_ms": times[best_sha],
-                    "best_stored_key": configs[best_sha][0], "default_ms": bench(lambda f=default_fn(name, kargs): f(*kargs)),
+                    "kernel": name, "key": key, "picked_key": choice.preset.shape_key, "match": choice.kind,
+                    "picked_sha": choice.preset.config_sha256,
+                    "default_ms": bench(lambda f=default_fn(name, kargs): f(*kargs)),
                     "torch_ms": bench(lambda: rk.baseline(*args)), "stored_configs_measured": len(times),
-                    "quality": times[best_sha] / picked,
+                    "stored": {sha: {"key": configs[sha][0], **t} for sha, t in times.items()},
                 }
+                picked_sha = choice.preset.config_sha256
+                again_for: dict[str, dict[str, list[dict[str, float]]]] = {}  # best sha -> timings
+                for method in METHODS:
+                    best_sha = min(times, key=lambda h: times[h][method])
+                    entry: dict[str, Any] = {
+                        "picked_ms": times.get(picked_sha, {}).get(method, float("nan")),
+                        "best_stored_ms": times[best_sha][method], "best_stored_key": configs[best_sha][0],
+                        "best_sha": best_sha,
+                    }
+                    if best_sha != picked_sha and picked_sha in times:
+                        # The minimum of many noisy timings is biased low (winner's curse):
+                        # time the first pass's best and the picked config again, alternating.
+                        if best_sha not in again_for:
+                            fns = {h: compiled(name, kargs, configs[h][1]) for h in (best_sha, picked_sha)}
+                            again_for[best_sha] = {h: [] for h in fns}
+                            for _ in range(3):
+                                for h, fn in fns.items():
+                                    again_for[best_sha][h].append(bench(lambda fn=fn: fn(*kargs)))
+                        again = {h: [t[method] for t in ts] for h, ts in again_for[best_sha].items()}
+                        entry["picked_ms"] = statistics.median(again[picked_sha])
+                        entry["best_stored_ms"] = min(statistics.median(again[best_sha]), entry["picked_ms"])
+                        entry["remeasured"] = again
+                    entry["quality"] = entry["best_stored_ms"] / entry["picked_ms"]
+                    row[method] = entry
                 result["heldout"].append(row)
-                print(f"heldout {name} {json.dumps(key)}: picked {picked:.4f} ({choice.preset.shape_key}) best {times[best_sha]:.4f} default {row['default_ms']:.4f} quality {row['quality']:.3f}", flush=True)
+                print(f"heldout {name} {json.dumps(key)}: picked {choice.preset.shape_key} " + " ".join(
+                    f"{m}: picked {row[m]['picked_ms']:.4f} best {row[m]['best_stored_ms']:.4f} q {row[m]['quality']:.3f}" for m in METHODS), flush=True)
     if "cold" in parts and left() > 40:
         keys = [[k, json.loads(p.shape_key)] for k in KERNELS for p in stored[k] if p.shape_key != "{}"]
         env = {**os.environ, "PRESETDB_USER_DB": str(tmp / "cold-overlay.db")}
@@ -201,16 +243,36 @@ def write(result: dict[str, Any], out: Path) -> None:
     (out / "seed_eval.json").write_text(json.dumps(result, indent=1))
     lines = [f"# Seed presets on {result['device']} ({result['platform']})", "", f"method: {result['method']}", ""]
     if result["seeded"]:
-        lines += ["## Seeded shapes", "", "| kernel | key | preset ms | Helion default ms | PyTorch ms | default/preset |", "|---|---|---|---|---|---|"]
+        lines += ["## Seeded shapes", "",
+                  "GPU ms of the stored config, Helion's default config and PyTorch; flush / graph (see method).", "",
+                  "| kernel | key | op serves key, correct | preset ms | Helion default ms | PyTorch ms | default/preset |",
+                  "|---|---|---|---|---|---|---|"]
         for r in result["seeded"]:
-            lines.append(f"| {r['kernel']} | {json.dumps(r['key'])} | {r['preset_ms']:.4f} | {r['default_ms']:.4f} | {r['torch_ms']:.4f} | {r['default_ms'] / r['preset_ms']:.2f} |")
+            served = r["served_key"] == json.dumps(r["key"], sort_keys=True, separators=(",", ":"))
+            lines.append(
+                f"| {r['kernel']} | {json.dumps(r['key'])} | {'yes' if served and r['op_correct'] else 'NO'} | "
+                + " | ".join(f"{r[c]['flush']:.4f} / {r[c]['graph']:.4f}" for c in ("preset_ms", "default_ms", "torch_ms"))
+                + " | " + " / ".join(f"{r['default_ms'][m] / r['preset_ms'][m]:.2f}" for m in METHODS) + " |")
+        for m in METHODS:
+            for k in KERNELS:
+                ratios = [r["default_ms"][m] / r["preset_ms"][m] for r in result["seeded"] if r["kernel"] == k]
+                if ratios:
+                    lines.append(f"- {m}: {k} default/preset geomean {geomean(ratios):.2f} over {len(ratios)} shapes, worst {min(ratios):.2f}")
     if result["heldout"]:
-        q = [r["quality"] for r in result["heldout"] if r["quality"] == r["quality"]]
-        lines += ["", "## Held-out shapes (never tuned)", "",
-                  f"picker quality = best stored ms / picked ms: geometric mean {geomean(q):.3f}, worst {min(q):.3f} over {len(q)} shapes (target >= 0.95 / >= 0.80)", "",
-                  "| kernel | key | picked key | match | picked ms | best stored ms | Helion default ms | PyTorch ms | quality |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "## Held-out shapes (never tuned)", ""]
+        for m in METHODS:
+            q = [r[m]["quality"] for r in result["heldout"] if r[m]["quality"] == r[m]["quality"]]
+            lines.append(f"- {m}: picker quality = best stored ms / picked ms: geometric mean {geomean(q):.3f}, "
+                         f"worst {min(q):.3f} over {len(q)} shapes (target >= 0.95 / >= 0.80)")
+        lines += ["", "picked / best stored ms, per method; quality flush / graph", "",
+                  "| kernel | key | picked key | match | flush picked / best | graph picked / best | Helion default ms (flush / graph) | quality |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in result["heldout"]:
-            lines.append(f"| {r['kernel']} | {json.dumps(r['key'])} | {r['picked_key']} | {r['match']} | {r['picked_ms']:.4f} | {r['best_stored_ms']:.4f} | {r['default_ms']:.4f} | {r['torch_ms']:.4f} | {r['quality']:.3f} |")
+            lines.append(
+                f"| {r['kernel']} | {json.dumps(r['key'])} | {r['picked_key']} | {r['match']} | "
+                + " | ".join(f"{r[m]['picked_ms']:.4f} / {r[m]['best_stored_ms']:.4f}" for m in METHODS)
+                + f" | {r['default_ms']['flush']:.4f} / {r['default_ms']['graph']:.4f} | "
+                + " / ".join(f"{r[m]['quality']:.3f}" for m in METHODS) + " |")
     cold = result.get("cold_start")
     if cold and "error" not in cold:
         lines += ["", "## Cold start", "",
