@@ -135,9 +135,11 @@ Search = Callable[[SearchRequest], SearchOutcome]
 Timer = Callable[[Callable[[], object]], float]  # milliseconds
 
 
-def plain_kernel(rk: Any, *, effort: str, seed: int, budget_seconds: int | None) -> Any:
+def plain_kernel(rk: Any, *, effort: str, seed: int | None, budget_seconds: int | None) -> Any:
     """The registered kernel's function as a plain Helion kernel: the registered one pins
-    presetdb's config hook and ``autotune_effort``, which would skip the real search."""
+    presetdb's config hook and ``autotune_effort``, which would skip the real search, and
+    its hooks reach the picker (locks), which Helion's search cannot copy or pickle.
+    `seed` None keeps the registered kernel's seed."""
     import helion
     from helion.runtime.settings import Settings, default_autotuner_fn
 
@@ -146,7 +148,7 @@ def plain_kernel(rk: Any, *, effort: str, seed: int, budget_seconds: int | None)
     values.update(
         autotuner_fn=default_autotuner_fn,
         autotune_effort=effort,
-        autotune_random_seed=seed,
+        autotune_random_seed=values["autotune_random_seed"] if seed is None else seed,
         autotune_progress_bar=False,  # ours is on screen
         autotune_budget_seconds=budget_seconds,
     )

@@ -157,6 +157,7 @@ def candidate_search(candidates: Sequence[Mapping[str, Any]]) -> Callable[..., A
         timed.sort(key=lambda item: item[1])
         best, best_ms = timed[0]
         search.calls += 1  # type: ignore[attr-defined]
+        search.bounds.append(bound)  # type: ignore[attr-defined]
         return SearchResult(
             config=best,
             latency_ms=best_ms,
@@ -167,6 +168,7 @@ def candidate_search(candidates: Sequence[Mapping[str, Any]]) -> Callable[..., A
         )
 
     search.calls = 0  # type: ignore[attr-defined]
+    search.bounds = []  # type: ignore[attr-defined]
     return search
 
 

@@ -4,6 +4,7 @@ the environment variables that must not route around the store."""
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -106,6 +107,11 @@ def test_autotune_policy_searches_stores_with_provenance_and_is_reused(preset_st
         out = _call(x, w)
         assert_close(out, rk.reference(x, w, 1e-6), torch.float32)
         assert search.calls == 1
+        # Helion's real search copies and pickles the bound kernel's settings: the kernel
+        # it searches must not carry presetdb's hooks (they reach the picker's locks)
+        (searched,) = search.bounds
+        assert searched.kernel is not rk.helion_kernel
+        assert pickle.loads(pickle.dumps(searched.settings)).autotune_effort == "quick"
         stored = preset_store.overlay_presets(RMS, status="active")
         assert len(stored) == 1
         preset = stored[0]

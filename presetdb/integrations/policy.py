@@ -384,7 +384,12 @@ def autotune_and_store(
     search = _search_fn or helion_search
     started, t0 = utc_now(), time.perf_counter()
     try:
-        result = search(bound, args, effort)
+        from presetdb.tuning import plain_kernel  # here: keeps `import presetdb.kernels` light
+
+        # Search a hook-free copy of the kernel: Helion's search copies and pickles the
+        # bound kernel's settings, and presetdb's key=/autotuner_fn= hooks cannot be.
+        searched = plain_kernel(rk, effort=effort, seed=None, budget_seconds=None).bind(args)
+        result = search(searched, args, effort)
         config = bound.config_spec.normalized_config(result.config)
     except Exception as exc:  # noqa: BLE001  (the call must still run)
         warn_once(rk.name, text, "autotune-failed",
