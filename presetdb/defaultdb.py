@@ -22,7 +22,7 @@ def _usable(path: Path, head: str) -> bool:
             if fh.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
                 return False
         return migrate.revision_of(path) == head
-    except Exception:  # any failure means "rebuild it"
+    except Exception:  # noqa: BLE001  (any failure means "rebuild it")
         return False
 
 

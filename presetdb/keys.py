@@ -190,7 +190,7 @@ class Match(Generic[T]):
 class _Level:
     """One trie level: stored values of one field, with a sorted copy for numbers."""
 
-    __slots__ = ("children", "numbers", "logs")
+    __slots__ = ("children", "logs", "numbers")
 
     def __init__(self) -> None:
         self.children: dict[KeyValue, Any] = {}

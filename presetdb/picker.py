@@ -272,7 +272,7 @@ class Picker:
                 if layer.name == "overlay":
                     self._quarantined |= _quarantined_in(session, kernel, platform)
                 return rows
-        except Exception as exc:  # a layer failing mid-flight must not fail the call
+        except Exception as exc:  # noqa: BLE001  (a layer failing mid-flight must not fail the call)
             warnings.warn(
                 f"presetdb: could not read {layer.name} db {layer.path}: {exc}", StoreWarning, stacklevel=5
             )
@@ -285,7 +285,7 @@ class Picker:
             for layer in self._watch:
                 try:
                     version = layer.store.data_version()
-                except Exception:
+                except Exception:  # noqa: BLE001, S112  (unreadable now: keep serving, look again later)
                     continue
                 if version != self._versions.get(id(layer)):
                     self._versions[id(layer)] = version
@@ -333,7 +333,7 @@ class Picker:
         try:
             with self.writer.transaction() as session:
                 Repository(session).record_misses(records)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (bookkeeping: warn, never fail the call)
             warnings.warn(f"presetdb: could not write the miss ledger: {exc}", StoreWarning, stacklevel=2)
             return 0
         return len(records)
@@ -366,7 +366,7 @@ class Picker:
                     p.kernel, p.platform, run.id, PresetInput(p.key, p.config, kernel_source_hash=p.kernel_source_hash)
                 )
                 repo.quarantine(result.preset_id, reason)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (bookkeeping: warn, never fail the call)
             warnings.warn(f"presetdb: could not record the quarantine: {exc}", StoreWarning, stacklevel=2)
 
     def store_result(
@@ -490,5 +490,5 @@ def _flush_at_exit() -> None:
     if _picker is not None:
         try:
             _picker.flush_misses()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110  (interpreter exit: nothing left to tell)
             pass

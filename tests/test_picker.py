@@ -395,6 +395,11 @@ def test_eight_threads_get_identical_answers(
             mine = random.Random(n)
             runs = []
             for _ in range(3):
+                # Each run starts after at least one more invalidation: with the GIL a
+                # thread can otherwise finish every run before the invalidator is scheduled.
+                seen, deadline = invalidations[0], time.monotonic() + 5
+                while invalidations[0] == seen and time.monotonic() < deadline:
+                    time.sleep(0.0005)
                 order = list(range(len(queries)))
                 mine.shuffle(order)
                 got: list[Any] = [None] * len(queries)
@@ -405,10 +410,13 @@ def test_eight_threads_get_identical_answers(
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
+    invalidations = [0]
+
     def invalidator() -> None:
         start.wait()
         while not stop.is_set():
             picker.invalidate()
+            invalidations[0] += 1
             time.sleep(0.0005)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]

@@ -221,7 +221,7 @@ def main() -> int:
         env = {**os.environ, "PRESETDB_USER_DB": str(tmp / "cold-overlay.db")}
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-P", "-c", COLD_START, json.dumps(keys)],
-                              capture_output=True, text=True, env=env, timeout=max(30, left()))
+                              capture_output=True, text=True, env=env, timeout=max(30, left()), check=False)
         wall = time.perf_counter() - t0
         if proc.returncode == 0:
             cold = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -276,9 +276,9 @@ def write(result: dict[str, Any], out: Path) -> None:
     cold = result.get("cold_start")
     if cold and "error" not in cold:
         lines += ["", "## Cold start", "",
-                  f"fresh process to first correct result for {cold['shapes']} seeded shapes: {cold['process_wall_s']:.1f} s wall "
-                  f"({cold['in_process_s']:.1f} s after interpreter start), all correct: {cold['all_correct']}, exact hits {cold['exact_hits']}; "
-                  f"quick autotune of the same shapes (tuning provenance): {cold['recorded_quick_autotune_s']:.0f} s"]
+                  (f"fresh process to first correct result for {cold['shapes']} seeded shapes: {cold['process_wall_s']:.1f} s wall "
+                   f"({cold['in_process_s']:.1f} s after interpreter start), all correct: {cold['all_correct']}, exact hits {cold['exact_hits']}; "
+                   f"quick autotune of the same shapes (tuning provenance): {cold['recorded_quick_autotune_s']:.0f} s")]
     if result["skipped"]:
         lines += ["", f"skipped (deadline): {len(result['skipped'])} items"]
     (out / "seed_eval.md").write_text("\n".join(lines) + "\n")

@@ -86,7 +86,7 @@ def show(
         f"PyTorch {_ms(preset.reference_ms)} ms | configs tried {preset.configs_tried or '-'} | "
         f"tuning {preset.tuning_seconds or '-'} s"
     )
-    prov = Table(title="provenance (tuning run %d)" % run.id, show_header=False)
+    prov = Table(title=f"provenance (tuning run {run.id})", show_header=False)
     for name, value in vars(run).items():
         if value not in (None, ""):
             prov.add_row(name, str(value))
