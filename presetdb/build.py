@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from presetdb import __version__, migrate
+from presetdb.importers.records import file_sha256, write_atomic
 
 # Columns stamped with the wall clock at import time: excluded from the content digest.
 VOLATILE_COLUMNS = {"created_at", "imported_at"}
@@ -34,14 +35,6 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def content_digest(path: Path) -> str:
@@ -106,9 +99,7 @@ def build_database(out: Path, *, target: str = "head") -> Manifest:
             conn.close()
         with compact.open("rb+") as fh:
             os.fsync(fh.fileno())
-        staged = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        os.replace(compact, staged)
-        os.replace(staged, out)
+        os.replace(compact, out)  # same directory as `out`: an atomic rename
     manifest = Manifest(
         path=str(out),
         sha256=file_sha256(out),
@@ -118,8 +109,5 @@ def build_database(out: Path, *, target: str = "head") -> Manifest:
         bytes=out.stat().st_size,
         counts=active_counts(out),
     )
-    manifest_path = out.with_name(out.name + ".manifest.json")
-    staged_manifest = manifest_path.with_name(f".{manifest_path.name}.{os.getpid()}.tmp")
-    staged_manifest.write_text(manifest.to_json())
-    os.replace(staged_manifest, manifest_path)
+    write_atomic(out.with_name(out.name + ".manifest.json"), manifest.to_json())
     return manifest

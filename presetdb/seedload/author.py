@@ -10,7 +10,6 @@ rows for as long as it exists.
 from __future__ import annotations
 
 import ast
-import hashlib
 import re
 import shutil
 import tempfile
@@ -24,6 +23,7 @@ from presetdb.errors import ImportValidationError, PresetDBError
 from presetdb.importers import presetdb_results
 from presetdb.importers.apply import import_files
 from presetdb.importers.detect import detect_format
+from presetdb.importers.records import file_sha256
 from presetdb.importers.validate import Resolver
 
 LOADER = "v1"
@@ -41,10 +41,6 @@ class NewMigration:
 def default_root() -> Path:
     """The source tree holding ``migrations/`` and ``seed_data/`` next to the package."""
     return Path(presetdb.__file__).resolve().parent.parent
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def read_revisions(versions: Path) -> dict[str, str | None]:
@@ -160,7 +156,7 @@ def new_migration(
     # by an earlier migration and must never change.
     for path in files:
         existing = seed_dir / path.name
-        if existing.exists() and _sha(existing) != _sha(path):
+        if existing.exists() and file_sha256(existing) != file_sha256(path):
             raise PresetDBError(
                 f"seed_data/{path.name} already exists with different content (an earlier "
                 "migration may pin it); seed files are never overwritten: rename your file"
@@ -174,7 +170,7 @@ def new_migration(
             reused.append(path.name)
         else:
             shutil.copyfile(path, target)
-        seed[path.name] = _sha(target)
+        seed[path.name] = file_sha256(target)
         header = presetdb_results.read_header(target)
         notes[path.name] = (
             f"{header['kernel']['name']} on {header['platform']}, {header.get('_entry_count', 0)} entries"
