@@ -152,6 +152,15 @@ class Picker:
         memo[memo_key] = choice
         return choice
 
+    def epoch(self) -> object:
+        """A token that changes whenever an answer of `resolve` may have changed (new
+        data seen in a mutable layer, a quarantine, `invalidate`). Callers that keep
+        resolve's answers themselves (the call memo of presetdb.integrations) compare it
+        per call; like `resolve`, it looks for changed stores every RECHECK_SECONDS."""
+        if self._watch and time.monotonic() >= self._next_check:
+            self._check_changed()
+        return self._memo  # a new dict on every invalidation (bounding it clears it: same answers)
+
     def _resolve_uncached(
         self, kernel: str, spec: KeySpec, features: tuple[KeyValue, ...]
     ) -> Choice | None:

@@ -41,16 +41,30 @@ class Jit:
         self.pre_run_hooks: list[Any] = []
         self.compiled: dict[tuple[Any, ...], Compiled] = {}
 
+    binds = 0  # binder calls (the exact-values memo skips it)
+
     def bind(self, *args: Any, **options: Any) -> tuple[dict[str, Any], list[tuple[Any, ...]], dict[str, Any]]:
-        spec = [("i32", "D" if a % 16 == 0 else "") if isinstance(a, int) else ("fp32", None) for a in args]
+        self.binds += 1
+        spec = [_specialize(a) for a in args]
         return {}, spec, options
 
     def run(self, *args: Any, grid: tuple[int, ...], num_warps: int, num_stages: int) -> Compiled:
-        _, spec, _ = self.bind(*args)
-        key = (tuple(spec), num_warps, num_stages)
+        key = (tuple(_specialize(a) for a in args), num_warps, num_stages)
         compiled = self.compiled.setdefault(key, Compiled(key))
         compiled.launches.append(("via triton", grid, *args))
         return compiled
+
+
+def _specialize(a: Any) -> tuple[Any, ...]:
+    """Triton's rules, in short: pointers by dtype and 16-byte alignment, bools as i1,
+    ints by divisibility by 16 (and == 1), floats as fp32."""
+    if hasattr(a, "data_ptr"):
+        return (f"*{a.dtype}", "D" if a.data_ptr() % 16 == 0 else "")
+    if isinstance(a, bool):
+        return ("i1", None)
+    if isinstance(a, int):
+        return ("i32", "1" if a == 1 else "D" if a % 16 == 0 else "")
+    return ("fp32", None)
 
 
 class Fallback:
@@ -178,3 +192,57 @@ def test_no_fast_launcher_under_the_interpreter(monkeypatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     fallback = Fallback()
     assert fast_launcher_for(fallback) is fallback
+
+
+def test_exact_values_skip_the_binder_but_never_cross_a_specialization(launcher) -> None:
+    """Repeated launches with the same non-tensor values and the same pointer dtypes and
+    alignments are found without Triton's binder; anything that could change Triton's
+    specialization (alignment, dtype, a value, its type) consults the binder again."""
+    torch = pytest.importorskip("torch")
+    fast, fallback = launcher
+    jit = Jit()
+    x = torch.randn(64, dtype=torch.float32)
+    fast(jit, (1,), x, 32, 1.5, num_warps=4, num_stages=2)  # through Triton: cached, layout learned
+    fast(jit, (1,), x, 32, 1.5, num_warps=4, num_stages=2)  # binder, then the exact memo
+    binds = jit.binds
+    for _ in range(3):
+        fast(jit, (1,), torch.randn(64), 32, 1.5, num_warps=4, num_stages=2)  # new tensor, same class
+    assert jit.binds == binds and fallback.calls == 1
+    (compiled,) = jit.compiled.values()
+    assert len(compiled.launches) == 5
+
+    base = torch.randn(65)
+    misaligned = base[1:]  # 4 bytes past a 16-byte boundary
+    assert misaligned.data_ptr() % 16 != 0
+    variants = [
+        (misaligned, 32, 1.5),  # alignment
+        (x.double(), 32, 1.5),  # pointer dtype
+        (x, 33, 1.5),  # an int's value (divisibility)
+        (x, 32, 2.5),  # a float's value (consulted; Triton shares the kernel)
+        (x, 32.0, 1.5),  # float where an int was (32 == 32.0 and hashes alike)
+    ]
+    for args in variants:
+        before = jit.binds
+        fast(jit, (1,), *args, num_warps=4, num_stages=2)
+        assert jit.binds == before + 1, args
+    for _ in range(2):
+        fast(jit, (1,), x, 1, 1.5, num_warps=4, num_stages=2)  # memoized: the int 1
+    before = jit.binds
+    fast(jit, (1,), x, True, 1.5, num_warps=4, num_stages=2)  # True == 1 and hashes alike
+    assert jit.binds == before + 1
+    # each launch ran the kernel compiled for its own specialization
+    for compiled in jit.compiled.values():
+        for launch in compiled.launches:
+            specialization = tuple(_specialize(a) for a in launch[-3:])
+            assert compiled.spec[0] == specialization
+
+
+def test_values_that_are_tensors_are_never_kept_by_the_memo(launcher) -> None:
+    torch = pytest.importorskip("torch")
+    fast, _ = launcher
+    jit = Jit()
+    x = torch.randn(16)
+    fast(jit, (1,), x, 16, num_warps=4, num_stages=2)  # layout: a tensor, then a value
+    for _ in range(3):
+        fast(jit, (1,), x, torch.randn(16), num_warps=4, num_stages=2)  # a tensor where a value was
+    assert all(not hasattr(v, "data_ptr") for key in fast._fine for v in key[5])

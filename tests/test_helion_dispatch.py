@@ -277,3 +277,30 @@ def test_switching_between_stored_configs_never_mixes_runners(preset_store, monk
     e_large = rms.runners.entry_for(t_large, (large, w, 1e-6))
     assert e_small is not None and e_large is not None
     assert (e_small.bound._config.config["block_sizes"], e_large.bound._config.config["block_sizes"]) == ([1], [4])
+
+
+def test_published_runner_keeps_helions_host_code_with_its_own_launcher(preset_store) -> None:
+    """with_launcher copies Helion's generated host function with another `_launcher`
+    default: same code, same results, the launcher sees every launch, and Helion's own
+    function keeps its default."""
+    from presetdb.integrations.dispatch import launcher_of, with_launcher
+
+    rms = get_kernel("rms_norm")
+    preset_store.add("rms_norm", rms.key_spec, {"dtype": "float32", "hidden": 16, "num_tokens": 8}, {"block_sizes": [2]})
+    x, w = torch.randn(5, 16, device=DEVICE), torch.randn(16, device=DEVICE)
+    rms(x, w, 1e-6)
+    entry = rms.runners.entry_for(rms.resolution(x, w, 1e-6).token, (x, w, 1e-6))
+    assert entry is not None
+    raw = entry.raw_run
+    default = raw.__kwdefaults__["_launcher"]
+    seen: list[tuple[Any, ...]] = []
+
+    def recording(kernel: Any, grid: Any, *args: Any, **kw: Any) -> Any:
+        seen.append((kernel, grid))
+        return default(kernel, grid, *args, **kw)
+
+    run = with_launcher(raw, recording)
+    assert run.__code__ is raw.__code__ and launcher_of(run) is recording
+    torch.testing.assert_close(run(x, w, 1e-6), raw(x, w, 1e-6), rtol=0, atol=0)
+    assert len(seen) == 1 and seen[0][1] == (3,)  # one launch of cdiv(5 rows, block 2) programs
+    assert raw.__kwdefaults__["_launcher"] is default

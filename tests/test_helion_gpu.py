@@ -70,6 +70,7 @@ def test_fast_launcher_reuses_compiled_kernels_only_where_triton_would(preset_st
     and every result matches the reference."""
 
     import presetdb.kernels  # noqa: F401  (registers the kernels)
+    from presetdb.integrations.dispatch import launcher_of
     from presetdb.integrations.helion import get_kernel
     from presetdb.integrations.launch import FastLauncher
 
@@ -81,7 +82,7 @@ def test_fast_launcher_reuses_compiled_kernels_only_where_triton_would(preset_st
         assert_close(rk(x, w, eps), rk.reference(x, w, eps), torch.bfloat16)
     entry = rk.runners.entry_for(rk.resolution(x, w, eps).token, (x, w, eps))
     assert entry is not None
-    launcher = entry.run.keywords["_launcher"]
+    launcher = launcher_of(entry.run)
     assert isinstance(launcher, FastLauncher)
     through_triton: list[object] = []
     real = launcher._fallback
@@ -105,7 +106,7 @@ def test_fast_launcher_reuses_compiled_kernels_only_where_triton_would(preset_st
     for name, t in inputs.items():
         e = rk.runners.entry_for(rk.resolution(t, w, eps).token, (t, w, eps))
         assert e is not None
-        launchers[name] = e.run.keywords["_launcher"]
+        launchers[name] = launcher_of(e.run)
     # Triton specializes on pointer alignment (and integers divisible by 16): the
     # misaligned input never shares x's compiled kernel, even when it shares the runner
     compiled = {id(v[3]) for la in launchers.values() for v in la._kernels.values()}

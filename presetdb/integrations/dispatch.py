@@ -13,6 +13,14 @@ keyed by a cheap tuple:
 - per scalar: its type (by value for ``str`` and constexpr parameters);
 - the token of the stored config that resolved the call.
 
+In front of that sits the call memo (`exact_key`): the exact metadata of a call (every
+tensor's shape, strides, dtype and device; scalars by value, floats by type) maps
+straight to the entry a previous call with that metadata used, skipping the features,
+the picker and the bucketed key. Only entries whose guards all read sizes and strides
+are memoized (those guards are decided by the exact metadata); an entry that re-checks
+anything else (tensor-descriptor alignment, an unknown extractor) stays on the
+bucketed path.
+
 Why this never changes results: with ``static_shapes=False`` Helion keys a compiled
 kernel by dtype, rank (every concrete size is bucketed alike), the 64-bit flag, device
 type and the ``key=`` token; this tuple refines all of those. What a compilation learns
@@ -27,12 +35,16 @@ arguments, tensor subclasses and unknown argument types always take Helion's pat
 from __future__ import annotations
 
 import functools
+import types
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
 
 INT32_INDEX_LIMIT = 2**31 - 1  # numel above this needs 64-bit indexing (Helion's rule)
+CALL_MEMO_LIMIT = 4096  # exact call signatures remembered per kernel
+# Module constants: the hot path reads them without attribute lookups on `torch`.
+_TENSOR, _PARAMETER, _DTYPE = torch.Tensor, torch.nn.Parameter, torch.dtype
 
 Runner = Callable[..., Any]
 Guard = tuple[Callable[[Sequence[object]], Hashable], Hashable]
@@ -44,7 +56,7 @@ def dispatch_key(args: Sequence[object], scalars_by_value: bool = False) -> tupl
     seen: list[object] = []
     for a in args:
         t = type(a)
-        if t is torch.Tensor or t is torch.nn.Parameter:
+        if t is _TENSOR or t is _PARAMETER:
             for other in seen:
                 if other is a:
                     return None  # Helion keys aliasing; leave it to Helion
@@ -67,11 +79,41 @@ def dispatch_key(args: Sequence[object], scalars_by_value: bool = False) -> tupl
             add(tensor.numel() > INT32_INDEX_LIMIT)
         elif t is float or t is int or t is bool:
             add((t, a) if scalars_by_value else t)
-        elif t is str or t is torch.dtype or a is None:
+        elif t is str or t is _DTYPE or a is None:
             add(a)
         else:
             return None  # tensor subclasses (FakeTensor), containers, objects
     return tuple(key)
+
+
+def exact_key(args: Sequence[object], floats_by_value: bool = False) -> tuple[Hashable, ...] | None:
+    """The call memo's key: exact tensor metadata, scalars by value (floats by type, so
+    a per-call float such as a scale does not defeat the memo, unless the kernel has
+    constexpr parameters); None when only the bucketed path is safe (aliasing, tensor
+    subclasses, unknown argument types).
+
+    A kernel's features may read tensor metadata and non-float scalars, never a float's
+    value (docs/CONTRACTS.md)."""
+    key: tuple[Hashable, ...] = ()  # grown by concatenation: cheaper than a list for a few args
+    previous = None
+    tensors = 0
+    for a in args:
+        t = type(a)
+        if t is _TENSOR or t is _PARAMETER:
+            if a is previous:
+                return None  # aliasing: Helion keys it; leave it to the bucketed path
+            previous = a
+            tensors += 1
+            key += (a.shape, a.stride(), a.dtype, a.device)  # type: ignore[attr-defined]
+        elif t is float and not floats_by_value:
+            key += (t,)
+        elif t is int or t is bool or t is float or t is str or t is _DTYPE or a is None:
+            key += (t, a)  # the type too: 1, 1.0 and True hash alike
+        else:
+            return None
+    if tensors > 2 and len({id(a) for a in args if isinstance(a, torch.Tensor)}) < tensors:
+        return None  # a tensor passed twice, not side by side
+    return key
 
 
 def fast_guard(extractor: Any, nargs: int) -> Callable[[Sequence[object]], Hashable] | None:
@@ -135,15 +177,20 @@ def _stride_reader(position: int, dim: int) -> Callable[[Sequence[Any]], int]:
 
 
 class _Entry:
-    __slots__ = ("bound", "generation", "guards", "raw_run", "reset", "run", "schema", "seed_schema", "signature")
+    __slots__ = (
+        "bound", "generation", "guards", "memoizable", "raw_run", "reset", "run", "schema", "seed_schema",
+        "signature",
+    )
 
     def __init__(
         self, run: Runner, raw_run: Runner, guards: tuple[Guard, ...], generation: int, reset: int,
-        bound: Any, signature: Hashable, schema: object, seed_schema: object,
+        bound: Any, signature: Hashable, schema: object, seed_schema: object, memoizable: bool,
     ) -> None:
         self.run = run
         self.raw_run = raw_run  # bound._run when published
         self.guards = guards
+        # Every guard reads only sizes/strides: the call memo (exact metadata) may serve it.
+        self.memoizable = memoizable
         self.generation = generation  # Helion's specialization generation last validated
         self.reset = reset
         self.bound = bound  # the BoundKernel that compiled `run` (introspection, tests)
@@ -187,11 +234,20 @@ class RunnerCache:
         self.enabled = helion_supports_fast_dispatch(kernel)
         self.launcher: Callable[..., Any] | None = None  # benchmarks: a no-op launcher
         self._by_token: dict[Hashable, dict[tuple[Hashable, ...], list[_Entry]]] = {}
+        # The call memo: exact_key(args) -> (picker epoch, stored config, _Entry); the
+        # integration fills and checks it (RegisteredKernel.call_eager).
+        self.calls: dict[tuple[Hashable, ...], tuple[object, Any, _Entry]] = {}
+
+    def remember_call(self, exact: tuple[Hashable, ...], hit: tuple[object, Any, _Entry]) -> None:
+        calls = self.calls
+        if len(calls) >= CALL_MEMO_LIMIT:
+            calls.clear()  # bounded: a stream of new shapes cannot grow memory
+        calls[exact] = hit
 
     def key(self, args: Sequence[object]) -> tuple[Hashable, ...] | None:
         return dispatch_key(args, self.scalars_by_value) if self.enabled else None
 
-    def lookup(self, token: Hashable, meta: tuple[Hashable, ...], args: Sequence[object]) -> Runner | None:
+    def lookup(self, token: Hashable, meta: tuple[Hashable, ...], args: Sequence[object]) -> _Entry | None:
         by_meta = self._by_token.get(token)
         if by_meta is None:
             return None
@@ -212,18 +268,13 @@ class RunnerCache:
                 if extract(args) != expected:
                     break
             else:
-                return entry.run
+                return entry
         return None
 
     def entry_for(self, token: Hashable, args: Sequence[object]) -> _Entry | None:
         """The entry a call would use (tests and introspection)."""
         meta = self.key(args)
-        if meta is None:
-            return None
-        for entry in self._by_token.get(token, {}).get(meta, []):
-            if self.lookup(token, meta, args) is entry.run:
-                return entry
-        return None
+        return None if meta is None else self.lookup(token, meta, args)
 
     def publish(self, token: Hashable, meta: tuple[Hashable, ...], args: tuple[object, ...]) -> bool:
         """After a successful call through Helion: remember the runner it used.
@@ -254,21 +305,28 @@ class RunnerCache:
             # pointer/block-pointer config they cannot change the code, and re-checking
             # them was the largest part of the fast path's cost on a GPU.
             extractors = [e for e in extractors if not _is_td_guard(e)]
-        guards = tuple((fast_guard(e, len(args)) or e, e(args)) for e in extractors)
+        fast = [fast_guard(e, len(args)) for e in extractors]
+        guards = tuple((f or e, e(args)) for f, e in zip(fast, extractors, strict=True))
         if generation != kernel._specialization_generation or reset != kernel._reset_generation:
             return False  # the schema moved while we looked; try again next call
         launcher = self.launcher if self.launcher is not None else self._fast_launcher()
-        launched = run if launcher is None else functools.partial(run, _launcher=launcher)
+        launched = run if launcher is None else with_launcher(run, launcher)
         entries = self._by_token.setdefault(token, {}).setdefault(meta, [])
         values = tuple(v for _, v in guards)
         entries[:] = [
             e for e in entries if tuple(v for _, v in e.guards) != values and e.still_valid(kernel)
         ]
-        entries.append(_Entry(launched, run, guards, generation, reset, bound, signature, schema, seed_schema))
+        entries.append(
+            _Entry(
+                launched, run, guards, generation, reset, bound, signature, schema, seed_schema,
+                memoizable=None not in fast,
+            )
+        )
         return True
 
     def clear(self) -> None:
         self._by_token = {}
+        self.calls = {}
 
     @staticmethod
     def _fast_launcher() -> Callable[..., Any] | None:
@@ -286,6 +344,28 @@ class RunnerCache:
 
     def __len__(self) -> int:
         return sum(len(v) for by_meta in self._by_token.values() for v in by_meta.values())
+
+
+def with_launcher(run: Runner, launcher: Callable[..., Any]) -> Runner:
+    """`run` launching through `launcher`: a copy of Helion's generated host function
+    whose ``_launcher`` keyword defaults to it (no per-call keyword dict, unlike
+    functools.partial), else a partial."""
+    defaults = getattr(run, "__kwdefaults__", None)
+    if type(run) is not types.FunctionType or not defaults or "_launcher" not in defaults:
+        return functools.partial(run, _launcher=launcher)
+    copy = types.FunctionType(run.__code__, run.__globals__, run.__name__, run.__defaults__, run.__closure__)
+    copy.__kwdefaults__ = {**defaults, "_launcher": launcher}
+    copy.__dict__.update(run.__dict__)
+    copy.__qualname__ = run.__qualname__
+    copy.__wrapped__ = run  # type: ignore[attr-defined]
+    return copy
+
+
+def launcher_of(run: Runner) -> Callable[..., Any] | None:
+    """The launcher a published runner launches with (tests, diagnostics)."""
+    if isinstance(run, functools.partial):
+        return run.keywords.get("_launcher")
+    return (getattr(run, "__kwdefaults__", None) or {}).get("_launcher")
 
 
 def _uses_tensor_descriptors(config: Any) -> bool:

@@ -54,7 +54,7 @@ from presetdb.errors import (
 )
 from presetdb.integrations import interpreter, ops
 from presetdb.integrations.args import Adapter, flatten_leading, key_fields
-from presetdb.integrations.dispatch import RunnerCache, dispatch_key
+from presetdb.integrations.dispatch import RunnerCache, dispatch_key, exact_key
 from presetdb.integrations.policy import (
     CALL_SLOT,
     DEFAULT_TOKEN,
@@ -160,20 +160,33 @@ class RegisteredKernel:
     def call_eager(self, *args: Any) -> Any:
         """The op's implementation: adapt, resolve, fast dispatch, else Helion.
 
-        This is the hot path; it is written flat on purpose (each Python call costs)."""
+        This is the hot path; it is written flat on purpose (each Python call costs).
+        First the call memo (exact metadata -> the stored config and runner a previous
+        call used, valid while the picker's epoch and Helion's specialization generation
+        stand), then features -> picker -> bucketed runner lookup, then Helion itself."""
         restore = None
         if self._adapt is not None:
             args, restore = self._adapt(*args)
         picker = get_picker()
+        epoch = picker.epoch()
+        runners = self.runners
+        exact = exact_key(args, runners.scalars_by_value) if runners.enabled else None
+        if exact is not None:
+            hit = runners.calls.get(exact)
+            if hit is not None and hit[0] is epoch and hit[2].generation == self.helion_kernel._specialization_generation:
+                self.last_choice = hit[1]
+                out = hit[2].run(*args)
+                return out if restore is None else restore(out)
         features = self._features(*args)
         choice = picker.resolve(self.name, self.key_spec, features)
         self.last_choice = choice
         token = choice.preset.config_sha256 if choice is not None else miss_token(self, picker, features)
-        runners = self.runners
         meta = dispatch_key(args, runners.scalars_by_value) if runners.enabled else None
-        run = None if meta is None else runners.lookup(token, meta, args)
-        if run is not None:
-            out = run(*args)
+        entry = None if meta is None else runners.lookup(token, meta, args)
+        if entry is not None:
+            if exact is not None and choice is not None and entry.memoizable:
+                runners.remember_call(exact, (epoch, choice, entry))  # misses are not: each is counted
+            out = entry.run(*args)
         else:
             out = self._slow(args, Resolution(features, choice, token), meta)
         return out if restore is None else restore(out)

@@ -17,24 +17,33 @@ the Triton interpreter, launch hooks, pre-run hooks, extra launcher options (Hel
 distributed and persistent-state arguments, ptx options), unhashable specializations,
 kernels still compiling asynchronously.
 
+In front of the binder sits an exact-values memo: the launch's non-tensor values (with
+their types: 1, 1.0 and True hash alike) and each tensor's dtype and address modulo 16
+map to the cached kernel the binder found for them before. Triton's specialization is
+a function of exactly these (pointer dtype and 16-byte alignment, integer values,
+constexpr values), so the memo refines it and skips the binder's per-argument work on
+repeated launches; any new value, dtype or alignment asks the binder again.
+
 Triton knobs that change compile options at run time (``TRITON_DEBUG``,
 instrumentation) are read when a kernel is first cached, not per launch.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Hashable
 from typing import Any
 
 Launcher = Callable[..., Any]
 
 MAX_KERNELS = 256  # per launcher; beyond it new specializations are not cached
+MAX_EXACT = 1024  # exact-values memo entries per launcher (cleared when full)
 
 
 class FastLauncher:
     """One per compiled runner (see the module docstring)."""
 
-    __slots__ = ("_device", "_fallback", "_kernels", "_knobs", "_stream")
+    __slots__ = ("_device", "_fallback", "_fine", "_kernels", "_knobs", "_layouts", "_stream")
 
     def __init__(
         self,
@@ -48,7 +57,7 @@ class FastLauncher:
             from triton.runtime.driver import driver
 
             active = driver.active  # the GPU driver Triton launches with
-            device, stream = active.get_current_device, active.get_current_stream
+            device, stream = _cheaper_current_device(active.get_current_device), active.get_current_stream
         self._fallback = fallback
         self._device = device
         self._stream = stream
@@ -56,6 +65,10 @@ class FastLauncher:
         # key -> (C launcher, function handle, packed metadata, CompiledKernel, JITFunction,
         #         the kernel's used globals with the values they had)
         self._kernels: dict[Hashable, tuple[Any, ...]] = {}
+        # The exact-values memo: id(kernel) -> (tensor arguments getter, other arguments
+        # getter), learned at its first launch; exact key -> an entry of _kernels.
+        self._layouts: dict[int, tuple[Callable[[tuple[Any, ...]], tuple[Any, ...]], ...]] = {}
+        self._fine: dict[Hashable, tuple[Any, ...]] = {}
 
     def __call__(
         self, triton_kernel: Any, grid: tuple[int, ...], *args: Any, num_warps: int, num_stages: int, **kwargs: Any
@@ -63,25 +76,40 @@ class FastLauncher:
         if kwargs or type(grid) is not tuple:
             return self._fallback(triton_kernel, grid, *args, num_warps=num_warps, num_stages=num_stages, **kwargs)
         device = self._device()
-        try:
-            binder = triton_kernel.device_caches[device][4]
-            _, specialization, _ = binder(*args)
-            key = (id(triton_kernel), device, num_warps, num_stages, *specialization)
-            cached = self._kernels.get(key)
-        except Exception:  # noqa: BLE001  (interpreter, unhashable values, other Triton versions)
-            return self._fallback(triton_kernel, grid, *args, num_warps=num_warps, num_stages=num_stages)
+        cached = fine = None
+        layout = self._layouts.get(id(triton_kernel))
+        if layout is not None:  # the exact-values memo in front of Triton's binder
+            tensors_of, values_of = layout
+            try:
+                values = values_of(args)
+                fine = (id(triton_kernel), device, num_warps, num_stages, len(args), values, *map(type, values))
+                for t in tensors_of(args):
+                    fine += (t.dtype, t.data_ptr() & 15)
+                cached = self._fine.get(fine)
+            except Exception:  # noqa: BLE001  (unhashable value, a non-tensor where a tensor was)
+                fine = None
+        if cached is None:
+            try:
+                binder = triton_kernel.device_caches[device][4]
+                _, specialization, _ = binder(*args)
+                key = (id(triton_kernel), device, num_warps, num_stages, *specialization)
+                cached = self._kernels.get(key)
+            except Exception:  # noqa: BLE001  (interpreter, unhashable values, other Triton versions)
+                return self._fallback(triton_kernel, grid, *args, num_warps=num_warps, num_stages=num_stages)
+            if cached is None:
+                compiled = self._fallback(triton_kernel, grid, *args, num_warps=num_warps, num_stages=num_stages)
+                self._remember(key, triton_kernel, compiled, args)
+                return compiled
+            if fine is not None:
+                self._remember_fine(fine, cached, args)
         knobs = self._knobs
         if (
-            cached is None
-            or cached[4] is not triton_kernel
+            cached[4] is not triton_kernel
             or knobs.launch_enter_hook.calls
             or knobs.launch_exit_hook.calls
             or triton_kernel.pre_run_hooks
         ):
-            compiled = self._fallback(triton_kernel, grid, *args, num_warps=num_warps, num_stages=num_stages)
-            if cached is None:
-                self._remember(key, triton_kernel, compiled)
-            return compiled
+            return self._fallback(triton_kernel, grid, *args, num_warps=num_warps, num_stages=num_stages)
         run, function, packed, compiled, _, global_values = cached
         for name, value, namespace in global_values:  # written out: a call per launch costs
             current = namespace.get(name, _MISSING)
@@ -94,7 +122,7 @@ class FastLauncher:
         )
         return compiled
 
-    def _remember(self, key: Hashable, triton_kernel: Any, compiled: Any) -> None:
+    def _remember(self, key: Hashable, triton_kernel: Any, compiled: Any, args: tuple[Any, ...]) -> None:
         """Cache a kernel Triton just launched, when the plain fast path can replay it."""
         if len(self._kernels) >= MAX_KERNELS or compiled is None or hasattr(compiled, "result"):
             return  # an async compile future, or too many specializations
@@ -108,12 +136,51 @@ class FastLauncher:
             )
         except Exception:  # noqa: BLE001  (not a CompiledKernel we know how to launch)
             return
+        if id(triton_kernel) not in self._layouts:
+            self._layouts[id(triton_kernel)] = _layout(args)
+
+    def _remember_fine(self, fine: tuple[Any, ...], cached: tuple[Any, ...], args: tuple[Any, ...]) -> None:
+        """Let the exact values of this launch find `cached` without the binder. Not for
+        values that are themselves tensors (the key would keep them alive)."""
+        if any(hasattr(v, "data_ptr") for v in fine[5]):
+            return
+        if len(self._fine) >= MAX_EXACT:
+            self._fine.clear()  # bounded: a stream of new sizes cannot grow memory
+        self._fine[fine] = cached
 
     def __len__(self) -> int:
         return len(self._kernels)
 
 
 _MISSING = object()
+
+
+def _layout(args: tuple[Any, ...]) -> tuple[Callable[[tuple[Any, ...]], tuple[Any, ...]], ...]:
+    """Getters for a kernel's pointer (tensor) arguments and its other arguments, by
+    position: Helion's host code passes the same kinds at the same positions."""
+    tensors = [i for i, a in enumerate(args) if hasattr(a, "data_ptr")]
+    others = [i for i, a in enumerate(args) if not hasattr(a, "data_ptr")]
+    return _getter(tensors), _getter(others)
+
+
+def _getter(positions: list[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    if len(positions) > 1:
+        return operator.itemgetter(*positions)  # type: ignore[return-value]
+    if positions:
+        (only,) = positions
+        return lambda args: (args[only],)
+    return lambda args: ()
+
+
+def _cheaper_current_device(get_device: Callable[[], int]) -> Callable[[], int]:
+    """Triton (3.6) asks torch.cuda.current_device, which re-checks CUDA's lazy init
+    per call; a FastLauncher only launches after Triton has, so CUDA is initialised and
+    torch's C getter answers the same."""
+    import torch
+
+    if get_device is torch.cuda.current_device:
+        return torch._C._cuda_getDevice
+    return get_device
 
 
 def fast_launcher_for(fallback: Launcher) -> Launcher:
