@@ -12,6 +12,11 @@ Variants:
 
 Targets (GPU): presetdb <= 0.33 x helion_keyed and <= 1.2 x compiled_runner.
 
+Timing: 21 samples of 1,000 calls per variant, taken round-robin (one sample of each
+variant per round), CUDA synchronized around each sample; ratios are of the medians.
+Host-time samples on a shared machine are noisy in bursts; round-robin spreads a burst
+over all variants, and the median ignores the worst rounds.
+
 `--cpu-noop` replaces Helion's launcher with a no-op before anything compiles, so the
 Python host overhead is measurable on a machine without a GPU (torch_rms_norm still
 computes on the CPU there).
@@ -67,18 +72,32 @@ def _setup_store(tmp: Path) -> None:
     os.environ["PRESETDB_ON_MISS"] = "strict"  # the benchmark must never run a default config
 
 
-def _time_us(fn: Callable[[], Any], sync: Callable[[], None], calls: int, repeats: int) -> dict[str, float]:
-    for _ in range(50):
+def _sample_us(fn: Callable[[], Any], sync: Callable[[], None], calls: int) -> float:
+    """Host µs per call over `calls` back-to-back calls, synchronized at the end."""
+    sync()
+    start = time.perf_counter()
+    for _ in range(calls):
         fn()
     sync()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def _time_round_robin(
+    variants: dict[str, Callable[[], Any]], sync: Callable[[], None], calls: int, rounds: int
+) -> dict[str, list[float]]:
+    """`rounds` samples per variant, taken round-robin (one sample of each variant per
+    round, starting one variant later each round), so a burst of host noise or a drift
+    in clocks lands on every variant alike instead of on whichever ran then."""
+    names = list(variants)
+    for fn in variants.values():  # warm-up
+        for _ in range(50):
             fn()
-        sync()
-        samples.append((time.perf_counter() - start) / calls * 1e6)
-    return {"median_us": statistics.median(samples), "min_us": min(samples), "max_us": max(samples)}
+    sync()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            samples[name].append(_sample_us(variants[name], sync, calls))
+    return samples
 
 
 def _cpu_name() -> str:
@@ -95,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
     parser.add_argument("--cpu-noop", action="store_true", help="no-op launcher; measure host overhead on CPU")
-    parser.add_argument("--calls", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=1000, help="calls per sample")
+    parser.add_argument("--rounds", type=int, default=21, help="samples per variant (round-robin)")
     args = parser.parse_args(argv)
 
     if args.cpu_noop:
@@ -175,13 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     res = rk.resolution(x, w, EPS)
     assert res.choice is not None and res.choice.config == CONFIG, "benchmark must use the stored config"
 
-    # Interleave variants across repeats so drift hits them alike.
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
-    for _ in range(3):
-        for name, fn in variants.items():
-            results[name].append(_time_us(fn, sync, args.calls, max(1, args.repeats // 3)))
-    medians = {name: statistics.median(r["median_us"] for r in runs) for name, runs in results.items()}
-    best = {name: min(r["min_us"] for r in runs) for name, runs in results.items()}
+    samples = _time_round_robin(variants, sync, args.calls, args.rounds)
+    medians = {name: statistics.median(v) for name, v in samples.items()}
+    best = {name: min(v) for name, v in samples.items()}
 
     ratios = {
         f"{p}/{base}": medians[p] / medians[base]
@@ -197,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": "bfloat16",
         "config": CONFIG,
         "calls_per_sample": args.calls,
+        "samples_per_variant": args.rounds,
+        "samples_us": samples,
         "median_us": medians,
         "min_us": best,
         "ratios": ratios,
