@@ -73,6 +73,11 @@ if __name__ == "__main__":
 
     raw_run(*args, _launcher=record)
     op = torch.ops.presetdb.rms_norm
+    # torch's own cost for an op with the same schema whose implementation does nothing
+    probe_lib = torch.library.Library("presetdb_probe", "FRAGMENT")
+    probe_lib.define("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor")
+    probe_lib.impl("rms_norm", lambda x, weight, eps: x, "CompositeExplicitAutograd")
+    empty_op = torch.ops.presetdb_probe.rms_norm
     scope: dict[str, Any] = dict(globals())
     scope.update(locals())
     stages = {
@@ -80,6 +85,7 @@ if __name__ == "__main__":
         "rk.call_eager(*args)": "rk.call_eager(*args)",
         "torch.ops packet": "op(*args)",
         "torch.ops .default": "op.default(*args)",
+        "torch.ops, do-nothing op, same schema": "empty_op(*args)",
         "entry.run (published runner)": "run(*args)",
         "raw runner, Helion launcher": "raw_run(*args)",
         "raw runner, no-op launcher": "raw_run(*args, _launcher=no_launch)",
