@@ -171,3 +171,15 @@ def test_exact_key_separates_what_can_change_a_call() -> None:
     assert exact_key((x, [y])) is None
     assert exact_key((x, object())) is None
     assert exact_key((torch.nn.Parameter(x), y)) is not None
+
+
+def test_the_memo_is_bounded_and_starts_over(preset_store, monkeypatch) -> None:
+    monkeypatch.setattr(dispatch, "CALL_MEMO_LIMIT", 2)
+    rms = _rms_with_two_rows(preset_store)
+    w = torch.randn(16, device=DEVICE)
+    for rows in (3, 4, 5, 6, 7):  # five exact shapes, one bucketed runner
+        x = torch.randn(rows, 16, device=DEVICE)
+        for _ in range(2):
+            assert_close(rms(x, w, EPS), rms.reference(x, w, EPS), torch.float32)
+        assert 1 <= len(rms.runners.calls) <= 2
+    assert exact_key((x, w, EPS)) in rms.runners.calls  # the latest shape is remembered

@@ -246,3 +246,16 @@ def test_values_that_are_tensors_are_never_kept_by_the_memo(launcher) -> None:
     for _ in range(3):
         fast(jit, (1,), x, torch.randn(16), num_warps=4, num_stages=2)  # a tensor where a value was
     assert all(not hasattr(v, "data_ptr") for key in fast._fine for v in key[5])
+
+
+def test_the_exact_values_memo_is_bounded(launcher, monkeypatch) -> None:
+    from presetdb.integrations import launch
+
+    monkeypatch.setattr(launch, "MAX_EXACT", 3)
+    fast, fallback = launcher
+    jit = Jit()
+    for value in range(16, 16 * 10, 16):  # nine values, one specialization (all divisible by 16)
+        for _ in range(2):
+            fast(jit, (1,), value, num_warps=4, num_stages=2)
+        assert len(fast._fine) <= 3
+    assert fallback.calls == 1 and len(fast) == 1

@@ -42,7 +42,8 @@ from typing import Any
 import torch
 
 INT32_INDEX_LIMIT = 2**31 - 1  # numel above this needs 64-bit indexing (Helion's rule)
-CALL_MEMO_LIMIT = 4096  # exact call signatures remembered per kernel
+CALL_MEMO_LIMIT = 16384  # exact call signatures remembered per kernel (a serving engine sees
+# one per distinct token count; beyond the limit the memo starts over)
 # Module constants: the hot path reads them without attribute lookups on `torch`.
 _TENSOR, _PARAMETER, _DTYPE = torch.Tensor, torch.nn.Parameter, torch.dtype
 

@@ -37,7 +37,7 @@ from typing import Any
 Launcher = Callable[..., Any]
 
 MAX_KERNELS = 256  # per launcher; beyond it new specializations are not cached
-MAX_EXACT = 1024  # exact-values memo entries per launcher (cleared when full)
+MAX_EXACT = 8192  # exact-values memo entries per launcher (cleared when full)
 
 
 class FastLauncher:
