@@ -27,9 +27,12 @@ searching. A row that fails is quarantined and the call follows the miss policy
 
 After the first call for a (stored config, specialization), presetdb calls Helion's
 compiled runner directly (`presetdb.integrations.dispatch`), skipping Helion's per-call
-binding; and every kernel is also ``torch.ops.presetdb.<name>`` with a fake
-implementation, so it works under ``torch.compile(fullgraph=True)``
-(`presetdb.integrations.ops`).
+binding, and launches its Triton kernel directly (`presetdb.integrations.launch`). A call
+whose exact metadata was seen before skips even the features and the picker: a call memo
+maps it to the stored config and runner, valid while the picker's epoch (its data) and
+Helion's specialization state stand; misses are never memoized. Every kernel is also
+``torch.ops.presetdb.<name>`` with a fake implementation, so it works under
+``torch.compile(fullgraph=True)`` (`presetdb.integrations.ops`).
 """
 
 from __future__ import annotations
