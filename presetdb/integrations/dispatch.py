@@ -42,13 +42,15 @@ from typing import Any
 import torch
 
 INT32_INDEX_LIMIT = 2**31 - 1  # numel above this needs 64-bit indexing (Helion's rule)
-CALL_MEMO_LIMIT = 16384  # exact call signatures remembered per kernel (a serving engine sees
-# one per distinct token count; beyond the limit the memo starts over)
+# Exact call signatures remembered per kernel: a serving engine sees one per distinct token
+# count; beyond the limit the memo starts over.
+CALL_MEMO_LIMIT = 16384
 # Module constants: the hot path reads them without attribute lookups on `torch`.
 _TENSOR, _PARAMETER, _DTYPE = torch.Tensor, torch.nn.Parameter, torch.dtype
 
 Runner = Callable[..., Any]
 Guard = tuple[Callable[[Sequence[object]], Hashable], Hashable]
+
 
 def dispatch_key(args: Sequence[object], scalars_by_value: bool = False) -> tuple[Hashable, ...] | None:
     """The cheap metadata tuple of a call, or None when only Helion's path is safe."""

@@ -101,7 +101,7 @@ class FastLauncher:
                 self._remember(key, triton_kernel, compiled, args)
                 return compiled
             if fine is not None:
-                self._remember_fine(fine, cached, args)
+                self._remember_fine(fine, cached)
         knobs = self._knobs
         if (
             cached[4] is not triton_kernel
@@ -139,7 +139,7 @@ class FastLauncher:
         if id(triton_kernel) not in self._layouts:
             self._layouts[id(triton_kernel)] = _layout(args)
 
-    def _remember_fine(self, fine: tuple[Any, ...], cached: tuple[Any, ...], args: tuple[Any, ...]) -> None:
+    def _remember_fine(self, fine: tuple[Any, ...], cached: tuple[Any, ...]) -> None:
         """Let the exact values of this launch find `cached` without the binder. Not for
         values that are themselves tensors (the key would keep them alive)."""
         if any(hasattr(v, "data_ptr") for v in fine[5]):
