@@ -118,6 +118,7 @@ class Picker:
         self._lock = threading.RLock()
         self._indexes: dict[str, _KernelIndex] = {}
         self._memo: dict[tuple[str, tuple[KeyValue, ...]], Choice | None] = {}
+        self._epoch = object()  # replaced with the memo on every invalidation; see epoch()
         self._watch = [layer for layer in layers if layer.mutable]
         self._versions = {id(layer): layer.store.data_version() for layer in self._watch}
         self._next_check = time.monotonic() + RECHECK_SECONDS
@@ -159,7 +160,7 @@ class Picker:
         per call; like `resolve`, it looks for changed stores every RECHECK_SECONDS."""
         if self._watch and time.monotonic() >= self._next_check:
             self._check_changed()
-        return self._memo  # a new dict on every invalidation (bounding it clears it: same answers)
+        return self._epoch
 
     def _resolve_uncached(
         self, kernel: str, spec: KeySpec, features: tuple[KeyValue, ...]
@@ -307,6 +308,7 @@ class Picker:
         with self._lock:
             self._indexes = {}
             self._memo = {}
+            self._epoch = object()  # a token, not the old memo: holders keep nothing big alive
 
     # ------------------------------------------------------------------ writes (overlay)
     def record_miss(self, kernel: str, features: dict[str, Any], reason: str = "no-match") -> None:
