@@ -25,7 +25,7 @@ if __name__ == "__main__":
     if opts.cpu_noop:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from bench_dispatch import EPS, SHAPE, _setup_store  # type: ignore[import-not-found]
+    from bench_dispatch import EPS, SHAPE, _sample_us, _setup_store  # type: ignore[import-not-found]
 
     _setup_store(Path(tempfile.mkdtemp()))
     import helion.runtime
@@ -139,17 +139,10 @@ if __name__ == "__main__":
     # timeit switches the garbage collector off; bench_dispatch (like a user's process)
     # runs with it on. Time the whole call both ways, bench-style (sync per 2,000 calls).
     import gc
-    import time
 
     def loop(fn: Any, calls: int = 2000, samples: int = 5) -> tuple[float, int]:
         before = sum(s["collections"] for s in gc.get_stats())
-        best = float("inf")
-        for _ in range(samples):
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            sync()
-            best = min(best, (time.perf_counter() - start) / calls * 1e6)
+        best = min(_sample_us(fn, sync, calls) for _ in range(samples))
         return best, sum(s["collections"] for s in gc.get_stats()) - before
 
     for label, fn in (("rk", lambda: rk(*args)), ("entry.run", lambda: run(*args)), ("op", lambda: op(*args))):

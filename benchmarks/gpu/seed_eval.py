@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from presetdb.keys import canonical_key
+
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ("rms_norm", "silu_mul", "softmax", "matmul")
 
@@ -229,7 +231,7 @@ def main() -> int:
             result["cold_start"] = {
                 "process_wall_s": wall, "in_process_s": cold["total_s"], "shapes": len(keys),
                 "all_correct": all(c["ok"] for c in cold["calls"]),
-                "exact_hits": sum(c["served_key"] == json.dumps(c["key"], sort_keys=True, separators=(",", ":")) for c in cold["calls"]),
+                "exact_hits": sum(c["served_key"] == canonical_key(c["key"]) for c in cold["calls"]),
                 "recorded_quick_autotune_s": tuning, "calls": cold["calls"],
             }
         else:
@@ -248,7 +250,7 @@ def write(result: dict[str, Any], out: Path) -> None:
                   "| kernel | key | op serves key, correct | preset ms | Helion default ms | PyTorch ms | default/preset |",
                   "|---|---|---|---|---|---|---|"]
         for r in result["seeded"]:
-            served = r["served_key"] == json.dumps(r["key"], sort_keys=True, separators=(",", ":"))
+            served = r["served_key"] == canonical_key(r["key"])
             lines.append(
                 f"| {r['kernel']} | {json.dumps(r['key'])} | {'yes' if served and r['op_correct'] else 'NO'} | "
                 + " | ".join(f"{r[c]['flush']:.4f} / {r[c]['graph']:.4f}" for c in ("preset_ms", "default_ms", "torch_ms"))

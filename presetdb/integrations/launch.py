@@ -101,7 +101,7 @@ class FastLauncher:
                 self._remember(key, triton_kernel, compiled, args)
                 return compiled
             if fine is not None:
-                self._remember_fine(fine, cached)
+                self._remember_fine(fine, values, cached)
         knobs = self._knobs
         if (
             cached[4] is not triton_kernel
@@ -139,10 +139,10 @@ class FastLauncher:
         if id(triton_kernel) not in self._layouts:
             self._layouts[id(triton_kernel)] = _layout(args)
 
-    def _remember_fine(self, fine: tuple[Any, ...], cached: tuple[Any, ...]) -> None:
-        """Let the exact values of this launch find `cached` without the binder. Not for
-        values that are themselves tensors (the key would keep them alive)."""
-        if any(hasattr(v, "data_ptr") for v in fine[5]):
+    def _remember_fine(self, fine: tuple[Any, ...], values: tuple[Any, ...], cached: tuple[Any, ...]) -> None:
+        """Let the exact values of this launch find `cached` without the binder. Not when
+        a value is itself a tensor (the key would keep it alive)."""
+        if any(hasattr(v, "data_ptr") for v in values):
             return
         if len(self._fine) >= MAX_EXACT:
             self._fine.clear()  # bounded: a stream of new sizes cannot grow memory
@@ -185,11 +185,11 @@ def _cheaper_current_device(get_device: Callable[[], int]) -> Callable[[], int]:
 
 def fast_launcher_for(fallback: Launcher) -> Launcher:
     """A `FastLauncher` when Triton runs on a GPU driver, else `fallback` itself."""
-    import os
-
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        return fallback
     try:
+        from triton import knobs
+
+        if knobs.runtime.interpret:  # Triton's own reading of TRITON_INTERPRET
+            return fallback
         launcher = FastLauncher(fallback)
         knobs = launcher._knobs
         if not (isinstance(knobs.launch_enter_hook.calls, list) and isinstance(knobs.launch_exit_hook.calls, list)):
