@@ -245,7 +245,9 @@ def test_values_that_are_tensors_are_never_kept_by_the_memo(launcher) -> None:
     fast(jit, (1,), x, 16, num_warps=4, num_stages=2)  # layout: a tensor, then a value
     for _ in range(3):
         fast(jit, (1,), x, torch.randn(16), num_warps=4, num_stages=2)  # a tensor where a value was
-    assert all(not hasattr(v, "data_ptr") for key in fast._fine for v in key[5])
+    fast(jit, (1,), x, 16, num_warps=4, num_stages=2)  # the kinds of the first launch: memoized
+    ((_, _, memo),) = fast._plans.values()
+    assert memo and all(not hasattr(v, "data_ptr") for key in memo for v in key)
 
 
 def test_the_exact_values_memo_is_bounded(launcher, monkeypatch) -> None:
@@ -257,5 +259,58 @@ def test_the_exact_values_memo_is_bounded(launcher, monkeypatch) -> None:
     for value in range(16, 16 * 10, 16):  # nine values, one specialization (all divisible by 16)
         for _ in range(2):
             fast(jit, (1,), value, num_warps=4, num_stages=2)
-        assert len(fast._fine) <= 3
+        assert all(len(memo) <= 3 for _, _, memo in fast._plans.values())
     assert fallback.calls == 1 and len(fast) == 1
+
+
+class DeviceBuffer:
+    """A CUDA tensor stand-in: what the plan reads from a tensor."""
+
+    def __init__(self, address: int, is_cuda: bool = True) -> None:
+        self.address = address
+        self.is_cuda = is_cuda
+        self.dtype = "float32"
+
+    def data_ptr(self) -> int:
+        return self.address
+
+
+def test_memoized_launches_pass_cuda_addresses_and_anything_else_as_is(launcher) -> None:
+    """The C launcher gets a CUDA tensor's address (an int) on memoized launches; a tensor
+    that is not on a CUDA device is always passed as the tensor, so Triton's own check
+    (which rejects memory the GPU cannot reach) still sees it."""
+    fast, fallback = launcher
+    jit = Jit()
+    first = DeviceBuffer(4096)
+    fast(jit, (1,), first, 32, num_warps=4, num_stages=2)  # through Triton, with the object
+    (compiled,) = jit.compiled.values()
+    assert compiled.launches[-1][2] is first
+    fast(jit, (1,), DeviceBuffer(8192), 32, num_warps=4, num_stages=2)  # binder: the object
+    assert isinstance(compiled.launches[-1][-2], DeviceBuffer)
+    for address in (12288, 16384):
+        fast(jit, (1,), DeviceBuffer(address), 32, num_warps=4, num_stages=2)  # memoized
+        assert compiled.launches[-1][-2:] == (address, 32)
+    host = DeviceBuffer(20480, is_cuda=False)  # same dtype and alignment, not CUDA memory
+    for _ in range(3):
+        fast(jit, (1,), host, 32, num_warps=4, num_stages=2)
+        assert compiled.launches[-1][-2] is host
+    fast(jit, (1,), DeviceBuffer(4100), 32, num_warps=4, num_stages=2)  # misaligned: its own kernel
+    assert len(jit.compiled) == 2 and fallback.calls == 2
+
+
+def test_a_launch_unlike_the_plan_takes_the_binders_path(launcher) -> None:
+    """The plan is generated from a kernel's first launch; other argument counts or a
+    non-tensor where a tensor was are specialized by Triton's binder as before."""
+    fast, fallback = launcher
+    jit = Jit()
+    fast(jit, (1,), DeviceBuffer(4096), 32, num_warps=4, num_stages=2)
+    fast(jit, (1,), 16, 32, num_warps=4, num_stages=2)  # an int where a tensor was
+    fast(jit, (1,), DeviceBuffer(4096), 32, 48, num_warps=4, num_stages=2)  # one more argument
+    assert fallback.calls == 3 and len(jit.compiled) == 3
+    binds = jit.binds
+    fast(jit, (1,), 16, 32, num_warps=4, num_stages=2)
+    assert jit.binds == binds + 1  # not memoized: unlike the plan
+    for compiled in jit.compiled.values():
+        for launch in compiled.launches:
+            launched = launch[2:] if launch[0] == "via triton" else launch[9:]  # Triton's path / the C launcher
+            assert compiled.spec[0] == tuple(_specialize(a) for a in launched)

@@ -18,11 +18,20 @@ distributed and persistent-state arguments, ptx options), unhashable specializat
 kernels still compiling asynchronously.
 
 In front of the binder sits an exact-values memo: the launch's non-tensor values (with
-their types: 1, 1.0 and True hash alike) and each tensor's dtype and address modulo 16
-map to the cached kernel the binder found for them before. Triton's specialization is
-a function of exactly these (pointer dtype and 16-byte alignment, integer values,
-constexpr values), so the memo refines it and skips the binder's per-argument work on
-repeated launches; any new value, dtype or alignment asks the binder again.
+their types: 1, 1.0 and True hash alike) and each tensor's dtype, device kind and address
+modulo 16 map to the cached kernel the binder found for them before. Triton's
+specialization is a function of exactly these (pointer dtype and 16-byte alignment,
+integer values, constexpr values), so the memo refines it and skips the binder's
+per-argument work on repeated launches; any new value, dtype or alignment asks the
+binder again. The memo's key and the launch's arguments come from one small function
+generated per kernel (`_plan_for`: the binder is generated the same way in Triton),
+because a loop over the arguments costs more than the launch it prepares.
+
+Memoized launches pass a CUDA tensor to the C launcher as its address (an int), which
+it takes as is: the address the C launcher would otherwise ask for with ``data_ptr()``
+and then check with the driver. That check only catches memory the GPU cannot reach
+(a CPU tensor); a CUDA tensor's address is device memory, and any other tensor is
+passed as the tensor itself.
 
 Triton knobs that change compile options at run time (``TRITON_DEBUG``,
 instrumentation) are read when a kernel is first cached, not per launch.
@@ -30,20 +39,22 @@ instrumentation) are read when a kernel is first cached, not per launch.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Hashable
 from typing import Any
 
 Launcher = Callable[..., Any]
+# A kernel's plan: (device, num_warps, num_stages, *launch args) -> (exact-values memo
+# key, the arguments for the C launcher).
+Plan = Callable[..., tuple[tuple[Hashable, ...], tuple[Any, ...]]]
 
 MAX_KERNELS = 256  # per launcher; beyond it new specializations are not cached
-MAX_EXACT = 8192  # exact-values memo entries per launcher (cleared when full)
+MAX_EXACT = 8192  # exact-values memo entries per kernel (cleared when full)
 
 
 class FastLauncher:
     """One per compiled runner (see the module docstring)."""
 
-    __slots__ = ("_device", "_fallback", "_fine", "_kernels", "_knobs", "_layouts", "_stream")
+    __slots__ = ("_device", "_fallback", "_kernels", "_knobs", "_plans", "_stream")
 
     def __init__(
         self,
@@ -65,10 +76,9 @@ class FastLauncher:
         # key -> (C launcher, function handle, packed metadata, CompiledKernel, JITFunction,
         #         the kernel's used globals with the values they had)
         self._kernels: dict[Hashable, tuple[Any, ...]] = {}
-        # The exact-values memo: id(kernel) -> (tensor arguments getter, other arguments
-        # getter), learned at its first launch; exact key -> an entry of _kernels.
-        self._layouts: dict[int, tuple[Callable[[tuple[Any, ...]], tuple[Any, ...]], ...]] = {}
-        self._fine: dict[Hashable, tuple[Any, ...]] = {}
+        # The exact-values memo, per kernel: id(kernel) -> (kernel, its plan, memo key ->
+        # an entry of _kernels). The plan is generated at the kernel's first launch.
+        self._plans: dict[int, tuple[Any, Plan, dict[Hashable, tuple[Any, ...]]]] = {}
 
     def __call__(
         self, triton_kernel: Any, grid: tuple[int, ...], *args: Any, num_warps: int, num_stages: int, **kwargs: Any
@@ -77,18 +87,16 @@ class FastLauncher:
             return self._fallback(triton_kernel, grid, *args, num_warps=num_warps, num_stages=num_stages, **kwargs)
         device = self._device()
         cached = fine = None
-        layout = self._layouts.get(id(triton_kernel))
-        if layout is not None:  # the exact-values memo in front of Triton's binder
-            tensors_of, values_of = layout
+        launch_args = args
+        plan = self._plans.get(id(triton_kernel))
+        if plan is not None and plan[0] is triton_kernel:  # the exact-values memo
             try:
-                values = values_of(args)
-                fine = (id(triton_kernel), device, num_warps, num_stages, len(args), values, *map(type, values))
-                for t in tensors_of(args):
-                    fine += (t.dtype, t.data_ptr() & 15)
-                cached = self._fine.get(fine)
-            except Exception:  # noqa: BLE001  (unhashable value, a non-tensor where a tensor was)
-                fine = None
+                fine, launch_args = plan[1](device, num_warps, num_stages, *args)
+                cached = plan[2].get(fine)
+            except Exception:  # noqa: BLE001  (unhashable value, other arguments than planned)
+                fine, launch_args = None, args
         if cached is None:
+            launch_args = args  # the binder's result is valid for these objects only
             try:
                 binder = triton_kernel.device_caches[device][4]
                 _, specialization, _ = binder(*args)
@@ -100,8 +108,8 @@ class FastLauncher:
                 compiled = self._fallback(triton_kernel, grid, *args, num_warps=num_warps, num_stages=num_stages)
                 self._remember(key, triton_kernel, compiled, args)
                 return compiled
-            if fine is not None:
-                self._remember_fine(fine, values, cached)
+            if fine is not None and plan is not None:
+                _remember_exact(plan[2], fine, args, cached)
         knobs = self._knobs
         if (
             cached[4] is not triton_kernel
@@ -118,7 +126,7 @@ class FastLauncher:
         n = len(grid)
         run(
             grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, self._stream(device),
-            function, packed, None, None, None, *args,
+            function, packed, None, None, None, *launch_args,
         )
         return compiled
 
@@ -136,17 +144,8 @@ class FastLauncher:
             )
         except Exception:  # noqa: BLE001  (not a CompiledKernel we know how to launch)
             return
-        if id(triton_kernel) not in self._layouts:
-            self._layouts[id(triton_kernel)] = _layout(args)
-
-    def _remember_fine(self, fine: tuple[Any, ...], values: tuple[Any, ...], cached: tuple[Any, ...]) -> None:
-        """Let the exact values of this launch find `cached` without the binder. Not when
-        a value is itself a tensor (the key would keep it alive)."""
-        if any(hasattr(v, "data_ptr") for v in values):
-            return
-        if len(self._fine) >= MAX_EXACT:
-            self._fine.clear()  # bounded: a stream of new sizes cannot grow memory
-        self._fine[fine] = cached
+        if id(triton_kernel) not in self._plans:
+            self._plans[id(triton_kernel)] = (triton_kernel, _plan_for(args), {})
 
     def __len__(self) -> int:
         return len(self._kernels)
@@ -155,21 +154,47 @@ class FastLauncher:
 _MISSING = object()
 
 
-def _layout(args: tuple[Any, ...]) -> tuple[Callable[[tuple[Any, ...]], tuple[Any, ...]], ...]:
-    """Getters for a kernel's pointer (tensor) arguments and its other arguments, by
-    position: Helion's host code passes the same kinds at the same positions."""
+def _remember_exact(
+    memo: dict[Hashable, tuple[Any, ...]], fine: tuple[Hashable, ...], args: tuple[Any, ...], cached: tuple[Any, ...]
+) -> None:
+    """Let the exact values of this launch find `cached` without the binder. Not when a
+    value is itself a tensor (the key would keep it alive)."""
+    if any(hasattr(v, "data_ptr") for v in fine):
+        return
+    if len(memo) >= MAX_EXACT:
+        memo.clear()  # bounded: a stream of new sizes cannot grow memory
+    memo[fine] = cached
+
+
+def _plan_for(args: tuple[Any, ...]) -> Plan:
+    """Generate a kernel's plan from its first launch: Helion's host code passes the
+    same kinds of arguments at the same positions. For tensors at 0 and 2 of
+    (x, n, out):
+
+        def plan(device, num_warps, num_stages, a0, a1, a2):
+            c0 = a0.is_cuda; p0 = a0.data_ptr(); c2 = a2.is_cuda; p2 = a2.data_ptr()
+            return ((device, num_warps, num_stages, a1, type(a1),
+                     a0.dtype, c0, p0 & 15, a2.dtype, c2, p2 & 15),
+                    (p0 if c0 else a0, a1, p2 if c2 else a2))
+
+    A call with other arguments fails inside the plan (wrong count, or no data_ptr
+    where a tensor was) and takes the binder's path."""
+    names = [f"a{i}" for i in range(len(args))]
     tensors = [i for i, a in enumerate(args) if hasattr(a, "data_ptr")]
-    others = [i for i, a in enumerate(args) if not hasattr(a, "data_ptr")]
-    return _getter(tensors), _getter(others)
-
-
-def _getter(positions: list[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
-    if len(positions) > 1:
-        return operator.itemgetter(*positions)  # type: ignore[return-value]
-    if positions:
-        (only,) = positions
-        return lambda args: (args[only],)
-    return lambda args: ()
+    values = [names[i] for i in range(len(args)) if i not in tensors]
+    body = [f"c{i} = a{i}.is_cuda; p{i} = a{i}.data_ptr()" for i in tensors]
+    key = ["device", "num_warps", "num_stages", *values, *(f"type({v})" for v in values)]
+    key += [part for i in tensors for part in (f"a{i}.dtype", f"c{i}", f"p{i} & 15")]
+    launch = [f"p{i} if c{i} else a{i}" if i in tensors else names[i] for i in range(len(args))]
+    source = (
+        f"def plan(device, num_warps, num_stages, {', '.join(names)}):\n"
+        + "".join(f"    {line}\n" for line in body)
+        + f"    return ({', '.join(key)},), ({''.join(part + ', ' for part in launch)})\n"
+    )
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "<presetdb launch plan>", "exec"), namespace)  # noqa: S102  (names only, no input)
+    plan: Plan = namespace["plan"]
+    return plan
 
 
 def _cheaper_current_device(get_device: Callable[[], int]) -> Callable[[], int]:
