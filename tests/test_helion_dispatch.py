@@ -280,10 +280,13 @@ def test_switching_between_stored_configs_never_mixes_runners(preset_store, monk
 
 
 def test_published_runner_keeps_helions_host_code_with_its_own_launcher(preset_store) -> None:
-    """with_launcher copies Helion's generated host function with another `_launcher`
-    default: same code, same results, the launcher sees every launch, and Helion's own
-    function keeps its default."""
-    from presetdb.integrations.dispatch import launcher_of, with_launcher
+    """published_runner copies Helion's generated host function with another `_launcher`
+    default and presetdb's `triton` for host code: same code, same results, the launcher
+    sees every launch, and Helion's own function keeps its default and globals."""
+    import triton
+
+    from presetdb.integrations.dispatch import launcher_of, published_runner
+    from presetdb.integrations.host_triton import HostTriton
 
     rms = get_kernel("rms_norm")
     preset_store.add("rms_norm", rms.key_spec, {"dtype": "float32", "hidden": 16, "num_tokens": 8}, {"block_sizes": [2]})
@@ -292,6 +295,7 @@ def test_published_runner_keeps_helions_host_code_with_its_own_launcher(preset_s
     entry = rms.runners.entry_for(rms.resolution(x, w, 1e-6).token, (x, w, 1e-6))
     assert entry is not None
     raw = entry.raw_run
+    assert isinstance(entry.run.__globals__["triton"], HostTriton)  # what the fast path calls
     default = raw.__kwdefaults__["_launcher"]
     seen: list[tuple[Any, ...]] = []
 
@@ -299,8 +303,12 @@ def test_published_runner_keeps_helions_host_code_with_its_own_launcher(preset_s
         seen.append((kernel, grid))
         return default(kernel, grid, *args, **kw)
 
-    run = with_launcher(raw, recording)
+    run = published_runner(raw, recording)
     assert run.__code__ is raw.__code__ and launcher_of(run) is recording
     torch.testing.assert_close(run(x, w, 1e-6), raw(x, w, 1e-6), rtol=0, atol=0)
     assert len(seen) == 1 and seen[0][1] == (3,)  # one launch of cdiv(5 rows, block 2) programs
     assert raw.__kwdefaults__["_launcher"] is default
+    assert raw.__globals__["triton"] is triton and isinstance(run.__globals__["triton"], HostTriton)
+    for hidden in (1, 3, 16, 33, 100):  # the host code's next_power_of_2 sizes the reduction
+        xs, ws = torch.randn(3, hidden, device=DEVICE), torch.randn(hidden, device=DEVICE)
+        torch.testing.assert_close(run(xs, ws, 1e-6), rms.reference(xs, ws, 1e-6), rtol=1e-5, atol=1e-5)

@@ -3,9 +3,10 @@
 Helion's own per-call path (``Kernel.__call__`` with a ``key=`` hook) rebuilds an exact
 metadata key, calls the hook and walks its specialization machinery on every launch.
 After the first call for a (stored config, specialization) pair presetdb instead keeps
-the compiled runner (``BoundKernel._run``, the generated host function) and calls it
-directly (on a GPU with `presetdb.integrations.launch.FastLauncher` as its launcher),
-keyed by a cheap tuple:
+the compiled runner (``BoundKernel._run``, the generated host function) and calls a
+copy of it directly (`published_runner`: on a GPU with
+`presetdb.integrations.launch.FastLauncher` as its launcher, and with
+`presetdb.integrations.host_triton` as its ``triton``), keyed by a cheap tuple:
 
 - per tensor: dtype, device, rank, each size as 0 / 1 / "2 or more", whether it is
   contiguous, else each stride as 0 / 1 / "2 or more", and whether ``numel`` needs
@@ -313,7 +314,7 @@ class RunnerCache:
         if generation != kernel._specialization_generation or reset != kernel._reset_generation:
             return False  # the schema moved while we looked; try again next call
         launcher = self.launcher if self.launcher is not None else self._fast_launcher()
-        launched = run if launcher is None else with_launcher(run, launcher)
+        launched = published_runner(run, launcher)
         entries = self._by_token.setdefault(token, {}).setdefault(meta, [])
         values = tuple(v for _, v in guards)
         entries[:] = [
@@ -349,15 +350,22 @@ class RunnerCache:
         return sum(len(v) for by_meta in self._by_token.values() for v in by_meta.values())
 
 
-def with_launcher(run: Runner, launcher: Callable[..., Any]) -> Runner:
-    """`run` launching through `launcher`: a copy of Helion's generated host function
-    whose ``_launcher`` keyword defaults to it (no per-call keyword dict, unlike
-    functools.partial), else a partial."""
+def published_runner(run: Runner, launcher: Callable[..., Any] | None) -> Runner:
+    """What presetdb publishes for Helion's generated host function `run`: a copy of it
+    (same code, closure and defaults) that launches through `launcher` (its ``_launcher``
+    keyword default; None keeps Helion's) and sees `presetdb.integrations.host_triton`
+    as its global ``triton``. A runner that is not such a function is wrapped in a
+    partial instead. Helion's own function is not changed."""
     defaults = getattr(run, "__kwdefaults__", None)
     if type(run) is not types.FunctionType or not defaults or "_launcher" not in defaults:
-        return functools.partial(run, _launcher=launcher)
-    copy = types.FunctionType(run.__code__, run.__globals__, run.__name__, run.__defaults__, run.__closure__)
-    copy.__kwdefaults__ = {**defaults, "_launcher": launcher}
+        return run if launcher is None else functools.partial(run, _launcher=launcher)
+    from presetdb.integrations.host_triton import host_triton
+
+    module_globals = run.__globals__
+    if module_globals.get("triton") is not None:
+        module_globals = {**module_globals, "triton": host_triton()}
+    copy = types.FunctionType(run.__code__, module_globals, run.__name__, run.__defaults__, run.__closure__)
+    copy.__kwdefaults__ = {**defaults, "_launcher": defaults["_launcher"] if launcher is None else launcher}
     copy.__dict__.update(run.__dict__)
     copy.__qualname__ = run.__qualname__
     copy.__wrapped__ = run  # type: ignore[attr-defined]

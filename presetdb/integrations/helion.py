@@ -27,7 +27,9 @@ searching. A row that fails is quarantined and the call follows the miss policy
 
 After the first call for a (stored config, specialization), presetdb calls Helion's
 compiled runner directly (`presetdb.integrations.dispatch`), skipping Helion's per-call
-binding, and launches its Triton kernel directly (`presetdb.integrations.launch`). A call
+binding, and launches its Triton kernel directly (`presetdb.integrations.launch`). The
+runner is a copy of Helion's host function whose ``triton.next_power_of_2``/``cdiv``
+run at plain-function cost (`presetdb.integrations.host_triton`). A call
 whose exact metadata was seen before skips even the features and the picker: a call memo
 maps it to the stored config and runner, valid while the picker's epoch (its data) and
 Helion's specialization state stand; misses are never memoized. Every kernel is also
