@@ -36,7 +36,7 @@ if __name__ == "__main__":
     if opts.cpu_noop:
         helion.runtime.default_launcher = no_launch  # type: ignore[assignment]
     import presetdb.kernels  # noqa: F401
-    from presetdb.integrations.dispatch import dispatch_key, launcher_of
+    from presetdb.integrations.dispatch import dispatch_key, exact_key, launcher_of
     from presetdb.integrations.helion import get_kernel
     from presetdb.picker import get_picker
 
@@ -64,6 +64,7 @@ if __name__ == "__main__":
     choice = picker.resolve("rms_norm", rk.key_spec, features)
     token = choice.preset.config_sha256
     meta = dispatch_key(args)
+    exact = exact_key(args)
     entry = rk.runners.entry_for(token, args)
     run, raw_run = entry.run, entry.raw_run
     launched: list[Any] = []
@@ -78,6 +79,11 @@ if __name__ == "__main__":
     probe_lib.define("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor")
     probe_lib.impl("rms_norm", lambda x, weight, eps: x, "CompositeExplicitAutograd")
     empty_op = torch.ops.presetdb_probe.rms_norm
+    import triton
+
+    from presetdb.integrations.host_triton import host_triton
+
+    host = host_triton()
     scope: dict[str, Any] = dict(globals())
     scope.update(locals())
     stages = {
@@ -90,6 +96,9 @@ if __name__ == "__main__":
         "raw runner, Helion launcher": "raw_run(*args)",
         "raw runner, no-op launcher": "raw_run(*args, _launcher=no_launch)",
         "adapt": "rk._adapt(*args)",
+        "get_picker().epoch() (call memo)": "get_picker().epoch()",
+        "exact_key (call memo)": "exact_key(args, False)",
+        "runners.calls.get (call memo)": "rk.runners.calls.get(exact)",
         "features": "rk._features(*args)",
         "picker.resolve": "picker.resolve('rms_norm', rk.key_spec, features)",
         "dispatch_key": "dispatch_key(args, False)",
@@ -101,6 +110,8 @@ if __name__ == "__main__":
         "x.data_ptr()": "x.data_ptr()",
         "(shape, stride, dtype, device)": "(x.shape, x.stride(), x.dtype, x.device)",
         "torch.empty_like": "torch.empty_like(x)",
+        "triton.next_power_of_2 (Triton's)": "triton.next_power_of_2(4096)",
+        "host_triton().next_power_of_2": "host.next_power_of_2(4096)",
     }
     if device == "cuda":
         from triton.runtime.driver import driver
@@ -120,6 +131,10 @@ if __name__ == "__main__":
                 "FastLauncher call": "launcher(kernel, grid, *largs, **kw)" if launcher is not None else "None",
             }
         )
+        plan = launcher._plans.get(id(kernel)) if launcher is not None else None
+        if plan is not None:  # the generated key + launch-arguments function alone
+            scope["plan"] = plan[1]
+            stages["FastLauncher plan(*args)"] = "plan(dev, kw['num_warps'], kw['num_stages'], *largs)"
         if cached is not None:
             c_run, function, packed = cached[0], cached[1], cached[2]
             stream = driver.active.get_current_stream(dev)
@@ -151,7 +166,8 @@ if __name__ == "__main__":
             us, collections = loop(fn)
             results[f"{label} loop, gc {'on' if enabled else 'off'} ({collections} collections)"] = us
     gc.enable()
-    lines = [f"slow-path calls during warm-up re-check: {slow}", f"{'stage':<34}{'us':>8}"]
+    lines = [f"slow-path calls during warm-up re-check: {slow}", f"host code sees {host!r}"]
+    lines += [f"{'stage':<34}{'us':>8}"]
     lines += [f"{k:<34}{v:>8.2f}" for k, v in results.items()]
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu (no-op launcher)"
     text = f"dispatch_probe on {name}, torch {torch.__version__}\n" + "\n".join(lines)

@@ -18,8 +18,8 @@ distributed and persistent-state arguments, ptx options), unhashable specializat
 kernels still compiling asynchronously.
 
 In front of the binder sits an exact-values memo: the launch's non-tensor values (with
-their types: 1, 1.0 and True hash alike) and each tensor's dtype, device kind and address
-modulo 16 map to the cached kernel the binder found for them before. Triton's
+their types: 1, 1.0 and True hash alike) and each tensor's dtype and address modulo 16
+map to the cached kernel the binder found for them before. Triton's
 specialization is a function of exactly these (pointer dtype and 16-byte alignment,
 integer values, constexpr values), so the memo refines it and skips the binder's
 per-argument work on repeated launches; any new value, dtype or alignment asks the
@@ -174,7 +174,7 @@ def _plan_for(args: tuple[Any, ...]) -> Plan:
         def plan(device, num_warps, num_stages, a0, a1, a2):
             c0 = a0.is_cuda; p0 = a0.data_ptr(); c2 = a2.is_cuda; p2 = a2.data_ptr()
             return ((device, num_warps, num_stages, a1, type(a1),
-                     a0.dtype, c0, p0 & 15, a2.dtype, c2, p2 & 15),
+                     a0.dtype, p0 & 15, a2.dtype, p2 & 15),
                     (p0 if c0 else a0, a1, p2 if c2 else a2))
 
     A call with other arguments fails inside the plan (wrong count, or no data_ptr
@@ -184,7 +184,7 @@ def _plan_for(args: tuple[Any, ...]) -> Plan:
     values = [names[i] for i in range(len(args)) if i not in tensors]
     body = [f"c{i} = a{i}.is_cuda; p{i} = a{i}.data_ptr()" for i in tensors]
     key = ["device", "num_warps", "num_stages", *values, *(f"type({v})" for v in values)]
-    key += [part for i in tensors for part in (f"a{i}.dtype", f"c{i}", f"p{i} & 15")]
+    key += [part for i in tensors for part in (f"a{i}.dtype", f"p{i} & 15")]
     launch = [f"p{i} if c{i} else a{i}" if i in tensors else names[i] for i in range(len(args))]
     source = (
         f"def plan(device, num_warps, num_stages, {', '.join(names)}):\n"
