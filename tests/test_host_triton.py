@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import pytest
@@ -61,3 +62,29 @@ def test_anything_but_plain_ints_goes_through_tritons_wrapper() -> None:
 def test_a_triton_without_constexpr_functions_is_forwarded_as_is() -> None:
     view = HostTriton(triton, None)
     assert view.next_power_of_2 is triton.next_power_of_2 and view.cdiv is triton.cdiv
+
+
+def _host(n: int, *, _launcher: Any = None) -> tuple[int, Any]:
+    return triton.next_power_of_2(n), _launcher
+
+
+def _host_function(module_triton: Any) -> Any:
+    """A stand-in for Helion's generated host function, in a module whose `triton` is given."""
+    host = types.FunctionType(_host.__code__, {**globals(), "triton": module_triton}, "host")
+    host.__kwdefaults__ = {"_launcher": None}
+    return host
+
+
+def test_published_runners_see_host_triton_only_in_place_of_triton_itself() -> None:
+    from presetdb.integrations.dispatch import published_runner
+
+    host = _host_function(triton)
+    launcher = object()
+    run = published_runner(host, launcher)
+    assert run.__globals__["triton"] is host_triton() and host_triton().__wrapped__ is triton
+    assert run(1000) == (1024, launcher)
+    assert host.__globals__["triton"] is triton and host(1000) == (1024, None)  # Helion's own: untouched
+
+    other = type("other", (), {"next_power_of_2": staticmethod(lambda n: -n)})
+    foreign = published_runner(_host_function(other), None)
+    assert foreign.__globals__["triton"] is other and foreign(5) == (-5, None)

@@ -361,9 +361,9 @@ def published_runner(run: Runner, launcher: Callable[..., Any] | None) -> Runner
         return run if launcher is None else functools.partial(run, _launcher=launcher)
     from presetdb.integrations.host_triton import host_triton
 
-    module_globals = run.__globals__
-    if module_globals.get("triton") is not None:
-        module_globals = {**module_globals, "triton": host_triton()}
+    module_globals, view = run.__globals__, host_triton()
+    if module_globals.get("triton") is view.__wrapped__:  # the generated module's `import triton`
+        module_globals = {**module_globals, "triton": view}
     copy = types.FunctionType(run.__code__, module_globals, run.__name__, run.__defaults__, run.__closure__)
     copy.__kwdefaults__ = {**defaults, "_launcher": defaults["_launcher"] if launcher is None else launcher}
     copy.__dict__.update(run.__dict__)

@@ -28,6 +28,7 @@ class HostTriton:
 
     def __init__(self, triton: Any, constexpr_function_type: type | None) -> None:
         self._triton = triton
+        self.__wrapped__ = triton  # the module this view forwards to (functools' convention)
         self._unwrapped: list[str] = []
         if constexpr_function_type is None:
             return  # a Triton whose helpers are plain functions already
