@@ -27,7 +27,6 @@ class HostTriton:
     """`triton`, with its constexpr helpers callable at plain-function cost on ints."""
 
     def __init__(self, triton: Any, constexpr_function_type: type | None) -> None:
-        self._triton = triton
         self.__wrapped__ = triton  # the module this view forwards to (functools' convention)
         self._unwrapped: list[str] = []
         if constexpr_function_type is None:
@@ -39,7 +38,7 @@ class HostTriton:
                 self._unwrapped.append(name)
 
     def __getattr__(self, name: str) -> Any:  # everything else is Triton's own
-        return getattr(self._triton, name)
+        return getattr(self.__wrapped__, name)
 
     def __repr__(self) -> str:
         return f"<triton for host code; plain on ints: {', '.join(self._unwrapped) or 'none'}>"

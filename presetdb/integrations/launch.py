@@ -87,14 +87,13 @@ class FastLauncher:
             return self._fallback(triton_kernel, grid, *args, num_warps=num_warps, num_stages=num_stages, **kwargs)
         device = self._device()
         cached = fine = None
-        launch_args = args
         plan = self._plans.get(id(triton_kernel))
         if plan is not None and plan[0] is triton_kernel:  # the exact-values memo
             try:
                 fine, launch_args = plan[1](device, num_warps, num_stages, *args)
                 cached = plan[2].get(fine)
             except Exception:  # noqa: BLE001  (unhashable value, other arguments than planned)
-                fine, launch_args = None, args
+                fine = None
         if cached is None:
             launch_args = args  # the binder's result is valid for these objects only
             try:
@@ -216,8 +215,8 @@ def fast_launcher_for(fallback: Launcher) -> Launcher:
         if knobs.runtime.interpret:  # Triton's own reading of TRITON_INTERPRET
             return fallback
         launcher = FastLauncher(fallback)
-        knobs = launcher._knobs
-        if not (isinstance(knobs.launch_enter_hook.calls, list) and isinstance(knobs.launch_exit_hook.calls, list)):
+        hooks = (launcher._knobs.launch_enter_hook, launcher._knobs.launch_exit_hook)
+        if not all(isinstance(hook.calls, list) for hook in hooks):
             return fallback  # a Triton whose launch hooks are not hook chains
     except Exception:  # noqa: BLE001  (no GPU driver, or a Triton without these internals)
         return fallback
