@@ -16,7 +16,7 @@ COPY presetdb presetdb
 COPY migrations migrations
 COPY seed_data seed_data
 # --no-deps: the GPU stack stays out of this image. The datasette metadata (canned
-# queries from presetdb/sql/*.sql, column descriptions from the models) is generated
+# queries from presetdb/audit/sql/*.sql, column descriptions from the models) is generated
 # here, from the installed package, so it cannot drift from it.
 RUN pip install --no-deps . \
  && presetdb audit --datasette-metadata /app/datasette-metadata.json

@@ -47,9 +47,9 @@ CONFIG = {"block_sizes": [1], "num_warps": 4}
 
 def _setup_store(tmp: Path) -> None:
     """A deployment db holding CONFIG for the benchmark's key, wired through the env."""
-    from presetdb import migrate
     from presetdb.keys import KeyField, KeySpec
-    from presetdb.repository import PresetInput, Repository
+    from presetdb.store import migrate
+    from presetdb.store.repository import PresetInput, Repository
 
     db = tmp / "bench.db"
     migrate.upgrade(db, seed_data=False)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from helion.autotuner.base_search import BaseAutotuner
 
-    from presetdb.integrations.ops import no_launch
+    from presetdb.helion.ops import no_launch
 
     if args.cpu_noop:
         # Before any compile: generated host code binds helion.runtime.default_launcher
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     bound = helion.kernel(body, static_shapes=False).bind((x, w, EPS))
     runner = bound.compile_config(config)
     op = torch.ops.presetdb.rms_norm
-    from presetdb.integrations.launch import FastLauncher, fast_launcher_for
+    from presetdb.helion._accel.launch import FastLauncher, fast_launcher_for
 
     fast = fast_launcher_for(helion.runtime.default_launcher)
     fast = fast if isinstance(fast, FastLauncher) else None

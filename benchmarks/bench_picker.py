@@ -8,7 +8,7 @@
 Run:  python benchmarks/bench_picker.py [--out benchmarks/results/cpu] [--quick]
 
 The databases are generated once and cached (``--cache-dir``, default a tmp dir): the
-schema by `presetdb.migrate.upgrade`, the rows by bulk `executemany` in one transaction
+schema by `presetdb.store.migrate.upgrade`, the rows by bulk `executemany` in one transaction
 (a few distinct configs and runs, reused), then switched to a rollback journal like a
 shipped file. Everything is measured through the public path: `open_immutable`,
 `resolve_platform`, `Picker.resolve`. Targets are judged on wall clock
@@ -40,12 +40,13 @@ from typing import Any
 
 import sqlalchemy
 
-from presetdb import __version__, migrate
+from presetdb import __version__
 from presetdb.keys import KeySpec, canonical_key
-from presetdb.picker import Picker
-from presetdb.platforms import DeviceInfo, resolve_platform
-from presetdb.repository import Repository
-from presetdb.stores import open_immutable
+from presetdb.runtime.layers import open_immutable
+from presetdb.runtime.picker import Picker
+from presetdb.runtime.platforms import DeviceInfo, resolve_platform
+from presetdb.store import migrate
+from presetdb.store.repository import Repository
 
 GENERATOR_VERSION = 2  # bump when the generated dbs change (invalidates the cache)
 PLATFORM = "nvidia_h100"

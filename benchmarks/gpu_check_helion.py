@@ -93,9 +93,9 @@ class Report:
 
 
 def _build_db(tmp: Path) -> Path:
-    from presetdb import migrate
-    from presetdb.integrations.helion import get_kernel
-    from presetdb.repository import PresetInput, Repository
+    from presetdb.helion.registry import get_kernel
+    from presetdb.store import migrate
+    from presetdb.store.repository import PresetInput, Repository
 
     db = tmp / "gpucheck.db"
     migrate.upgrade(db, seed_data=False)
@@ -136,7 +136,7 @@ def run_checks(out_dir: Path) -> Report:
     from triton.testing import do_bench
 
     import presetdb.kernels  # noqa: F401  (registers the kernels)
-    from presetdb.integrations.helion import get_kernel
+    from presetdb.helion.registry import get_kernel
 
     report = Report()
     for name in PRESETS:
@@ -246,9 +246,9 @@ def autotune_miss() -> dict[str, Any]:
     the winner lands in the overlay with provenance and serves the next process."""
     import torch
 
-    from presetdb.integrations.helion import get_kernel
-    from presetdb.picker import get_picker, reset_picker
-    from presetdb.repository import Repository
+    from presetdb.helion.registry import get_kernel
+    from presetdb.runtime.picker import get_picker, reset_picker
+    from presetdb.store.repository import Repository
 
     rk = get_kernel("rms_norm")
     os.environ["PRESETDB_ON_MISS"] = "autotune"
@@ -292,7 +292,7 @@ def main() -> int:
         PRESETDB_PLATFORM=PLATFORM, PRESETDB_ON_MISS="strict",
     )
     import presetdb.kernels  # noqa: F401  (registers the kernels: needed to validate configs)
-    from presetdb.picker import reset_picker
+    from presetdb.runtime.picker import reset_picker
 
     os.environ["PRESETDB_PATH"] = str(_build_db(tmp))
     reset_picker()

@@ -6,7 +6,7 @@ budget per search), on the registered ``rms_norm`` kernel:
 1. plain Helion with its LocalAutotuneCache -> a real ``<hash>.best_config``;
 2. Helion AOT collect mode (``HELION_AOT_MODE=collect``) over two shapes -> a real
    ``tuned_configs_<hardware_id>.json``;
-3. ``presetdb tune`` (`presetdb.tuning.Tuner`, Helion's search) over two shapes -> a real
+3. ``presetdb tune`` (`presetdb.offline.tune.Tuner`, Helion's search) over two shapes -> a real
    presetdb-results/1 file;
 
 then imports each file into a fresh database (so configs are validated against the
@@ -80,7 +80,7 @@ def main() -> None:
     import torch
 
     import presetdb.kernels  # noqa: F401
-    from presetdb.integrations.helion import get_kernel
+    from presetdb.helion.registry import get_kernel
 
     assert torch.cuda.is_available(), "run this on a GPU machine"
     rk = get_kernel("rms_norm")
@@ -138,7 +138,7 @@ def main() -> None:
         return copied
 
     def tune() -> dict[str, Any]:
-        from presetdb.tuning import Tuner
+        from presetdb.offline.tune import Tuner
 
         tuner = Tuner(
             rk, out / "tune_rms_norm_gpu.json", effort="quick", budget_seconds=args.budget, seed=1234
@@ -154,8 +154,8 @@ def main() -> None:
     step(summary, "tune", tune)
 
     def import_all() -> dict[str, Any]:
-        from presetdb import migrate
-        from presetdb.importers import import_files
+        from presetdb.offline.importers import import_files
+        from presetdb.store import migrate
 
         outcomes: dict[str, Any] = {}
         for path in sorted([*(out / "helion").iterdir(), *out.glob("tune_rms_norm_*.json")]):

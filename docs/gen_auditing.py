@@ -12,7 +12,7 @@ scratch folder that holds:
 - ``old.db``: the release before it, for ``presetdb diff``;
 - ``seed.db``: the real shipped db, built by `presetdb build` from the package's
   migrations (the H100 seed presets);
-- ``presetdb/sql``: a link to the package's canned queries, as in a checkout.
+- ``presetdb/audit/sql``: a link to the package's canned queries, as in a checkout.
 
 ``presetdb ...`` runs through presetdb's entry point (`presetdb.cli.main`) in this
 process; ``sqlite3 ...`` runs the sqlite3 shell on PATH.
@@ -47,12 +47,12 @@ def make_workspace(folder: Path) -> None:
         scratch.unlink()
     for scratch in folder.glob("previous.db*"):
         scratch.unlink()
-    from presetdb.build import build_database
+    from presetdb.offline.build import build_database
 
     build_database(folder / "seed.db")
     (folder / "seed.db.manifest.json").unlink()
-    (folder / "presetdb").mkdir()
-    (folder / "presetdb" / "sql").symlink_to(ROOT / "presetdb" / "sql")
+    (folder / "presetdb" / "audit").mkdir(parents=True)
+    (folder / "presetdb" / "audit" / "sql").symlink_to(ROOT / "presetdb" / "audit" / "sql")
 
 
 def _presetdb(argv: list[str]) -> tuple[int, str]:

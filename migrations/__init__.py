@@ -2,5 +2,5 @@
 
 Schema revisions change tables; data revisions (``NNNN_data_<slug>.py``) import seed
 results from `presetdb.seed_data`. Run them through `presetdb db upgrade`, never with a
-bare `alembic` command: the Alembic config is built in code (`presetdb.migrate`).
+bare `alembic` command: the Alembic config is built in code (`presetdb.store.migrate`).
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from presetdb.models import Base
+from presetdb.store.models import Base
 
 config = context.config
 connection = config.attributes.get("connection")

@@ -1,6 +1,6 @@
 """An example presetdb database that gives every canned audit something to find.
 
-Written through `presetdb.migrate.upgrade` + `presetdb.repository.Repository`, like any
+Written through `presetdb.store.migrate.upgrade` + `presetdb.store.repository.Repository`, like any
 import. The timings are invented (chosen to trip the audits), not measurements.
 Timestamps are pinned so that outputs built from this db (docs/auditing.md) are
 reproducible. Also used by docs/gen_auditing.py.
@@ -16,9 +16,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from presetdb import migrate
-from presetdb.models import Config, Kernel, Preset, TuningRun
-from presetdb.repository import MissRecord, PresetInput, Repository
+from presetdb.store import migrate
+from presetdb.store.models import Config, Kernel, Preset, TuningRun
+from presetdb.store.repository import MissRecord, PresetInput, Repository
 
 H100, H200 = "nvidia_h100", "nvidia_h200"
 RMS_SCHEMA = {

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from presetdb import migrate
-from presetdb.engine import Store
+from presetdb.store import migrate
+from presetdb.store.engine import Store
 
 # Variables that select another db, platform or miss policy: never inherited by a test.
 CLEARED_VARIABLES = (
@@ -47,7 +47,7 @@ def isolated_env(
 
 def _reset_picker() -> None:
     # The process-wide picker caches the env it was built from; drop it around each test.
-    picker = sys.modules.get("presetdb.picker")
+    picker = sys.modules.get("presetdb.runtime.picker")
     reset = getattr(picker, "reset_picker", None)
     if reset is not None:
         reset()

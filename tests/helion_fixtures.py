@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from presetdb import migrate
 from presetdb.keys import KeySpec
+from presetdb.store import migrate
 
 HAS_CUDA = False
 try:  # the whole file is only imported by tests that need torch anyway
@@ -38,9 +38,9 @@ def require_interpreter() -> None:
 
 
 def install_interpreter_shims() -> None:
-    """Triton's interpreter lacks libdevice (see presetdb.integrations.interpreter);
+    """Triton's interpreter lacks libdevice (see presetdb.helion.interpreter);
     registering a kernel installs the shims, this makes it explicit for test modules."""
-    from presetdb.integrations.interpreter import install_shims
+    from presetdb.helion.interpreter import install_shims
 
     install_shims()
 
@@ -65,8 +65,8 @@ class PresetStore:
         kernel_source_hash: str | None = None,
     ) -> None:
         """Write one preset into the deployment db (then rebuild the picker)."""
-        from presetdb.picker import reset_picker
-        from presetdb.repository import PresetInput, Repository
+        from presetdb.runtime.picker import reset_picker
+        from presetdb.store.repository import PresetInput, Repository
 
         platform = platform or self.platform
         store = migrate.open_store(self.db, "rw")
@@ -87,7 +87,7 @@ class PresetStore:
         reset_picker()  # the deployment layer is opened immutable: re-read it
 
     def overlay_presets(self, kernel: str, status: str | None = None) -> list[Any]:
-        from presetdb.repository import Repository
+        from presetdb.store.repository import Repository
 
         store = migrate.open_store(self.overlay, "ro")
         try:
@@ -97,7 +97,7 @@ class PresetStore:
             store.dispose()
 
     def overlay_runs(self) -> list[Any]:
-        from presetdb.repository import Repository
+        from presetdb.store.repository import Repository
 
         store = migrate.open_store(self.overlay, "ro")
         try:
@@ -110,8 +110,8 @@ class PresetStore:
 @pytest.fixture(name="preset_store")
 def preset_store_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PresetStore]:
     """Real SQLite deployment db + overlay; PRESETDB_* pointed at them; fresh picker."""
-    from presetdb.integrations.policy import reset_warnings
-    from presetdb.picker import reset_picker
+    from presetdb.helion.hooks import reset_warnings
+    from presetdb.runtime.picker import reset_picker
 
     db = tmp_path / "deploy.db"
     migrate.upgrade(db, seed_data=False)
@@ -128,7 +128,7 @@ def preset_store_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
 
 
 def set_policy(monkeypatch: pytest.MonkeyPatch, policy: str) -> None:
-    from presetdb.picker import reset_picker
+    from presetdb.runtime.picker import reset_picker
 
     monkeypatch.setenv("PRESETDB_ON_MISS", policy)
     reset_picker()
@@ -145,7 +145,7 @@ def fresh(rk: Any) -> Any:
 def candidate_search(candidates: Sequence[Mapping[str, Any]]) -> Callable[..., Any]:
     """An autotune search for CPU: compiles each candidate config for real, runs it in
     the interpreter, keeps the fastest by wall time (Helion cannot benchmark on CPU)."""
-    from presetdb.integrations.policy import SearchResult
+    from presetdb.helion.hooks import SearchResult
 
     def search(bound: Any, args: tuple[object, ...], effort: str) -> SearchResult:
         timed: list[tuple[dict[str, Any], float]] = []

@@ -23,7 +23,7 @@ CACHE_KEY = {"dtype": "bfloat16", "hidden": 4096, "num_tokens": 64}
 def registry() -> Any:
     """The real kernel registry (importing it registers the example kernels once).
     Test modules expose it as a `resolver` fixture."""
-    from presetdb.importers.validate import RegistryResolver
+    from presetdb.offline.importers.validate import RegistryResolver
 
     return RegistryResolver()
 

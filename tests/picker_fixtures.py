@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from presetdb import migrate
 from presetdb.keys import KeySpec
-from presetdb.picker import Picker
-from presetdb.platforms import DeviceInfo, resolve_platform
-from presetdb.repository import PresetInput, Repository
-from presetdb.stores import Layer, open_immutable, open_overlay
+from presetdb.runtime.layers import Layer, open_immutable, open_overlay
+from presetdb.runtime.picker import Picker
+from presetdb.runtime.platforms import DeviceInfo, resolve_platform
+from presetdb.store import migrate
+from presetdb.store.repository import PresetInput, Repository
 
 H100, H200, B200, A100 = "nvidia_h100", "nvidia_h200", "nvidia_b200", "nvidia_a100"
 # What detect_device() reports on a machine without a GPU: the platform comes from elsewhere.
@@ -105,7 +105,7 @@ def make_db(
 def _add_fallbacks(session: Any, fallbacks: Mapping[str, Sequence[str]]) -> None:
     from sqlalchemy import delete, select
 
-    from presetdb.models import Platform, PlatformFallback
+    from presetdb.store.models import Platform, PlatformFallback
 
     ids = dict(session.execute(select(Platform.name, Platform.id)).all())
     for name, chain in fallbacks.items():

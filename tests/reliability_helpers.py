@@ -162,9 +162,9 @@ def reader_main(
     Per read: the number of active presets seen, and whether the probe key (a key of the
     concurrent import) was served -- both from the same snapshot, so they must agree."""
     os.nice(10)  # the importer is the process under test; readers yield to it
-    from presetdb import migrate
     from presetdb.keys import KeySpec, canonical_key
-    from presetdb.repository import Repository
+    from presetdb.store import migrate
+    from presetdb.store.repository import Repository
 
     probe = json.loads(probe_json)
     probe_key = canonical_key(probe)
@@ -175,9 +175,9 @@ def reader_main(
 
     saw_after = Path(ready + ".after")
     if kind == "picker":
-        from presetdb.picker import Picker
-        from presetdb.platforms import DeviceInfo, resolve_platform
-        from presetdb.stores import open_overlay
+        from presetdb.runtime.layers import open_overlay
+        from presetdb.runtime.picker import Picker
+        from presetdb.runtime.platforms import DeviceInfo, resolve_platform
 
         layer, writer = open_overlay(Path(db), strict=True)
         assert layer is not None and writer is not None
@@ -246,9 +246,11 @@ def reader_main(
 def default_db_worker(out: str, go: str, counter: str) -> None:
     """First use of the embedded default db, started together with its siblings.
 
-    `presetdb.build.build_database` is wrapped to append this pid to `counter`, so the
+    `presetdb.offline.build.build_database` is wrapped to append this pid to `counter`, so the
     test counts builds across all processes."""
-    from presetdb import build, defaultdb, migrate
+    from presetdb.offline import build
+    from presetdb.store import default_db as defaultdb
+    from presetdb.store import migrate
 
     real = build.build_database
 
@@ -271,7 +273,7 @@ def default_db_worker(out: str, go: str, counter: str) -> None:
         result.update(path=str(path), ino=st.st_ino, mtime_ns=st.st_mtime_ns, sha256=sha256(path))
         store = migrate.open_store(path, "immutable")
         try:
-            from presetdb.repository import Repository
+            from presetdb.store.repository import Repository
 
             with store.read() as session:
                 result["platforms"] = len(Repository(session).list_platforms())
@@ -291,13 +293,13 @@ def crash_zygote() -> None:
 
     Protocol (lines on stdin / stdout):  "import\\t<db>\\t<file>" -> "pid <pid>", then
     "status <wait status>" when that child has ended; "quit" ends the zygote.
-    The children run `presetdb.importers.import_files`, the same code `presetdb import`
+    The children run `presetdb.offline.importers.import_files`, the same code `presetdb import`
     runs, with the real kernel registry."""
     import torch
 
     torch.set_num_threads(1)  # no OpenMP pool to inherit across fork()
-    from presetdb.importers import import_files
-    from presetdb.importers.validate import RegistryResolver
+    from presetdb.offline.importers import import_files
+    from presetdb.offline.importers.validate import RegistryResolver
 
     resolver = RegistryResolver()
     doc = results_doc(0, 1)
@@ -333,9 +335,9 @@ def killed_by_sigkill(status: int) -> bool:
 def readonly_dir_probe(folder: str, out: str) -> None:
     """In a read-only directory: open each db there for reading and for writing and
     record what happened (run by the test as a user that file permissions apply to)."""
-    from presetdb import migrate
     from presetdb.errors import PresetDBError
-    from presetdb.repository import Repository
+    from presetdb.store import migrate
+    from presetdb.store.repository import Repository
 
     results: dict[str, Any] = {"euid": os.geteuid()}
     for db in sorted(Path(folder).glob("*.db")):

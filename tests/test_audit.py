@@ -26,12 +26,13 @@ from audit_fixtures import (
 )
 from typer.testing import CliRunner
 
-from presetdb import audit, migrate
-from presetdb.audit import AuditError, ReadOnlyDB, parse_audit, run_audit
+from presetdb.audit import core as audit
+from presetdb.audit.core import AuditError, ReadOnlyDB, parse_audit, run_audit
 from presetdb.cli import app
 from presetdb.errors import NotADatabaseError, SchemaTooOldError
 from presetdb.keys import canonical_key
-from presetdb.repository import config_sha256
+from presetdb.store import migrate
+from presetdb.store.repository import config_sha256
 
 EXPECTED_AUDITS = {
     "coverage",

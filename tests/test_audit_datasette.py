@@ -1,5 +1,5 @@
 """Datasette serves the seeded db immutable with the generated metadata: every canned
-query (presetdb/sql/*.sql) answers with rows, and column descriptions from the models
+query (presetdb/audit/sql/*.sql) answers with rows, and column descriptions from the models
 show on table pages. Uses datasette's own test client (no server, no network)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from audit_fixtures import seed_example_db, sha256_file, ship_copy
 from datasette.app import Datasette
 
-from presetdb import audit
+from presetdb.audit import core as audit
 
 # Values for canned queries that take parameters (the others run as they are).
 QUERY_PARAMS = {"stale": {"helion_version": "9.9.9"}, "history": {"kernel": "matmul"}}
@@ -86,7 +86,7 @@ def test_column_descriptions_on_table_and_view_pages(
 ) -> None:
     tables = metadata["databases"]["presets"]["tables"]
     latency = tables["presets"]["columns"]["latency_ms"]
-    assert latency == "the stored config, median"  # the comment in presetdb/models.py
+    assert latency == "the stored config, median"  # the comment in presetdb/store/models.py
     assert tables["v_active_presets"]["columns"]["latency_ms"] == latency
     pages = _get_all(served, metadata, ["/presets/presets", "/presets/v_active_presets"])
     for status, html in pages:
@@ -94,7 +94,7 @@ def test_column_descriptions_on_table_and_view_pages(
 
 
 def test_schema_docs_follow_the_models() -> None:
-    from presetdb.models import Base
+    from presetdb.store.models import Base
 
     tables, columns = audit.schema_docs()
     assert set(columns) == set(Base.metadata.tables)

@@ -16,11 +16,11 @@ from audit_fixtures import (
 )
 from typer.testing import CliRunner
 
-from presetdb.audit import diff_databases
+from presetdb.audit.core import diff_databases
 from presetdb.cli import app
 from presetdb.errors import NotADatabaseError
 from presetdb.keys import canonical_key
-from presetdb.repository import config_sha256
+from presetdb.store.repository import config_sha256
 
 
 @pytest.fixture(scope="module")

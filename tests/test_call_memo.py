@@ -23,10 +23,10 @@ install_interpreter_shims()
 import torch
 
 import presetdb.kernels  # noqa: F401  (registers the kernels)
-from presetdb.integrations import dispatch
-from presetdb.integrations.dispatch import exact_key
-from presetdb.integrations.helion import get_kernel
-from presetdb.picker import get_picker
+from presetdb.helion._accel import dispatch
+from presetdb.helion._accel.dispatch import exact_key
+from presetdb.helion.registry import get_kernel
+from presetdb.runtime.picker import get_picker
 
 EPS = 1e-6
 

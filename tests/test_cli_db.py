@@ -13,9 +13,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from presetdb import migrate
 from presetdb.cli import app, main
-from presetdb.repository import PresetInput, Repository
+from presetdb.store import migrate
+from presetdb.store.repository import PresetInput, Repository
 
 HEAD = migrate.head()
 

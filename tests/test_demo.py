@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from presetdb import demo
+from presetdb.cli import demo
 from presetdb.keys import canonical_key
 
 

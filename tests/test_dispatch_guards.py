@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import helion
 
-from presetdb.integrations.dispatch import (
+from presetdb.helion._accel.dispatch import (
     TD_GUARD_NAMES,
     _is_td_guard,
     _uses_tensor_descriptors,

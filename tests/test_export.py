@@ -10,11 +10,11 @@ import pytest
 from import_fixtures import RESULTS, VLLM, active, edited, load, registry, rows
 from typer.testing import CliRunner
 
-from presetdb import migrate
 from presetdb.cli import app
 from presetdb.errors import UnknownKernelError
-from presetdb.importers import detect_format, import_files
-from presetdb.importers.export import export
+from presetdb.offline.export import export
+from presetdb.offline.importers import detect_format, import_files
+from presetdb.store import migrate
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("triton")
 from triton import knobs
 
-from presetdb.integrations.launch import FastLauncher, fast_launcher_for
+from presetdb.helion._accel.launch import FastLauncher, fast_launcher_for
 
 STREAM = 1234
 
@@ -251,7 +251,7 @@ def test_values_that_are_tensors_are_never_kept_by_the_memo(launcher) -> None:
 
 
 def test_the_exact_values_memo_is_bounded(launcher, monkeypatch) -> None:
-    from presetdb.integrations import launch
+    from presetdb.helion._accel import launch
 
     monkeypatch.setattr(launch, "MAX_EXACT", 3)
     fast, fallback = launcher

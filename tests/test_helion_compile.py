@@ -24,7 +24,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 import presetdb.kernels  # noqa: F401  (registers the kernels)
-from presetdb.integrations.helion import get_kernel
+from presetdb.helion.registry import get_kernel
 
 ARGS = {
     "rms_norm": lambda rows: (torch.randn(rows, 16, device=DEVICE), torch.randn(16, device=DEVICE), 1e-6),

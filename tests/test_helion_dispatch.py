@@ -23,8 +23,8 @@ import helion.language as hl
 import torch
 
 import presetdb.kernels  # noqa: F401  (registers the kernels)
-from presetdb.integrations.dispatch import INT32_INDEX_LIMIT, dispatch_key, fast_guard
-from presetdb.integrations.helion import get_kernel, register_kernel, unregister_kernel
+from presetdb.helion._accel.dispatch import INT32_INDEX_LIMIT, dispatch_key, fast_guard
+from presetdb.helion.registry import get_kernel, register_kernel, unregister_kernel
 from presetdb.keys import KeyField, KeySpec
 
 
@@ -285,8 +285,8 @@ def test_published_runner_keeps_helions_host_code_with_its_own_launcher(preset_s
     sees every launch, and Helion's own function keeps its default and globals."""
     import triton
 
-    from presetdb.integrations.dispatch import launcher_of, published_runner
-    from presetdb.integrations.host_triton import HostTriton
+    from presetdb.helion._accel.dispatch import launcher_of, published_runner
+    from presetdb.helion._accel.host_triton import HostTriton
 
     rms = get_kernel("rms_norm")
     preset_store.add("rms_norm", rms.key_spec, {"dtype": "float32", "hidden": 16, "num_tokens": 8}, {"block_sizes": [2]})

@@ -41,7 +41,7 @@ def test_gpu_check_script_passes(tmp_path: Path) -> None:
 
 def test_cuda_graph_replays_the_fast_path(preset_store) -> None:
     import presetdb.kernels  # noqa: F401  (registers the kernels)
-    from presetdb.integrations.helion import get_kernel
+    from presetdb.helion.registry import get_kernel
 
     rk = get_kernel("rms_norm")
     key = {"dtype": "bfloat16", "hidden": 1024, "num_tokens": 64}
@@ -70,9 +70,9 @@ def test_fast_launcher_reuses_compiled_kernels_only_where_triton_would(preset_st
     and every result matches the reference."""
 
     import presetdb.kernels  # noqa: F401  (registers the kernels)
-    from presetdb.integrations.dispatch import launcher_of
-    from presetdb.integrations.helion import get_kernel
-    from presetdb.integrations.launch import FastLauncher
+    from presetdb.helion._accel.dispatch import launcher_of
+    from presetdb.helion._accel.launch import FastLauncher
+    from presetdb.helion.registry import get_kernel
 
     rk = get_kernel("rms_norm")
     key = {"dtype": "bfloat16", "hidden": 1024, "num_tokens": 64}

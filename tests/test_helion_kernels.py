@@ -28,7 +28,7 @@ import torch
 
 import presetdb.kernels  # noqa: F401  (registers the kernels)
 from presetdb.errors import InvalidConfigError, UnknownKernelError
-from presetdb.integrations.helion import get_kernel, registered_kernels
+from presetdb.helion.registry import get_kernel, registered_kernels
 
 # (kernel, stored shape key, stored config, call args builder); configs differ from
 # Helion's defaults for these shapes (rms/softmax [8], silu [8, 8], matmul [16]*3).

@@ -31,13 +31,13 @@ import torch
 
 import presetdb.kernels  # noqa: F401  (registers the kernels)
 from presetdb.errors import PresetMissError
-from presetdb.integrations.helion import get_kernel
-from presetdb.integrations.policy import (
+from presetdb.helion.hooks import (
     PresetMissWarning,
     QuarantineWarning,
     set_autotune_search,
 )
-from presetdb.picker import get_picker, reset_picker
+from presetdb.helion.registry import get_kernel
+from presetdb.runtime.picker import get_picker, reset_picker
 
 RMS = "rms_norm"
 STORED_KEY = {"dtype": "float32", "hidden": 16, "num_tokens": 8}
@@ -231,7 +231,7 @@ def test_helion_environment_cannot_bypass_the_store(tmp_path: Path, preset_store
         helion_fixtures.install_interpreter_shims()
         import torch
         import presetdb.kernels
-        from presetdb.integrations.helion import get_kernel
+        from presetdb.helion.registry import get_kernel
         rk = get_kernel("rms_norm")
         x, w = torch.randn(5, 16), torch.randn(16)
         out = torch.ops.presetdb.rms_norm(x, w, 1e-6)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 triton = pytest.importorskip("triton")
 from triton.runtime.jit import ConstexprFunction
 
-from presetdb.integrations.host_triton import HostTriton, host_triton
+from presetdb.helion._accel.host_triton import HostTriton, host_triton
 
 INTS = st.integers(min_value=-(2**40), max_value=2**62)
 
@@ -76,7 +76,7 @@ def _host_function(module_triton: Any) -> Any:
 
 
 def test_published_runners_see_host_triton_only_in_place_of_triton_itself() -> None:
-    from presetdb.integrations.dispatch import published_runner
+    from presetdb.helion._accel.dispatch import published_runner
 
     host = _host_function(triton)
     launcher = object()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from import_fixtures import FIXTURES, registry
 
-from presetdb.importers import import_files
+from presetdb.offline.importers import import_files
 
 GPU = FIXTURES / "gpu"
 SAMPLES = sorted(

@@ -22,8 +22,8 @@ from import_fixtures import (
 )
 
 from presetdb.errors import ImportValidationError
-from presetdb.importers import detect_format, import_files
-from presetdb.importers.helion_aot import split_hardware_id
+from presetdb.offline.importers import detect_format, import_files
+from presetdb.offline.importers.helion_aot import split_hardware_id
 
 CACHE_KEY_TEXT = json.dumps(CACHE_KEY, sort_keys=True, separators=(",", ":"))
 

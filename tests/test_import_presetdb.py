@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from presetdb.cli import app
 from presetdb.errors import ImportValidationError, UnknownPlatformError
-from presetdb.importers import import_files, parse_file
+from presetdb.offline.importers import import_files, parse_file
 
 KEY_4096_16 = '{"dtype":"bfloat16","hidden":4096,"num_tokens":16}'
 
@@ -169,7 +169,7 @@ def test_newer_format_version_asks_for_an_upgrade(tmp_path: Path) -> None:
 def test_entries_stream_one_at_a_time(tmp_path: Path) -> None:
     """A file whose entries come before its header still parses (two passes), and the
     streaming reader handles numbers split across read chunks."""
-    from presetdb.importers import jsonstream
+    from presetdb.offline.importers import jsonstream
 
     doc = load(RESULTS)
     reordered = {"entries": doc["entries"], **{k: v for k, v in doc.items() if k != "entries"}}
@@ -187,7 +187,7 @@ def test_entries_stream_one_at_a_time(tmp_path: Path) -> None:
 
 def test_parsers_do_not_import_torch() -> None:
     code = (
-        "import sys; from presetdb.importers import parse_file; "
+        "import sys; from presetdb.offline.importers import parse_file; "
         f"p = parse_file({str(RESULTS)!r}); list(p.rows); "
         "assert 'torch' not in sys.modules and 'helion' not in sys.modules, 'torch imported'"
     )

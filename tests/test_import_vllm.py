@@ -11,7 +11,7 @@ import pytest
 from import_fixtures import VLLM, active, count, load, registry, rows
 
 from presetdb.errors import ImportValidationError, UnknownKernelError, UnknownPlatformError
-from presetdb.importers import detect_format, import_files
+from presetdb.offline.importers import detect_format, import_files
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_big_files_are_read_a_row_at_a_time(tmp_path: Path) -> None:
     the file's size."""
     import tracemalloc
 
-    from presetdb.importers import parse_file
+    from presetdb.offline.importers import parse_file
 
     config = load(VLLM)[1]["config"]
     big = tmp_path / "configs" / "rms_norm" / "nvidia_h100.json"

@@ -38,8 +38,8 @@ KERNEL_MODULE = textwrap.dedent(
 def test_tune_and_import_find_a_user_kernel_module(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    from presetdb import migrate
-    from presetdb.integrations.helion import unregister_kernel
+    from presetdb.helion.registry import unregister_kernel
+    from presetdb.store import migrate
 
     name = f"user_relu_{how}"
     (tmp_path / f"userkernels_{how}.py").write_text(KERNEL_MODULE.replace("{tag}", how))
@@ -66,7 +66,7 @@ def test_tune_and_import_find_a_user_kernel_module(
         assert result.exit_code == 0, result.output
         store = migrate.open_store(db, "ro")
         with store.read() as session:
-            from presetdb.repository import Repository
+            from presetdb.store.repository import Repository
 
             assert [p.key for p in Repository(session).active_presets(name, "cpu")] == [
                 {"dtype": "float32", "n": 64, "rows": 8}

@@ -1,7 +1,7 @@
 """The migration checks (pytest-alembic's four, written with Alembic's own APIs) plus
 data safety: foreign keys, row counts, views and all-or-nothing migrations.
 
-Every check walks `presetdb.migrate.revisions()`, so a new revision is covered without
+Every check walks `presetdb.store.migrate.revisions()`, so a new revision is covered without
 editing this file.
 """
 
@@ -19,11 +19,11 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
-from presetdb import migrate
-from presetdb.build import content_digest
-from presetdb.engine import make_engine
 from presetdb.errors import IntegrityCheckError
-from presetdb.models import Base
+from presetdb.offline.build import content_digest
+from presetdb.store import migrate
+from presetdb.store.engine import make_engine
+from presetdb.store.models import Base
 
 VIEWS = ("v_active_presets", "v_coverage", "v_preset_history")
 # Tables that only tuning results and imports fill: schema migrations never add rows to
@@ -196,7 +196,7 @@ def test_models_match_migrated_schema(fresh_db: Path) -> None:
     finally:
         engine.dispose()
     assert not diff, (
-        "presetdb/models.py and the schema the migrations create differ:\n"
+        "presetdb/store/models.py and the schema the migrations create differ:\n"
         + "\n".join(f"  {d}" for d in diff)
         + "\nIf models.py is right, add a schema revision under migrations/versions/ "
         "(presetdb_kind = 'schema') that makes this change; if the migrations are right, "
@@ -248,7 +248,7 @@ def test_constraints_match_models(fresh_db: Path, tmp_path: Path) -> None:
     migrated, declared = _declared(fresh_db), _declared(from_models)
     for part in ("checks", "foreign_keys", "indexes"):
         assert migrated[part] == declared[part], (
-            f"{part} in the migrated schema differ from presetdb/models.py:\n"
+            f"{part} in the migrated schema differ from presetdb/store/models.py:\n"
             f"  migrations: {migrated[part]}\n  models:     {declared[part]}\n"
             "Add a schema revision that makes the change, or fix models.py."
         )
@@ -389,7 +389,7 @@ def test_failed_foreign_key_check_rolls_the_whole_migration_back(
 
 
 def test_views_exist_and_are_queryable(rw_store) -> None:  # type: ignore[no-untyped-def]
-    from presetdb.repository import PresetInput, Repository
+    from presetdb.store.repository import PresetInput, Repository
 
     with rw_store.transaction() as session:
         repo = Repository(session)

@@ -21,14 +21,14 @@ import pytest
 from import_fixtures import RESULTS, edited, registry, rows, table_dump
 
 from presetdb.errors import ImportValidationError, PresetDBError
-from presetdb.seedload import author
+from presetdb.offline import new_migration as author
 
 MAIN = Path(__file__).resolve().parents[1]
 
 RUNNER = r"""
 import json, sys
 import presetdb
-from presetdb import migrate
+from presetdb.store import migrate
 from presetdb.errors import PresetDBError
 assert presetdb.__file__.startswith(sys.argv[1]), presetdb.__file__
 out = []
@@ -93,7 +93,7 @@ def test_generated_migration_upgrades_and_downgrades_cleanly(
     assert (tree / "seed_data" / RESULTS.name).read_bytes() == RESULTS.read_bytes()
     script = made.path.read_text()
     assert 'presetdb_kind = "data"' in script and made.seed_files[RESULTS.name] in script
-    assert "from presetdb.seedload import v1" in script
+    assert "from presetdb.store.seedload import v1" in script
 
     db = tmp_path / "a.db"
     before, after = migrate_in(tree, ("upgrade", db, head, True), ("upgrade", db, "head", True))[-2:]

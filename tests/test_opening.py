@@ -12,9 +12,6 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from presetdb import migrate
-from presetdb.build import build_database
-from presetdb.engine import sqlite_url
 from presetdb.errors import (
     NotADatabaseError,
     PresetDBError,
@@ -23,7 +20,10 @@ from presetdb.errors import (
     SchemaTooOldError,
     StoreNotFoundError,
 )
-from presetdb.repository import PresetInput, Repository
+from presetdb.offline.build import build_database
+from presetdb.store import migrate
+from presetdb.store.engine import sqlite_url
+from presetdb.store.repository import PresetInput, Repository
 
 MODES = ("rw", "ro", "immutable")
 

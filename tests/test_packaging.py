@@ -172,7 +172,7 @@ def test_installed_wheel_runs_db_commands(wheel_python: Path, tmp_path: Path) ->
         wheel_python,
         cwd,
         "-c",
-        "import presetdb, presetdb.migrate as m; print(presetdb.__file__); print(m.migrations_dir())",
+        "import presetdb, presetdb.store.migrate as m; print(presetdb.__file__); print(m.migrations_dir())",
     )
     assert where.returncode == 0, where.stderr
     module_file, migrations = (Path(line) for line in where.stdout.splitlines())
@@ -188,7 +188,7 @@ def test_installed_wheel_runs_db_commands(wheel_python: Path, tmp_path: Path) ->
         wheel_python, cwd, "-m", "presetdb", "db", "upgrade", "--db", str(db)
     )
     assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
-    from presetdb import migrate
+    from presetdb.store import migrate
 
     head = migrate.head()
     assert f"-> {head}" in upgrade.stdout

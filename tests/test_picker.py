@@ -37,12 +37,12 @@ from picker_fixtures import (
 from sqlalchemy import event
 from typer.testing import CliRunner
 
-from presetdb import migrate
-from presetdb import picker as picker_module
 from presetdb.cli import app
 from presetdb.keys import KeySpec
-from presetdb.picker import Choice, Picker
-from presetdb.repository import Repository
+from presetdb.runtime import picker as picker_module
+from presetdb.runtime.picker import Choice, Picker
+from presetdb.store import migrate
+from presetdb.store.repository import Repository
 
 make_picker_fixture = pytest.fixture(picker_factory, name="make_picker")
 
@@ -887,7 +887,7 @@ def test_pick_does_not_import_torch(cli_db: Path) -> None:
 def test_platform_command_detected_alias(
     monkeypatch: pytest.MonkeyPatch, cli_db: Path
 ) -> None:
-    from presetdb import platforms
+    from presetdb.runtime import platforms
 
     monkeypatch.setattr(platforms, "detect_device", lambda: H100_DEVICE)
     result = runner.invoke(app, ["platform"])
@@ -907,7 +907,7 @@ def test_platform_command_detected_alias(
 def test_platform_command_override_and_derived(
     monkeypatch: pytest.MonkeyPatch, cli_db: Path
 ) -> None:
-    from presetdb import platforms
+    from presetdb.runtime import platforms
 
     monkeypatch.setattr(platforms, "detect_device", lambda: CPU)
     monkeypatch.setenv("PRESETDB_PLATFORM", H200)
@@ -938,7 +938,7 @@ def test_platform_command_override_and_derived(
 def test_platform_command_does_not_create_the_overlay(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from presetdb import platforms
+    from presetdb.runtime import platforms
 
     monkeypatch.setattr(platforms, "detect_device", lambda: CPU)
     result = runner.invoke(app, ["platform"])

@@ -24,17 +24,17 @@ from picker_fixtures import (
     rms_key,
 )
 
-from presetdb import migrate
-from presetdb.picker import build_picker
-from presetdb.platforms import (
+from presetdb.runtime.picker import build_picker
+from presetdb.runtime.platforms import (
     DeviceInfo,
     PlatformInfo,
     derive_platform_name,
     detect_device,
     resolve_platform,
 )
-from presetdb.repository import Repository
 from presetdb.settings import Settings
+from presetdb.store import migrate
+from presetdb.store.repository import Repository
 
 make_picker_fixture = pytest.fixture(picker_factory, name="make_picker")
 

@@ -2,13 +2,13 @@
 embedded default db build it once.
 
 1. Eight reader processes resolve presets continuously from a writable WAL db -- four
-   through `presetdb.picker` with the db as their user overlay (every read drops the
+   through `presetdb.runtime.picker` with the db as their user overlay (every read drops the
    picker's indexes and reloads them), four through `Repository` on a ``mode=ro`` store --
    while `presetdb import` (a real child process, the real importer) adds 10,000 presets
    in one transaction. Every read must succeed and see either none of the import or all
    of it: the active-preset counts seen are only ``before`` and ``before + 10000``, and a
    key of the import is served exactly when the count says the import is there.
-2. Eight processes call `presetdb.defaultdb.default_db_path` at once on a fresh, shared
+2. Eight processes call `presetdb.store.default_db.default_db_path` at once on a fresh, shared
    PRESETDB_CACHE_DIR: all get the same valid file, without errors, built once.
 """
 
@@ -32,8 +32,8 @@ from reliability_helpers import (
     write_results,
 )
 
-from presetdb import migrate
-from presetdb.importers import import_files
+from presetdb.offline.importers import import_files
+from presetdb.store import migrate
 
 READERS = {"picker": 4, "repository": 4}
 IMPORTED = 10_000
@@ -54,7 +54,7 @@ def test_readers_see_all_or_nothing_of_a_10000_preset_import(tmp_path: Path) -> 
     before = migrate.open_store(db, "ro")
     try:
         with before.read() as session:
-            from presetdb.repository import Repository
+            from presetdb.store.repository import Repository
 
             n_before = Repository(session).count_presets()
     finally:

@@ -34,11 +34,11 @@ from reliability_helpers import (
     sha256,
 )
 
-from presetdb import migrate
-from presetdb.build import build_database
 from presetdb.errors import PresetDBError
-from presetdb.picker import get_picker, reset_picker
-from presetdb.stores import StoreWarning
+from presetdb.offline.build import build_database
+from presetdb.runtime.layers import StoreWarning
+from presetdb.runtime.picker import get_picker, reset_picker
+from presetdb.store import migrate
 
 
 def _empty(good: Path, dest: Path) -> None:
@@ -178,8 +178,8 @@ def test_kernel_call_with_a_bad_deployment_db_runs_the_default_config(
     import torch
 
     import presetdb.kernels  # noqa: F401  (registers the kernels)
-    from presetdb.integrations.helion import get_kernel
-    from presetdb.integrations.policy import PresetMissWarning, reset_warnings
+    from presetdb.helion.hooks import PresetMissWarning, reset_warnings
+    from presetdb.helion.registry import get_kernel
 
     kind, path = bad_file
     monkeypatch.setenv("PRESETDB_PATH", str(path))
@@ -218,10 +218,10 @@ LOCK_PROBE = textwrap.dedent(
     """
     import json, sys, time
     from pathlib import Path
-    import presetdb.engine as engine
-    from presetdb import migrate
+    import presetdb.store.engine as engine
+    from presetdb.store import migrate
     from presetdb.errors import PresetDBError
-    from presetdb.repository import Repository
+    from presetdb.store.repository import Repository
 
     db, busy_ms, out = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     if busy_ms >= 0:
@@ -316,7 +316,7 @@ def test_locked_db_gives_a_clear_error_or_reads_never_hangs(good_db: Path, tmp_p
 def test_locked_db_with_the_default_busy_timeout_errors_after_it(good_db: Path, tmp_path: Path) -> None:
     """No shortened timeout: a second writer waits the 10 s busy timeout, then gets the
     clear 'locked' error (never an endless wait)."""
-    from presetdb.engine import BUSY_TIMEOUT_MS
+    from presetdb.store.engine import BUSY_TIMEOUT_MS
 
     db = tmp_path / "locked.db"
     copy_clean(good_db, db)

@@ -3,7 +3,7 @@ passes `presetdb db check` (integrity, foreign keys, schema) and holds all of th
 or none of it.
 
 The kills go to real imports: children forked from a warm importer process (the same
-`presetdb.importers.import_files` the command runs, with the real kernel registry) so
+`presetdb.offline.importers.import_files` the command runs, with the real kernel registry) so
 that each round does not pay torch/Helion's start-up, plus two rounds that kill the
 `presetdb import` command itself. Each round waits until the import holds the write
 lock (its transaction has begun), then kills it after a random delay drawn over the
@@ -34,8 +34,8 @@ from reliability_helpers import (
     writer_holds_lock,
 )
 
-from presetdb import migrate
-from presetdb.importers import import_files
+from presetdb.offline.importers import import_files
+from presetdb.store import migrate
 
 ROWS = 1_500  # presets per killed import: ~2-4 s of transaction on one core
 FORKED_KILLS = 20

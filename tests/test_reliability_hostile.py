@@ -34,10 +34,10 @@ from reliability_helpers import (
 )
 from typer.testing import CliRunner
 
-from presetdb import migrate
 from presetdb.cli import app
 from presetdb.errors import ImportValidationError, PresetDBError
-from presetdb.importers import import_files
+from presetdb.offline.importers import import_files
+from presetdb.store import migrate
 
 EXAMPLES = settings(
     max_examples=150,

@@ -12,9 +12,9 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from presetdb.engine import Store
 from presetdb.errors import KeySpecError, UnknownKernelError, UnknownPlatformError
-from presetdb.repository import (
+from presetdb.store.engine import Store
+from presetdb.store.repository import (
     MissRecord,
     PresetInput,
     Repository,

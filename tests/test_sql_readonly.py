@@ -18,10 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from presetdb.audit import ReadOnlyDB, _Guard, run_sql, split_statements
-from presetdb.build import build_database
+from presetdb.audit.core import ReadOnlyDB, _Guard, run_sql, split_statements
 from presetdb.cli import app
 from presetdb.errors import ReadOnlySQLError
+from presetdb.offline.build import build_database
 
 REFUSED = [
     "INSERT INTO kernels (name, key_schema, description, created_at) VALUES ('x', '{}', '', '')",

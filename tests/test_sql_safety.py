@@ -34,9 +34,9 @@ from pathlib import Path
 
 import pytest
 
-from presetdb.audit import run_sql
-from presetdb.build import build_database
+from presetdb.audit.core import run_sql
 from presetdb.errors import PresetDBError, ReadOnlySQLError, StoreError
+from presetdb.offline.build import build_database
 
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED = (ROOT / "presetdb", ROOT / "migrations")

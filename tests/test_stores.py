@@ -26,13 +26,13 @@ from picker_fixtures import (
 )
 from sqlalchemy import event
 
-from presetdb import migrate
-from presetdb import picker as picker_module
 from presetdb.errors import StoreError
-from presetdb.picker import Picker, build_picker
-from presetdb.platforms import DeviceInfo
+from presetdb.runtime import picker as picker_module
+from presetdb.runtime.layers import StoreWarning, open_layers
+from presetdb.runtime.picker import Picker, build_picker
+from presetdb.runtime.platforms import DeviceInfo
 from presetdb.settings import Settings
-from presetdb.stores import StoreWarning, open_layers
+from presetdb.store import migrate
 
 make_picker_fixture = pytest.fixture(picker_factory, name="make_picker")
 
@@ -442,7 +442,7 @@ def test_overlay_is_created_schema_only_on_first_use(
 
 
 def test_preset_rows_build_the_same_records_as_active_presets(tmp_path: Path) -> None:
-    from presetdb.repository import Repository
+    from presetdb.store.repository import Repository
 
     path = make_db(
         tmp_path / "d.db",

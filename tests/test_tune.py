@@ -12,10 +12,11 @@ import pytest
 from import_fixtures import load, registry
 from typer.testing import CliRunner
 
-from presetdb import migrate, tuning
 from presetdb.cli import app
-from presetdb.importers import import_files
-from presetdb.importers.presetdb_results import _header_validator, schema_problems
+from presetdb.offline import tune as tuning
+from presetdb.offline.importers import import_files
+from presetdb.offline.importers.presetdb_results import _header_validator, schema_problems
+from presetdb.store import migrate
 
 SHAPES = [
     {"dtype": "float32", "hidden": 64, "num_tokens": 4},
@@ -32,7 +33,7 @@ def resolver() -> Any:
 @pytest.fixture(scope="module")
 def rk() -> Any:
     import presetdb.kernels  # noqa: F401  (registers the example kernels)
-    from presetdb.integrations.helion import get_kernel
+    from presetdb.helion.registry import get_kernel
 
     return get_kernel("rms_norm")
 

@@ -31,14 +31,14 @@ if __name__ == "__main__":
     import helion.runtime
     import torch
 
-    from presetdb.integrations.ops import no_launch
+    from presetdb.helion.ops import no_launch
 
     if opts.cpu_noop:
         helion.runtime.default_launcher = no_launch  # type: ignore[assignment]
     import presetdb.kernels  # noqa: F401
-    from presetdb.integrations.dispatch import dispatch_key, exact_key, launcher_of
-    from presetdb.integrations.helion import get_kernel
-    from presetdb.picker import get_picker
+    from presetdb.helion._accel.dispatch import dispatch_key, exact_key, launcher_of
+    from presetdb.helion.registry import get_kernel
+    from presetdb.runtime.picker import get_picker
 
     device = "cpu" if opts.cpu_noop else "cuda"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -81,7 +81,7 @@ if __name__ == "__main__":
     empty_op = torch.ops.presetdb_probe.rms_norm
     import triton  # noqa: F401  (the timeit statements below use it through scope)
 
-    from presetdb.integrations.host_triton import host_triton
+    from presetdb.helion._accel.host_triton import host_triton
 
     host = host_triton()
     scope: dict[str, Any] = dict(globals())

@@ -47,7 +47,7 @@ import json, sys, time
 t0 = time.perf_counter()
 import torch
 import presetdb.kernels
-from presetdb.integrations.helion import get_kernel
+from presetdb.helion.registry import get_kernel
 keys = json.loads(sys.argv[1])
 out = []
 for name, key in keys:
@@ -99,12 +99,12 @@ def main() -> int:
     import torch
 
     import presetdb.kernels  # noqa: F401
-    from presetdb import migrate
-    from presetdb.integrations.helion import get_kernel
-    from presetdb.integrations.policy import split_device_keys
-    from presetdb.picker import get_picker
-    from presetdb.repository import Repository
-    from presetdb.tuning import plain_kernel
+    from presetdb.helion.hooks import split_device_keys
+    from presetdb.helion.registry import get_kernel
+    from presetdb.offline.tune import plain_kernel
+    from presetdb.runtime.picker import get_picker
+    from presetdb.store import migrate
+    from presetdb.store.repository import Repository
 
     store = migrate.open_store(opts.db, "immutable")
     with store.read() as session:

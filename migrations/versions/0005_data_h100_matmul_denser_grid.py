@@ -11,7 +11,7 @@ Seed files (seed_data/), pinned by sha256; a changed file fails the upgrade:
 
 from __future__ import annotations
 
-from presetdb.seedload import v1
+from presetdb.store.seedload import v1
 
 revision = '0005'
 down_revision = '0004'

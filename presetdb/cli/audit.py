@@ -1,6 +1,6 @@
 """`presetdb audit`, `presetdb sql` and `presetdb diff`: read-only looks into a db file.
 
-Nothing here can change a file: every db is opened through `presetdb.audit.ReadOnlyDB`.
+Nothing here can change a file: every db is opened through `presetdb.audit.core.ReadOnlyDB`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from presetdb import audit as audits_mod
-from presetdb.audit import AuditError, QueryResult, ReadOnlyDB
+from presetdb.audit import core as audits_mod
+from presetdb.audit.core import AuditError, QueryResult, ReadOnlyDB
 from presetdb.cli.common import DbOption, console, db_path
 
 
@@ -111,7 +111,7 @@ def audit(
         str, typer.Option("--database-name", help="Datasette's name for the db (file stem).")
     ] = "presets",
 ) -> None:
-    """Run the canned audit queries (presetdb/sql/*.sql) read-only against a db.
+    """Run the canned audit queries (presetdb/audit/sql/*.sql) read-only against a db.
 
     Missing versions for `stale` come from the installed helion/triton/torch (package
     metadata; nothing is imported).

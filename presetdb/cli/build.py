@@ -21,7 +21,7 @@ def build(
 
     Example: presetdb build --out dist/presets.db
     """
-    from presetdb.build import build_database
+    from presetdb.offline.build import build_database
 
     manifest = build_database(out)
     table = Table(title=f"built {manifest.path}", show_header=False)
@@ -49,7 +49,7 @@ def demo(
 
     Example: presetdb demo
     """
-    from presetdb.demo import run_demo
+    from presetdb.cli.demo import run_demo
 
     raise typer.Exit(run_demo(force_interpret=interpret))
 

@@ -31,6 +31,6 @@ def db_path(db: Path | None, *, for_write: bool = False) -> Path:
         return Path(env).expanduser()
     if for_write:
         raise typer.BadParameter("give --db PATH (or set PRESETDB_PATH): which file to change?")
-    from presetdb.defaultdb import default_db_path
+    from presetdb.store.default_db import default_db_path
 
     return default_db_path()

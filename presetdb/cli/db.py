@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from presetdb import migrate
 from presetdb.cli.common import DbOption, console, db_path
+from presetdb.store import migrate
 
 db_app = typer.Typer(
     help="Schema and data migrations of a database file.\n\n"

@@ -46,7 +46,7 @@ def import_cmd(
 
     Example: presetdb import results/rms_norm_h100.json --db presets.db --dry-run
     """
-    from presetdb.importers import import_files
+    from presetdb.offline.importers import import_files
 
     shape_key = None
     if key is not None:
@@ -104,7 +104,7 @@ def export_cmd(
 
     Example: presetdb export --kernel rms_norm --platform nvidia_h100 --format vllm --out configs/
     """
-    from presetdb.importers.export import export
+    from presetdb.offline.export import export
 
     if fmt not in ("vllm", "presetdb"):
         raise typer.BadParameter("use vllm or presetdb", param_hint="--format")
@@ -122,11 +122,11 @@ def new_migration_cmd(
 ) -> None:
     """Validate results files, copy them into seed_data/ and write a data migration pinning them.
 
-    Writes migrations/versions/NNNN_data_<slug>.py after the current head. It pins each file's sha256 and loads it with the frozen loader presetdb.seedload.v1; its downgrade removes exactly the rows it added.
+    Writes migrations/versions/NNNN_data_<slug>.py after the current head. It pins each file's sha256 and loads it with the frozen loader presetdb.store.seedload.v1; its downgrade removes exactly the rows it added.
 
     Example: presetdb new-migration rms_norm_h100.json -m "rms_norm on H100"
     """
-    from presetdb.seedload.author import new_migration
+    from presetdb.offline.new_migration import new_migration
 
     made = new_migration(files, message, root=root)
     for name, sha in made.seed_files.items():
@@ -179,10 +179,10 @@ def tune_cmd(
 
     Example: presetdb tune rms_norm --grid 'dtype=bfloat16;hidden=4096;num_tokens=1,16,128' --effort quick --out rms_norm_h100.json
     """
-    from presetdb import tuning
+    from presetdb.offline import tune as tuning
 
     if module:
-        from presetdb.integrations.helion import load_kernel_modules
+        from presetdb.helion.registry import load_kernel_modules
 
         load_kernel_modules(module)
     if (shapes is None) == (grid is None):

@@ -15,11 +15,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from presetdb import migrate
 from presetdb.cli.common import DbOption, console, db_path
 from presetdb.errors import KeySpecError, UnknownKernelError, UnknownPlatformError
 from presetdb.keys import KeySpec, KeyValue, parse_key
-from presetdb.repository import Repository
+from presetdb.store import migrate
+from presetdb.store.repository import Repository
 
 
 def list_presets(
@@ -178,10 +178,10 @@ def pick(
 
 
 def _picker_for(db: Path | None, platform: str) -> Any:
-    from presetdb.picker import Picker, build_picker
-    from presetdb.platforms import resolve_platform
+    from presetdb.runtime.layers import open_immutable
+    from presetdb.runtime.picker import Picker, build_picker
+    from presetdb.runtime.platforms import resolve_platform
     from presetdb.settings import Settings
-    from presetdb.stores import open_immutable
 
     if db is None:
         settings = Settings.from_env()
@@ -198,7 +198,7 @@ def _picker_for(db: Path | None, platform: str) -> Any:
 
 
 def _device_for_override() -> Any:
-    from presetdb.platforms import DeviceInfo
+    from presetdb.runtime.platforms import DeviceInfo
 
     # `pick` names its platform, so nothing is detected and torch is never imported; the
     # fallback chain comes from the stored platform record, as for PRESETDB_PLATFORM.
@@ -341,9 +341,9 @@ def show_platform(
 
     Example: PRESETDB_PLATFORM=nvidia_h200 presetdb platform
     """
-    from presetdb import platforms
+    from presetdb.runtime import platforms
+    from presetdb.runtime.layers import open_immutable, open_layers
     from presetdb.settings import Settings
-    from presetdb.stores import open_immutable, open_layers
 
     settings = Settings.from_env()
     if db is not None:

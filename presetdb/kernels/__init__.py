@@ -1,5 +1,5 @@
 """Example Helion kernels served from the store. Importing this package registers them
-as `torch.ops.presetdb.<name>` (and in `presetdb.integrations.helion.get_kernel`):
+as `torch.ops.presetdb.<name>` (and in `presetdb.helion.registry.get_kernel`):
 
 - `rms_norm(x, weight, eps)`  key: dtype exact, hidden nearest, num_tokens ceil
 - `silu_mul(x)`               silu(x[..., :d]) * x[..., d:]; key: dtype, d nearest, num_tokens ceil

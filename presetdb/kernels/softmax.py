@@ -7,7 +7,7 @@ from typing import Any
 import helion.language as hl
 import torch
 
-from presetdb.integrations.helion import flatten_leading, key_fields, register_kernel
+from presetdb.helion.registry import flatten_leading, key_fields, register_kernel
 from presetdb.kernels.common import dtype_name, pick_dtype, randn
 from presetdb.keys import KeySpec
 

@@ -1,0 +1,3 @@
+"""Fast dispatch and launch: compiled runners called directly, Triton kernels launched
+directly. Every private Helion/Triton name used lives in `internals`; on only for
+verified (helion, triton) versions."""

@@ -1,0 +1,114 @@
+"""Building the shippable .db: every packaged migration (schema + seed data) into a fresh
+file, compacted with VACUUM INTO into a rollback-journal file, written atomically, with a
+manifest (file sha256, content digest, head revision, counts per kernel x platform).
+
+The content digest covers the sorted rows of every table except import-time stamps, so
+two builds of the same migrations give the same digest even though file bytes differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from presetdb import __version__
+from presetdb.offline.importers.records import file_sha256, write_atomic
+from presetdb.store import migrate
+
+# Columns stamped with the wall clock at import time: excluded from the content digest.
+VOLATILE_COLUMNS = {"created_at", "imported_at"}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: str
+    sha256: str
+    content_digest: str
+    head_revision: str
+    presetdb_version: str
+    bytes: int
+    counts: dict[str, int]  # "kernel/platform" -> active presets
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+
+def content_digest(path: Path) -> str:
+    """sha256 over every table's rows (sorted), volatile timestamp columns left out."""
+    digest = hashlib.sha256()
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
+        for table in tables:
+            columns = [
+                r[1]
+                for r in conn.execute("SELECT * FROM pragma_table_info(?)", (table,))
+                if r[1] not in VOLATILE_COLUMNS
+            ]
+            digest.update(f"table {table} {columns}\n".encode())
+            quoted = ", ".join(f'"{c}"' for c in columns)
+            # Table and column names come from sqlite_master, not from user input.
+            rows = conn.execute(f'SELECT {quoted} FROM "{table}"').fetchall()  # sql: names from sqlite_master
+            for row in sorted(rows, key=repr):
+                digest.update(repr(row).encode() + b"\n")
+    finally:
+        conn.close()
+    return digest.hexdigest()
+
+
+def active_counts(path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT kernel || '/' || platform, active_presets FROM v_coverage ORDER BY 1"
+        ).fetchall()
+    finally:
+        conn.close()
+    return {k: int(v) for k, v in rows}
+
+
+def build_database(out: Path, *, target: str = "head") -> Manifest:
+    """Build `out` from the packaged migrations; replaces it atomically."""
+    out = Path(out).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="presetdb-build-", dir=out.parent) as tmp:
+        work = Path(tmp) / "work.db"
+        migrate.upgrade(work, target, seed_data=True)
+        compact = Path(tmp) / "compact.db"
+        conn = sqlite3.connect(work)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("VACUUM INTO ?", (str(compact),))
+        finally:
+            conn.close()
+        conn = sqlite3.connect(compact)
+        try:
+            # A shipped file is opened immutable: it must not depend on a -wal file.
+            conn.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            conn.close()
+        with compact.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(compact, out)  # same directory as `out`: an atomic rename
+    manifest = Manifest(
+        path=str(out),
+        sha256=file_sha256(out),
+        content_digest=content_digest(out),
+        head_revision=migrate.revision_of(out) or "base",
+        presetdb_version=__version__,
+        bytes=out.stat().st_size,
+        counts=active_counts(out),
+    )
+    write_atomic(out.with_name(out.name + ".manifest.json"), manifest.to_json())
+    return manifest

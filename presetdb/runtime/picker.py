@@ -1,0 +1,505 @@
+"""The picker: which stored config serves a kernel call.
+
+Per kernel and platform, the picker loads the active presets from every layer once (one
+query per layer), merges the layers per shape key (the higher layer wins a key), and
+builds an immutable `KeyIndex`. The requested platform is loaded on the kernel's first
+call; a fallback platform only when a call first needs it (a process whose own platform
+answers never loads the others). `resolve()` then answers from memory:
+
+    memo hit                      one dict lookup (the common case)
+    memo miss                     own platform's shape match, then fallback platforms'
+                                  shape match, then default entries ({}), else None
+
+Nothing on the hot path touches SQLite. The overlay is the only layer that can change
+under a running process; its ``PRAGMA data_version`` is looked at no more than once per
+`RECHECK_SECONDS`, on a resolve, and a change drops the indexes and the memo. Immutable
+layers are never re-read.
+
+Misses are counted in memory and flushed to the overlay's `preset_misses` by a
+background timer and at exit, never by the call that missed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import json
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from presetdb.errors import PresetDBError
+from presetdb.keys import KeyIndex, KeySpec, KeyValue, canonical_key
+from presetdb.runtime.layers import Layer, StoreWarning, open_layers
+from presetdb.runtime.platforms import DeviceInfo, PlatformInfo, resolve_platform
+from presetdb.settings import Settings
+from presetdb.store.engine import Store
+from presetdb.store.models import utc_now
+from presetdb.store.repository import (
+    MissRecord,
+    PresetInput,
+    PresetRecord,
+    PresetRows,
+    Repository,
+)
+
+RECHECK_SECONDS = 1.0
+MEMO_LIMIT = 65_536
+MISS_FLUSH_SECONDS = 2.0
+_NOT_FOUND: Any = object()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The stored config chosen for a call, and why."""
+
+    kernel: str
+    preset: PresetRecord
+    match: str  # "exact" | "nearest" | "ceil" | "floor" | "default"
+    distances: dict[str, float]
+    platform: str  # platform whose preset answered
+    requested_platform: str
+    layer: str  # "overlay" | "deployment" | "default"
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.preset.config
+
+    @property
+    def fallback(self) -> bool:
+        return self.platform != self.requested_platform
+
+    @property
+    def kind(self) -> str:
+        return "fallback-platform" if self.fallback else self.match
+
+    def describe(self) -> str:
+        far = {k: round(v, 2) for k, v in self.distances.items() if v}
+        how = self.match + (f" (log2 distance {far})" if far else "")
+        where = f"{self.layer} db"
+        if self.fallback:
+            where += f", fallback platform {self.platform} for {self.requested_platform}"
+        return f"{self.kernel}: key {self.preset.shape_key} by {how} from {where}"
+
+
+# KeyIndex payload: (layer name, a row of that layer's PresetRows). Only strings and
+# plain tuples of plain values: the cyclic GC untracks them, so 10,000 loaded presets do
+# not make every later full collection walk 10,000 more objects.
+_Payload = tuple[str, tuple[Any, ...]]
+
+
+@dataclass
+class _KernelIndex:
+    spec: KeySpec
+    # platform -> index over the merged layers (None: no presets there). Filled in chain
+    # order as resolves need it: a call the own platform answers never loads a fallback.
+    # Both dicts are replaced, never mutated, so readers need no lock.
+    loaded: dict[str, KeyIndex[_Payload] | None]
+    rows: dict[tuple[str, str], PresetRows]  # (platform, layer name) -> rows loaded
+
+
+@dataclass
+class _Miss:
+    reason: str
+    count: int = 0
+    first: str = field(default_factory=utc_now)
+    last: str = field(default_factory=utc_now)
+
+
+class Picker:
+    def __init__(self, layers: list[Layer], writer: Store | None, platform: PlatformInfo) -> None:
+        self.layers = layers
+        self.writer = writer
+        self.info = platform
+        self._lock = threading.RLock()
+        self._indexes: dict[str, _KernelIndex] = {}
+        self._memo: dict[tuple[str, tuple[KeyValue, ...]], Choice | None] = {}
+        self._epoch = object()  # replaced with the memo on every invalidation; see epoch()
+        self._watch = [layer for layer in layers if layer.mutable]
+        self._versions = {id(layer): layer.store.data_version() for layer in self._watch}
+        self._next_check = time.monotonic() + RECHECK_SECONDS
+        self._misses: dict[tuple[str, str, str], _Miss] = {}
+        self._miss_timer: threading.Timer | None = None
+        self._quarantined: set[tuple[str, str, str, str]] = set()  # in memory, always honoured
+        self.loads = 0  # index builds, for tests and benchmarks
+
+    @property
+    def platform(self) -> str:
+        return self.info.platform
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        return self.info.chain
+
+    # ------------------------------------------------------------------ resolve
+    def resolve(self, kernel: str, spec: KeySpec, features: tuple[KeyValue, ...]) -> Choice | None:
+        """The stored config for these features, or None (a miss). Memoized."""
+        if self._watch and time.monotonic() >= self._next_check:
+            self._check_changed()
+        memo_key = (kernel, features)
+        # One read of self._memo: an invalidate() meanwhile swaps in a new dict, so an
+        # answer computed from the old indexes lands in the discarded dict, never the new.
+        memo = self._memo
+        found = memo.get(memo_key, _NOT_FOUND)
+        if found is not _NOT_FOUND:
+            return found
+        choice = self._resolve_uncached(kernel, spec, features)
+        if len(memo) >= MEMO_LIMIT:
+            memo.clear()  # bounded: a storm of new shapes cannot grow memory
+        memo[memo_key] = choice
+        return choice
+
+    def epoch(self) -> object:
+        """A token that changes whenever an answer of `resolve` may have changed (new
+        data seen in a mutable layer, a quarantine, `invalidate`). Callers that keep
+        resolve's answers themselves (the call memo of presetdb.integrations) compare it
+        per call; like `resolve`, it looks for changed stores every RECHECK_SECONDS."""
+        if self._watch and time.monotonic() >= self._next_check:
+            self._check_changed()
+        return self._epoch
+
+    def _resolve_uncached(
+        self, kernel: str, spec: KeySpec, features: tuple[KeyValue, ...]
+    ) -> Choice | None:
+        index = self._index(kernel, spec)
+        for platform in self.chain:
+            idx = self._slice(kernel, index, platform)
+            m = idx.match(features) if idx is not None else None
+            if m is not None:
+                return self._choice(kernel, index, platform, m.payload, m.kind, m.distances)
+        for platform in self.chain:
+            idx = self._slice(kernel, index, platform)
+            m = idx.default_match() if idx is not None else None
+            if m is not None:
+                return self._choice(kernel, index, platform, m.payload, "default", {})
+        return None
+
+    def _choice(
+        self, kernel: str, index: _KernelIndex, platform: str, payload: _Payload, match: str,
+        distances: dict[str, float],
+    ) -> Choice:
+        layer, row = payload
+        # The record is built here, for the preset served, not for every row loaded.
+        preset = index.rows[(platform, layer)].record(row)
+        return Choice(kernel, preset, match, distances, platform, self.platform, layer)
+
+    def nearest_keys(self, kernel: str, spec: KeySpec, features: tuple[KeyValue, ...], limit: int = 3) -> list[str]:
+        """Stored keys closest to the features on the requested platform chain."""
+        index = self._index(kernel, spec)
+        found: list[str] = []
+        for platform in self.chain:
+            idx = self._slice(kernel, index, platform)
+            if idx is not None:
+                found += [f"{platform}:{k}" for k in idx.nearest_keys(features, limit)]
+        return found[:limit]
+
+    # ------------------------------------------------------------------ loading
+    def _index(self, kernel: str, spec: KeySpec) -> _KernelIndex:
+        index = self._indexes.get(kernel)
+        if index is not None and index.spec.names == spec.names:
+            return index
+        with self._lock:
+            index = self._indexes.get(kernel)
+            if index is None or index.spec.names != spec.names:
+                index = self._build(kernel, spec)
+                self._indexes[kernel] = index
+            return index
+
+    def _build(self, kernel: str, spec: KeySpec) -> _KernelIndex:
+        """The kernel's index with its own platform loaded (fallbacks load on demand)."""
+        self.loads += 1
+        index = _KernelIndex(spec, {}, {})
+        self._slice(kernel, index, self.chain[0])
+        return index
+
+    def _slice(self, kernel: str, index: _KernelIndex, platform: str) -> KeyIndex[_Payload] | None:
+        loaded = index.loaded
+        if platform in loaded:
+            return loaded[platform]
+        with self._lock:
+            if platform not in index.loaded:
+                sources: dict[tuple[str, str], PresetRows] = {}
+                with _gc_paused():
+                    built = self._load_platform(kernel, index.spec, platform, sources)
+                index.rows = {**index.rows, **sources}  # before `loaded`: readers go by it
+                index.loaded = {**index.loaded, platform: built}
+            return index.loaded[platform]
+
+    def _load_platform(
+        self, kernel: str, spec: KeySpec, platform: str, sources: dict[tuple[str, str], PresetRows]
+    ) -> KeyIndex[_Payload] | None:
+        # shape key -> (layer name, row); the first layer wins a key
+        merged: dict[str, _Payload] = {}
+        for layer in self.layers:
+            rows = self._load(layer, kernel, platform)
+            if rows is None:
+                continue
+            sources[(platform, layer.name)] = rows
+            skip = {(key, sha) for k, p, key, sha in self._quarantined if (k, p) == (kernel, platform)}
+            name = layer.name
+            for row in rows.rows:
+                key = row[PresetRows.SHAPE_KEY]
+                if key in merged or (skip and (key, row[PresetRows.CONFIG_SHA256]) in skip):
+                    continue
+                merged[key] = (name, row)
+        if not merged:
+            return None
+        texts = list(merged)
+        try:
+            # Stored keys are canonical JSON: parsed in one call, not re-encoded.
+            keys = json.loads("[" + ",".join(texts) + "]")
+            try:
+                return KeyIndex.from_canonical(spec, zip(texts, keys, merged.values(), strict=True))
+            except PresetDBError as exc:
+                # Some rows do not fit the spec: serve the others, say which were dropped.
+                entries = list(zip(texts, keys, merged.values(), strict=True))
+                good = [e for e in entries if _fits(spec, e[1])]
+                warnings.warn(
+                    f"presetdb: {len(entries) - len(good)} stored key(s) of {kernel} on {platform} "
+                    f"do not fit its key spec {list(spec.names)}; ignoring them: {exc}",
+                    StoreWarning,
+                    stacklevel=6,
+                )
+                return KeyIndex.from_canonical(spec, good) if good else None
+        except (PresetDBError, ValueError) as exc:
+            warnings.warn(
+                f"presetdb: stored keys of {kernel} on {platform} cannot be read; ignoring "
+                f"them: {exc}",
+                StoreWarning,
+                stacklevel=6,
+            )
+            return None
+
+    def _load(self, layer: Layer, kernel: str, platform: str) -> PresetRows | None:
+        try:
+            with layer.store.read() as session:
+                repo = Repository(session)
+                rows = repo.active_preset_rows(kernel, platform)
+                if layer.name == "overlay":
+                    self._quarantined |= _quarantined_in(session, kernel, platform)
+                return rows
+        except Exception as exc:  # noqa: BLE001  (a layer failing mid-flight must not fail the call)
+            warnings.warn(
+                f"presetdb: could not read {layer.name} db {layer.path}: {exc}", StoreWarning, stacklevel=5
+            )
+            return None
+
+    def _check_changed(self) -> None:
+        with self._lock:
+            self._next_check = time.monotonic() + RECHECK_SECONDS
+            changed = False
+            for layer in self._watch:
+                try:
+                    version = layer.store.data_version()
+                except Exception:  # noqa: BLE001, S112  (unreadable now: keep serving, look again later)
+                    continue
+                if version != self._versions.get(id(layer)):
+                    self._versions[id(layer)] = version
+                    changed = True
+            if changed:
+                self.invalidate()
+
+    def invalidate(self) -> None:
+        """Drop indexes and memo; the next resolve reloads from the stores."""
+        with self._lock:
+            self._indexes = {}
+            self._memo = {}
+            self._epoch = object()  # a token, not the old memo: holders keep nothing big alive
+
+    # ------------------------------------------------------------------ writes (overlay)
+    def record_miss(self, kernel: str, features: dict[str, Any], reason: str = "no-match") -> None:
+        """Count a miss; flushed to the overlay later by a timer thread."""
+        key = (kernel, self.platform, canonical_key(features))
+        with self._lock:
+            miss = self._misses.get(key)
+            if miss is None:
+                miss = self._misses[key] = _Miss(reason)
+            miss.count += 1
+            miss.last = utc_now()
+            miss.reason = reason
+            if self._miss_timer is None and self.writer is not None:
+                self._miss_timer = threading.Timer(MISS_FLUSH_SECONDS, self.flush_misses)
+                self._miss_timer.daemon = True
+                self._miss_timer.start()
+
+    def pending_misses(self) -> list[MissRecord]:
+        with self._lock:
+            return [
+                MissRecord(k, p, f, m.reason, m.count, m.first, m.last)
+                for (k, p, f), m in self._misses.items()
+            ]
+
+    def flush_misses(self) -> int:
+        """Write counted misses to the overlay's ledger; returns how many rows."""
+        with self._lock:
+            self._miss_timer = None
+            records = self.pending_misses()
+            self._misses = {}
+        if not records or self.writer is None:
+            return 0
+        try:
+            with self.writer.transaction() as session:
+                Repository(session).record_misses(records)
+        except Exception as exc:  # noqa: BLE001  (bookkeeping: warn, never fail the call)
+            warnings.warn(f"presetdb: could not write the miss ledger: {exc}", StoreWarning, stacklevel=2)
+            return 0
+        return len(records)
+
+    def quarantine(self, choice: Choice, reason: str, *, persist: bool = True) -> None:
+        """Stop serving this stored config for its key: remembered in memory at once and
+        written to the overlay (as a 'quarantined' row) so later processes skip it too."""
+        p = choice.preset
+        with self._lock:
+            # The key spec, for the overlay's kernels row: read before invalidate() drops it.
+            known = self._indexes.get(p.kernel)
+            self._quarantined.add((p.kernel, p.platform, p.shape_key, p.config_sha256))
+            self.invalidate()
+        if self.writer is None or not persist:
+            return
+        try:
+            with self.writer.transaction() as session:
+                repo = Repository(session)
+                schema = known.spec.to_schema() if known else {"fields": []}
+                if repo.find_kernel(p.kernel) is None:
+                    repo.ensure_kernel(p.kernel, schema)
+                _ensure_platform(repo, p.platform)
+                run = repo.add_run(
+                    "manual",
+                    tuned_by="presetdb quarantine",
+                    device_name=self.info.device.device_name,
+                    source_file=f"{choice.layer} db preset {p.id}",
+                )
+                result = repo.upsert_preset(
+                    p.kernel, p.platform, run.id, PresetInput(p.key, p.config, kernel_source_hash=p.kernel_source_hash)
+                )
+                repo.quarantine(result.preset_id, reason)
+        except Exception as exc:  # noqa: BLE001  (bookkeeping: warn, never fail the call)
+            warnings.warn(f"presetdb: could not record the quarantine: {exc}", StoreWarning, stacklevel=2)
+
+    def store_result(
+        self,
+        kernel: str,
+        spec: KeySpec,
+        shape_key: dict[str, Any],
+        config: dict[str, Any],
+        provenance: dict[str, Any],
+        timings: dict[str, Any],
+    ) -> None:
+        """Store a locally autotuned config in the overlay (source 'autotune')."""
+        if self.writer is None:
+            warnings.warn("presetdb: no writable overlay; the autotuned config is not kept", StoreWarning, stacklevel=2)
+            return
+        with self.writer.transaction() as session:
+            repo = Repository(session)
+            repo.ensure_kernel(kernel, spec.to_schema())
+            _ensure_platform(repo, self.platform, self.info)
+            run = repo.add_run("autotune", **provenance)
+            repo.upsert_preset(kernel, self.platform, run.id, PresetInput(shape_key, config, **timings))
+        self.invalidate()
+
+    def close(self) -> None:
+        if self._miss_timer is not None:
+            self._miss_timer.cancel()
+        self.flush_misses()
+        for layer in self.layers:
+            layer.store.dispose()
+        if self.writer is not None:
+            self.writer.dispose()
+
+
+def _fits(spec: KeySpec, key: Any) -> bool:
+    try:
+        return isinstance(key, dict) and not spec.check_key(key)
+    except OverflowError:
+        return False
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """A load allocates ~10 small containers per preset, none of them in a cycle; the
+    cyclic collector would run over them dozens of times (half the load time of 10,000
+    presets). Pause it for the load only."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _quarantined_in(session: Any, kernel: str, platform: str) -> set[tuple[str, str, str, str]]:
+    from sqlalchemy import select
+
+    from presetdb.store.models import Config, Kernel, Platform, Preset
+
+    rows = session.execute(
+        select(Preset.shape_key, Config.sha256)
+        .join(Kernel, Kernel.id == Preset.kernel_id)
+        .join(Platform, Platform.id == Preset.platform_id)
+        .join(Config, Config.id == Preset.config_id)
+        .where(Kernel.name == kernel, Platform.name == platform, Preset.status == "quarantined")
+    )
+    return {(kernel, platform, key, sha) for key, sha in rows}
+
+
+def _ensure_platform(repo: Repository, name: str, info: PlatformInfo | None = None) -> None:
+    if repo.find_platform(name) is None:
+        device = info.device if info is not None and info.platform == name else None
+        repo.ensure_platform(
+            name,
+            vendor=device.vendor if device else "",
+            device_name=device.device_name if device else "",
+            compute_capability=device.compute_capability if device else None,
+            sm_count=device.sm_count if device else None,
+        )
+
+
+# ---------------------------------------------------------------------- process-wide
+_picker: Picker | None = None
+_picker_lock = threading.Lock()
+
+
+def build_picker(settings: Settings | None = None, *, device: DeviceInfo | None = None) -> Picker:
+    """A picker over the layers `settings` name; `device` skips detecting the device."""
+    settings = settings or Settings.from_env()
+    layers, writer = open_layers(settings)
+    with ExitStack() as stack:
+        repos = [Repository(stack.enter_context(layer.store.read())) for layer in layers]
+        info = resolve_platform(repos, override=settings.platform, device=device)
+    return Picker(layers, writer, info)
+
+
+def get_picker() -> Picker:
+    """The process-wide picker, built on first use from the environment."""
+    global _picker
+    picker = _picker
+    if picker is not None:
+        return picker
+    with _picker_lock:
+        if _picker is None:
+            _picker = build_picker()
+        return _picker
+
+
+def reset_picker() -> None:
+    """Close and forget the process-wide picker (tests; after changing PRESETDB_*)."""
+    global _picker
+    with _picker_lock:
+        if _picker is not None:
+            _picker.close()
+        _picker = None
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    if _picker is not None:
+        try:
+            _picker.flush_misses()
+        except Exception:  # noqa: BLE001, S110  (interpreter exit: nothing left to tell)
+            pass

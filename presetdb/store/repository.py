@@ -1,0 +1,624 @@
+"""Typed queries over a Session. Returns frozen records; never commits.
+
+The caller owns the transaction::
+
+    with store.transaction() as session:
+        repo = Repository(session)
+        repo.upsert_preset(...)
+
+Reads of presets are one Core query each (no ORM identity map), which keeps loading
+10,000 presets for the picker in the tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, aliased
+
+from presetdb.errors import KeySpecError, UnknownKernelError, UnknownPlatformError
+from presetdb.keys import canonical_key, parse_key
+from presetdb.store.models import (
+    Config,
+    Kernel,
+    Platform,
+    PlatformAlias,
+    PlatformFallback,
+    Preset,
+    PresetCandidate,
+    PresetMiss,
+    TuningRun,
+    utc_now,
+)
+
+
+def canonical_config(config: Mapping[str, Any]) -> str:
+    """Sorted-key compact JSON of a Helion config: what `configs.sha256` hashes."""
+    return json.dumps(dict(config), sort_keys=True, separators=(",", ":"))
+
+
+def config_sha256(config: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical_config(config).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class KernelRecord:
+    id: int
+    name: str
+    key_schema: dict[str, Any]
+    description: str
+
+
+@dataclass(frozen=True)
+class PlatformRecord:
+    id: int
+    name: str
+    vendor: str
+    device_name: str
+    compute_capability: str | None
+    sm_count: int | None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    source: str
+    source_file: str | None
+    source_sha256: str | None
+    revision: str | None
+    tuned_by: str | None
+    host: str | None
+    device_name: str | None
+    sm_count: int | None
+    driver_version: str | None
+    cuda_version: str | None
+    torch_version: str | None
+    triton_version: str | None
+    helion_version: str | None
+    presetdb_version: str | None
+    autotune_effort: str | None
+    seed: int | None
+    benchmark_method: str | None
+    started_at: str | None
+    finished_at: str | None
+    imported_at: str
+
+
+RUN_FIELDS = tuple(f for f in RunRecord.__dataclass_fields__ if f not in ("id", "imported_at"))
+
+
+@dataclass(frozen=True)
+class PresetRecord:
+    """One stored preset with the provenance a user needs to trust it."""
+
+    id: int
+    kernel: str
+    platform: str
+    shape_key: str
+    config_json: str
+    config_sha256: str
+    status: str
+    latency_ms: float | None
+    default_ms: float | None
+    reference_ms: float | None
+    configs_tried: int | None
+    tuning_seconds: float | None
+    kernel_source_hash: str | None
+    run_id: int
+    source: str
+    device_name: str | None
+    helion_version: str | None
+    tuned_at: str | None
+    revision: str | None
+    created_at: str
+    status_reason: str | None = None
+    superseded_by: int | None = None
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        # Parsed on first use: loading 10,000 rows must not parse 10,000 configs.
+        return json.loads(self.config_json)
+
+    @cached_property
+    def key(self) -> dict[str, Any]:
+        return json.loads(self.shape_key)
+
+
+@dataclass(frozen=True)
+class PresetRows:
+    """The active presets of one (kernel, platform) as plain rows (`_ROW_COLUMNS`) and the
+    tuning runs they share (`_RUN_COLUMNS` by run id). Building 10,000 frozen records
+    costs more than the query; `record(row)` builds one when it is needed."""
+
+    kernel: str
+    platform: str
+    rows: Sequence[tuple[Any, ...]]
+    runs: Mapping[int, tuple[Any, ...]]
+
+    # Positions in a row, for readers that need a field without a record.
+    SHAPE_KEY = 1
+    CONFIG_SHA256 = 3
+
+    def record(self, row: Sequence[Any]) -> PresetRecord:
+        (pid, shape_key, config_json, sha, latency, default, reference, tried, tuning,
+         source_hash, run_id, created_at, reason, superseded_by) = row
+        source, device_name, helion_version, finished_at, revision = self.runs[run_id]
+        return PresetRecord(
+            pid, self.kernel, self.platform, shape_key, config_json, sha, "active", latency,
+            default, reference, tried, tuning, source_hash, run_id, source, device_name,
+            helion_version, finished_at, revision, created_at, reason, superseded_by,
+        )
+
+    def records(self) -> list[PresetRecord]:
+        return [self.record(row) for row in self.rows]
+
+
+@dataclass(frozen=True)
+class CandidateRecord:
+    rank: int
+    config_json: str
+    latency_ms: float | None
+
+
+@dataclass(frozen=True)
+class MissRecord:
+    kernel: str
+    platform: str
+    features: str
+    reason: str
+    count: int
+    first_seen_at: str
+    last_seen_at: str
+
+
+UpsertOutcome = Literal["added", "superseded", "unchanged"]
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    outcome: UpsertOutcome
+    preset_id: int
+    replaced_id: int | None = None
+
+
+@dataclass(frozen=True)
+class PresetInput:
+    """What one preset needs to be stored (timings optional)."""
+
+    shape_key: Mapping[str, Any]
+    config: Mapping[str, Any]
+    latency_ms: float | None = None
+    default_ms: float | None = None
+    reference_ms: float | None = None
+    configs_tried: int | None = None
+    tuning_seconds: float | None = None
+    kernel_source_hash: str | None = None
+    candidates: Sequence[tuple[Mapping[str, Any], float | None]] = field(default_factory=tuple)
+
+
+# ---------------------------------------------------------------- repository
+
+
+class Repository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._kernel_ids: dict[str, int] = {}
+        self._platform_ids: dict[str, int] = {}
+
+    # kernels ------------------------------------------------------------
+    def ensure_kernel(
+        self, name: str, key_schema: Mapping[str, Any], description: str = ""
+    ) -> KernelRecord:
+        """Create the kernel, or check its stored key schema matches."""
+        row = self.session.scalar(select(Kernel).where(Kernel.name == name))
+        schema_text = json.dumps(dict(key_schema), sort_keys=True)
+        if row is None:
+            row = Kernel(name=name, key_schema=schema_text, description=description)
+            self.session.add(row)
+            self.session.flush()
+        else:
+            stored = json.loads(row.key_schema)
+            if _field_policies(stored) != _field_policies(key_schema):
+                raise KeySpecError(
+                    f"kernel {name!r}: key fields {_field_policies(key_schema)} differ from the "
+                    f"stored key schema {_field_policies(stored)}; a changed key spec needs a new "
+                    "kernel name (or a schema migration)."
+                )
+            if description and not row.description:
+                row.description = description
+        return _kernel_record(row)
+
+    def get_kernel(self, name: str) -> KernelRecord:
+        row = self.session.scalar(select(Kernel).where(Kernel.name == name))
+        if row is None:
+            known = self.session.scalars(select(Kernel.name).order_by(Kernel.name)).all()
+            raise UnknownKernelError(
+                f"unknown kernel {name!r}; this db has: {', '.join(known) or '(none)'}"
+            )
+        return _kernel_record(row)
+
+    def find_kernel(self, name: str) -> KernelRecord | None:
+        row = self.session.scalar(select(Kernel).where(Kernel.name == name))
+        return None if row is None else _kernel_record(row)
+
+    def list_kernels(self) -> list[KernelRecord]:
+        return [_kernel_record(k) for k in self.session.scalars(select(Kernel).order_by(Kernel.name))]
+
+    def _kernel_id(self, name: str) -> int:
+        if name not in self._kernel_ids:
+            self._kernel_ids[name] = self.get_kernel(name).id
+        return self._kernel_ids[name]
+
+    # platforms ----------------------------------------------------------
+    def get_platform(self, name: str) -> PlatformRecord:
+        row = self.session.scalar(select(Platform).where(Platform.name == name))
+        if row is None:
+            known = self.session.scalars(select(Platform.name).order_by(Platform.name)).all()
+            raise UnknownPlatformError(
+                f"unknown platform {name!r}; known platforms: {', '.join(known) or '(none)'}. "
+                "Add it with `presetdb import` of results tuned on it."
+            )
+        return _platform_record(row)
+
+    def find_platform(self, name: str) -> PlatformRecord | None:
+        row = self.session.scalar(select(Platform).where(Platform.name == name))
+        return None if row is None else _platform_record(row)
+
+    def ensure_platform(
+        self,
+        name: str,
+        *,
+        vendor: str = "",
+        device_name: str = "",
+        compute_capability: str | None = None,
+        sm_count: int | None = None,
+    ) -> PlatformRecord:
+        row = self.session.scalar(select(Platform).where(Platform.name == name))
+        if row is None:
+            row = Platform(
+                name=name, vendor=vendor, device_name=device_name,
+                compute_capability=compute_capability, sm_count=sm_count,
+            )
+            self.session.add(row)
+            self.session.flush()
+            if device_name:
+                self.add_alias(device_name, name)
+        return _platform_record(row)
+
+    def list_platforms(self) -> list[PlatformRecord]:
+        return [
+            _platform_record(p) for p in self.session.scalars(select(Platform).order_by(Platform.name))
+        ]
+
+    def platform_for_alias(self, device_name: str) -> str | None:
+        """Canonical platform name for a device string (case-insensitive), if known."""
+        return self.session.scalar(
+            select(Platform.name)
+            .join(PlatformAlias, PlatformAlias.platform_id == Platform.id)
+            .where(func.lower(PlatformAlias.alias) == device_name.strip().lower())
+        )
+
+    def add_alias(self, alias: str, platform: str) -> None:
+        pid = self._platform_id(platform)
+        if self.session.get(PlatformAlias, alias) is None:
+            self.session.add(PlatformAlias(alias=alias, platform_id=pid))
+            self.session.flush()
+
+    def fallbacks(self, platform: str) -> list[str]:
+        """Ranked fallback platform names (rank 1 first)."""
+        fb = aliased(Platform)
+        return list(
+            self.session.scalars(
+                select(fb.name)
+                .select_from(PlatformFallback)
+                .join(Platform, Platform.id == PlatformFallback.platform_id)
+                .join(fb, fb.id == PlatformFallback.fallback_platform_id)
+                .where(Platform.name == platform)
+                .order_by(PlatformFallback.rank)
+            )
+        )
+
+    def platforms_with_capability(self, compute_capability: str, vendor: str) -> list[str]:
+        return list(
+            self.session.scalars(
+                select(Platform.name)
+                .where(Platform.compute_capability == compute_capability, Platform.vendor == vendor)
+                .order_by(Platform.name)
+            )
+        )
+
+    def _platform_id(self, name: str) -> int:
+        if name not in self._platform_ids:
+            self._platform_ids[name] = self.get_platform(name).id
+        return self._platform_ids[name]
+
+    # runs and configs ---------------------------------------------------
+    def add_run(self, source: str, **provenance: Any) -> RunRecord:
+        unknown = set(provenance) - set(RUN_FIELDS)
+        if unknown:
+            raise TypeError(f"unknown tuning_runs fields: {sorted(unknown)}")
+        row = TuningRun(source=source, **provenance)
+        self.session.add(row)
+        self.session.flush()
+        return _run_record(row)
+
+    def get_run(self, run_id: int) -> RunRecord:
+        row = self.session.get(TuningRun, run_id)
+        if row is None:
+            raise LookupError(f"no tuning run with id {run_id}")
+        return _run_record(row)
+
+    def list_runs(self) -> list[RunRecord]:
+        return [_run_record(r) for r in self.session.scalars(select(TuningRun).order_by(TuningRun.id))]
+
+    def config_id(self, config: Mapping[str, Any]) -> int:
+        """Id of the content-addressed config row, inserting it if new."""
+        sha = config_sha256(config)
+        found = self.session.scalar(select(Config.id).where(Config.sha256 == sha))
+        if found is not None:
+            return found
+        row = Config(sha256=sha, config_json=canonical_config(config))
+        self.session.add(row)
+        self.session.flush()
+        return row.id
+
+    # presets ------------------------------------------------------------
+    def upsert_preset(self, kernel: str, platform: str, run_id: int, item: PresetInput) -> UpsertResult:
+        """Store a preset. The same config for the key again is a no-op; a different
+        config supersedes the active row, which stays as history."""
+        kid, pid = self._kernel_id(kernel), self._platform_id(platform)
+        shape_key = canonical_key(item.shape_key)
+        cid = self.config_id(item.config)
+        current = self.session.scalar(
+            select(Preset).where(
+                Preset.kernel_id == kid,
+                Preset.platform_id == pid,
+                Preset.shape_key == shape_key,
+                Preset.status == "active",
+            )
+        )
+        if current is not None and current.config_id == cid:
+            return UpsertResult("unchanged", current.id)
+        if current is not None:
+            # Retire first: the partial unique index allows one active row per key.
+            current.status = "superseded"
+            current.status_reason = f"superseded by run {run_id}"
+            self.session.flush()
+        row = Preset(
+            kernel_id=kid,
+            platform_id=pid,
+            shape_key=shape_key,
+            config_id=cid,
+            run_id=run_id,
+            kernel_source_hash=item.kernel_source_hash,
+            latency_ms=item.latency_ms,
+            default_ms=item.default_ms,
+            reference_ms=item.reference_ms,
+            configs_tried=item.configs_tried,
+            tuning_seconds=item.tuning_seconds,
+            status="active",
+        )
+        self.session.add(row)
+        self.session.flush()
+        for rank, (config, latency) in enumerate(item.candidates, start=1):
+            self.session.add(
+                PresetCandidate(
+                    preset_id=row.id, config_id=self.config_id(config), rank=rank, latency_ms=latency
+                )
+            )
+        if current is not None:
+            current.superseded_by = row.id
+            self.session.flush()
+            return UpsertResult("superseded", row.id, current.id)
+        return UpsertResult("added", row.id)
+
+    def active_presets(self, kernel: str, platform: str) -> list[PresetRecord]:
+        """All active presets of one (kernel, platform), in one query."""
+        query = _preset_query().where(
+            Kernel.name == kernel, Platform.name == platform, Preset.status == "active"
+        )
+        return [PresetRecord(*row) for row in self.session.execute(query)]
+
+    def active_preset_rows(self, kernel: str, platform: str) -> PresetRows:
+        """`active_presets` without building a record per row: what the picker loads.
+
+        Core queries on the session's connection (no ORM result processing), one row of
+        per-preset columns each, and the few tuning runs they share in a second query;
+        `PresetRows.record(row)` builds the record of a preset actually served."""
+        where = (Kernel.name == kernel, Platform.name == platform, Preset.status == "active")
+        conn = self.session.connection()
+        result = conn.execute(
+            select(*_ROW_COLUMNS)
+            .select_from(Preset)
+            .join(Kernel, Kernel.id == Preset.kernel_id)
+            .join(Platform, Platform.id == Preset.platform_id)
+            .join(Config, Config.id == Preset.config_id)
+            .where(*where)
+        )
+        try:
+            # The driver's plain tuples (these columns need no result processing): the GC
+            # untracks tuples of plain values, unlike Row objects, which a picker keeps.
+            rows: list[tuple[Any, ...]] = list(result.cursor.fetchall())
+        finally:
+            result.close()
+        runs: dict[int, tuple[Any, ...]] = {}
+        if rows:
+            used = (
+                select(Preset.run_id)
+                .join(Kernel, Kernel.id == Preset.kernel_id)
+                .join(Platform, Platform.id == Preset.platform_id)
+                .where(*where)
+            )
+            runs = {
+                row[0]: tuple(row[1:])
+                for row in conn.execute(select(*_RUN_COLUMNS).where(TuningRun.id.in_(used)))
+            }
+        return PresetRows(kernel, platform, rows, runs)
+
+    def all_presets(self, *, status: str | None = "active") -> list[PresetRecord]:
+        query = _preset_query()
+        if status is not None:
+            query = query.where(Preset.status == status)
+        return [PresetRecord(*row) for row in self.session.execute(query.order_by(Preset.id))]
+
+    def find_preset(self, kernel: str, platform: str, shape_key: Mapping[str, Any] | str) -> PresetRecord | None:
+        key = canonical_key(parse_key(shape_key) if isinstance(shape_key, str) else shape_key)
+        query = _preset_query().where(
+            Kernel.name == kernel,
+            Platform.name == platform,
+            Preset.shape_key == key,
+            Preset.status == "active",
+        )
+        row = self.session.execute(query).first()
+        return None if row is None else PresetRecord(*row)
+
+    def get_preset(self, preset_id: int) -> PresetRecord:
+        row = self.session.execute(_preset_query().where(Preset.id == preset_id)).first()
+        if row is None:
+            raise LookupError(f"no preset with id {preset_id}")
+        return PresetRecord(*row)
+
+    def history(self, kernel: str, platform: str, shape_key: Mapping[str, Any] | str) -> list[PresetRecord]:
+        """Every row ever stored for one key, oldest first."""
+        key = canonical_key(parse_key(shape_key) if isinstance(shape_key, str) else shape_key)
+        query = _preset_query().where(
+            Kernel.name == kernel, Platform.name == platform, Preset.shape_key == key
+        )
+        return [PresetRecord(*row) for row in self.session.execute(query.order_by(Preset.id))]
+
+    def candidates(self, preset_id: int) -> list[CandidateRecord]:
+        query = (
+            select(PresetCandidate.rank, Config.config_json, PresetCandidate.latency_ms)
+            .join(Config, Config.id == PresetCandidate.config_id)
+            .where(PresetCandidate.preset_id == preset_id)
+            .order_by(PresetCandidate.rank)
+        )
+        return [CandidateRecord(*row) for row in self.session.execute(query)]
+
+    def quarantine(self, preset_id: int, reason: str) -> None:
+        self.session.execute(
+            update(Preset)
+            .where(Preset.id == preset_id)
+            .values(status="quarantined", status_reason=reason[:2000])
+        )
+
+    def count_presets(self, *, status: str | None = "active") -> int:
+        query = select(func.count()).select_from(Preset)
+        if status is not None:
+            query = query.where(Preset.status == status)
+        return int(self.session.scalar(query) or 0)
+
+    # miss ledger -------------------------------------------------------------
+    def record_misses(self, misses: Iterable[MissRecord]) -> None:
+        """Add counts to the ledger (one row per kernel x platform x features)."""
+        for miss in misses:
+            row = self.session.scalar(
+                select(PresetMiss).where(
+                    PresetMiss.kernel == miss.kernel,
+                    PresetMiss.platform == miss.platform,
+                    PresetMiss.features == miss.features,
+                )
+            )
+            if row is None:
+                self.session.add(
+                    PresetMiss(
+                        kernel=miss.kernel, platform=miss.platform, features=miss.features,
+                        reason=miss.reason, count=miss.count,
+                        first_seen_at=miss.first_seen_at, last_seen_at=miss.last_seen_at,
+                    )
+                )
+            else:
+                row.count += miss.count
+                row.last_seen_at = max(row.last_seen_at, miss.last_seen_at)
+                row.reason = miss.reason
+        self.session.flush()
+
+    def misses(self, kernel: str | None = None) -> list[MissRecord]:
+        query = select(
+            PresetMiss.kernel, PresetMiss.platform, PresetMiss.features, PresetMiss.reason,
+            PresetMiss.count, PresetMiss.first_seen_at, PresetMiss.last_seen_at,
+        ).order_by(PresetMiss.count.desc(), PresetMiss.id)
+        if kernel is not None:
+            query = query.where(PresetMiss.kernel == kernel)
+        return [MissRecord(*row) for row in self.session.execute(query)]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _preset_query() -> Any:
+    return (
+        select(
+            Preset.id, Kernel.name, Platform.name, Preset.shape_key, Config.config_json,
+            Config.sha256, Preset.status, Preset.latency_ms, Preset.default_ms,
+            Preset.reference_ms, Preset.configs_tried, Preset.tuning_seconds,
+            Preset.kernel_source_hash, Preset.run_id, TuningRun.source, TuningRun.device_name,
+            TuningRun.helion_version, TuningRun.finished_at, TuningRun.revision,
+            Preset.created_at, Preset.status_reason, Preset.superseded_by,
+        )
+        .select_from(Preset)
+        .join(Kernel, Kernel.id == Preset.kernel_id)
+        .join(Platform, Platform.id == Preset.platform_id)
+        .join(Config, Config.id == Preset.config_id)
+        .join(TuningRun, TuningRun.id == Preset.run_id)
+    )
+
+
+# PresetRows: per-preset columns (kernel, platform and status are the same for a slice) ...
+_ROW_COLUMNS = (
+    Preset.id, Preset.shape_key, Config.config_json, Config.sha256, Preset.latency_ms,
+    Preset.default_ms, Preset.reference_ms, Preset.configs_tried, Preset.tuning_seconds,
+    Preset.kernel_source_hash, Preset.run_id, Preset.created_at, Preset.status_reason,
+    Preset.superseded_by,
+)
+# ... and the provenance columns of PresetRecord, which the presets of one run share.
+_RUN_COLUMNS = (
+    TuningRun.id, TuningRun.source, TuningRun.device_name, TuningRun.helion_version,
+    TuningRun.finished_at, TuningRun.revision,
+)
+
+
+def _field_policies(schema: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [(f["name"], f["policy"]) for f in schema.get("fields", [])]
+
+
+def _kernel_record(row: Kernel) -> KernelRecord:
+    return KernelRecord(row.id, row.name, json.loads(row.key_schema), row.description)
+
+
+def _platform_record(row: Platform) -> PlatformRecord:
+    return PlatformRecord(
+        row.id, row.name, row.vendor, row.device_name, row.compute_capability, row.sm_count
+    )
+
+
+def _run_record(row: TuningRun) -> RunRecord:
+    return RunRecord(
+        id=row.id, imported_at=row.imported_at, **{f: getattr(row, f) for f in RUN_FIELDS}
+    )
+
+
+__all__ = [
+    "CandidateRecord",
+    "KernelRecord",
+    "MissRecord",
+    "PlatformRecord",
+    "PresetInput",
+    "PresetRecord",
+    "PresetRows",
+    "Repository",
+    "RunRecord",
+    "UpsertResult",
+    "canonical_config",
+    "config_sha256",
+    "utc_now",
+]

@@ -1,0 +1,1 @@
+"""Frozen loaders that data migrations call; a loader's behaviour never changes once shipped."""
