@@ -29,9 +29,12 @@ FROM app AS tune
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
-# The GPU machines run torch 2.11 / triton 3.6 (helion 1.5.0 is pinned in pyproject).
+# The GPU machines run torch 2.11 / triton 3.6; helion 1.5.1 needs torch >= 2.12, so the
+# image pins helion 1.5.0 inside pyproject's range (helion>=1.5.0,<1.6).
 ARG TORCH_VERSION=2.11.0
 ARG TRITON_VERSION=3.6.0
+ARG HELION_VERSION=1.5.0
 RUN python /src/docker/app_requirements.py --gpu /src/pyproject.toml > /tmp/gpu-requirements.txt \
- && pip install "torch==${TORCH_VERSION}" "triton==${TRITON_VERSION}" -r /tmp/gpu-requirements.txt
+ && pip install "torch==${TORCH_VERSION}" "triton==${TRITON_VERSION}" -r /tmp/gpu-requirements.txt \
+    "helion==${HELION_VERSION}"
 WORKDIR /results

@@ -1,8 +1,10 @@
 """Host time per call of a tiny rms_norm (4 x 4096 bf16), side by side in one process.
 
 Variants:
-  presetdb_eager      RegisteredKernel call (fast dispatch to the compiled runner)
+  presetdb_eager      RegisteredKernel call (the fast path, presetdb.helion._accel, forced on)
   presetdb_op         torch.ops.presetdb.rms_norm (the same, through the dispatcher)
+  presetdb_op_public  the same kernel registered again with the fast path off (the public
+                      path: a plain Helion kernel per stored config), through torch.ops
   helion_keyed        vLLM-style Helion kernel: key= picks a config key, autotuner_fn= returns it
   helion_config_static   helion.kernel(config=..., static_shapes=True)
   helion_config_dynamic  helion.kernel(config=..., static_shapes=False)
@@ -10,7 +12,8 @@ Variants:
   compiled_runner_fast_launch  the same runner with presetdb's FastLauncher (GPU only)
   torch_rms_norm      torch.nn.functional.rms_norm
 
-Targets (GPU): presetdb <= 0.33 x helion_keyed and <= 1.2 x compiled_runner.
+Targets (GPU): presetdb <= 0.33 x helion_keyed and <= 1.2 x compiled_runner with the fast
+path; presetdb_op_public <= 0.5 x helion_keyed.
 
 Timing: 21 samples of 1,000 calls per variant, taken round-robin (one sample of each
 variant per round), CUDA synchronized around each sample; ratios are of the medians.
@@ -43,6 +46,7 @@ from typing import Any
 SHAPE = (4, 4096)
 EPS = 1e-6
 CONFIG = {"block_sizes": [1], "num_warps": 4}
+PUBLIC = "rms_norm_public"  # rms_norm registered a second time, fast path off
 
 
 def _setup_store(tmp: Path) -> None:
@@ -57,19 +61,21 @@ def _setup_store(tmp: Path) -> None:
     store = migrate.open_store(db, "rw")
     with store.transaction() as session:
         repo = Repository(session)
-        repo.ensure_kernel("rms_norm", spec.to_schema())
         run = repo.add_run("manual", tuned_by="bench_dispatch")
         key = {"dtype": "bfloat16", "hidden": SHAPE[1], "num_tokens": SHAPE[0]}
-        for platform_name in ("cpu", "bench"):
-            if repo.find_platform(platform_name) is None:
-                repo.ensure_platform(platform_name)
-            repo.upsert_preset("rms_norm", platform_name, run.id, PresetInput(key, CONFIG))
+        for kernel in ("rms_norm", PUBLIC):
+            repo.ensure_kernel(kernel, spec.to_schema())
+            for platform_name in ("cpu", "bench"):
+                if repo.find_platform(platform_name) is None:
+                    repo.ensure_platform(platform_name)
+                repo.upsert_preset(kernel, platform_name, run.id, PresetInput(key, CONFIG))
     store.dispose()
     os.environ["PRESETDB_PATH"] = str(db)
     os.environ["PRESETDB_USER_DB"] = str(tmp / "overlay.db")
     os.environ["PRESETDB_CACHE_DIR"] = str(tmp / "cache")
     os.environ["PRESETDB_PLATFORM"] = "bench"
     os.environ["PRESETDB_ON_MISS"] = "strict"  # the benchmark must never run a default config
+    os.environ["PRESETDB_ACCEL"] = "1"  # the fast path on for presetdb_eager/op; off for PUBLIC
 
 
 def _sample_us(fn: Callable[[], Any], sync: Callable[[], None], calls: int) -> float:
@@ -139,7 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no CUDA device: run with --cpu-noop")
 
     import presetdb.kernels  # noqa: F401  (registers the kernels)
+    from presetdb.helion.registry import register_kernel
     from presetdb.kernels.rms_norm import rms_norm as rk
+
+    public = register_kernel(
+        name=PUBLIC, key_spec=rk.key_spec, reference=rk.reference, example_inputs=rk.example_inputs,
+        adapt=rk.adapt,
+    )(rk.body)
+    public.use_accel(False)
 
     device = "cpu" if args.cpu_noop else "cuda"
     sync: Callable[[], None] = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -172,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     bound = helion.kernel(body, static_shapes=False).bind((x, w, EPS))
     runner = bound.compile_config(config)
     op = torch.ops.presetdb.rms_norm
+    public_op = getattr(torch.ops.presetdb, PUBLIC)
     from presetdb.helion._accel.launch import FastLauncher, fast_launcher_for
 
     fast = fast_launcher_for(helion.runtime.default_launcher)
@@ -180,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     variants: dict[str, Callable[[], Any]] = {
         "presetdb_eager": lambda: rk(x, w, EPS),
         "presetdb_op": lambda: op(x, w, EPS),
+        "presetdb_op_public": lambda: public_op(x, w, EPS),
         "helion_keyed": lambda: keyed(x, w, EPS),
         "helion_config_static": lambda: static(x, w, EPS),
         "helion_config_dynamic": lambda: dynamic(x, w, EPS),
@@ -191,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         expected = rk.reference(x, w, EPS).float()
         for name, fn in variants.items():
             torch.testing.assert_close(fn().float(), expected, rtol=4e-2, atol=4e-2, msg=name)
-    res = rk.resolution(x, w, EPS)
-    assert res.choice is not None and res.choice.config == CONFIG, "benchmark must use the stored config"
+    for kernel in (rk, public):
+        res = kernel.resolution(x, w, EPS)
+        assert res.choice is not None and res.choice.config == CONFIG, "benchmark must use the stored config"
+    assert rk.memo is not None and public.memo is None, "fast path on for rms_norm, off for the public copy"
 
     samples = _time_round_robin(variants, sync, args.calls, args.rounds)
     medians = {name: statistics.median(v) for name, v in samples.items()}
@@ -200,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ratios = {
         f"{p}/{base}": medians[p] / medians[base]
-        for p in ("presetdb_eager", "presetdb_op")
+        for p in ("presetdb_eager", "presetdb_op", "presetdb_op_public")
         for base in ("helion_keyed", "compiled_runner")
     }
     device_name = torch.cuda.get_device_name() if device == "cuda" else _cpu_name()
@@ -229,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             "presetdb <= 1.2 x compiled_runner": {
                 p: ratios[f"{p}/compiled_runner"] <= 1.2 for p in ("presetdb_eager", "presetdb_op")
             },
+            "public path <= 0.5 x helion_keyed": ratios["presetdb_op_public/helion_keyed"] <= 0.5,
         },
         "notes": (
             "cpu-noop: Helion launcher replaced by a no-op; torch_rms_norm computes on the CPU"

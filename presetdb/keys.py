@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
+from presetdb._util import canonical_json
 from presetdb.errors import KeySpecError
 
 Policy = Literal["exact", "nearest", "ceil", "floor"]
@@ -50,7 +51,7 @@ def canonical_key(key: Mapping[str, Any]) -> str:
             raise KeySpecError(
                 f"shape key field {name!r} must be a string, number or bool, got {value!r}"
             )
-    return json.dumps(dict(key), sort_keys=True, separators=(",", ":"))
+    return canonical_json(key)
 
 
 def parse_key(text: str) -> dict[str, KeyValue]:

@@ -14,6 +14,8 @@ from presetdb.errors import SettingsError
 
 OnMiss = Literal["default", "strict", "autotune"]
 ON_MISS_VALUES: tuple[OnMiss, ...] = ("default", "strict", "autotune")
+Accel = Literal["auto", "0", "1"]
+ACCEL_VALUES: tuple[Accel, ...] = ("auto", "0", "1")
 
 # Every variable presetdb reads, with its meaning (docs/settings list these).
 VARIABLES = {
@@ -25,6 +27,7 @@ VARIABLES = {
     "PRESETDB_DISABLE_OVERLAY": "1 to skip the user overlay entirely (read-only deployments)",
     "PRESETDB_KERNEL_MODULES": "modules to import for their register_kernel calls (tune, import)",
     "PRESETDB_FAST_LAUNCH": "0 to launch through Triton's JITFunction.run instead of the cached kernel (default 1)",
+    "PRESETDB_ACCEL": "auto | 0 | 1: fast dispatch on verified Helion/Triton versions only (auto), never, or forced",
 }
 
 
@@ -58,6 +61,7 @@ class Settings:
     cache_dir: Path
     disable_overlay: bool
     fast_launch: bool = True
+    accel: Accel = "auto"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -70,4 +74,5 @@ class Settings:
             cache_dir=cache_dir,
             disable_overlay=_flag("PRESETDB_DISABLE_OVERLAY"),
             fast_launch=_flag("PRESETDB_FAST_LAUNCH", default=True),
+            accel=_choice("PRESETDB_ACCEL", ACCEL_VALUES, "auto"),  # type: ignore[arg-type]
         )

@@ -2,12 +2,12 @@
 
 `isolated_env` (autouse) points presetdb's cache and user overlay at temporary paths and
 clears the variables that would make a test depend on the machine it runs on, so no test
-reads or writes the real user cache. The embedded default db is built once per session
-in a session-wide temporary cache dir (building it is the slow part).
+reads or writes the real user cache.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +16,12 @@ import pytest
 
 from presetdb.store import migrate
 from presetdb.store.engine import Store
+
+# The fast path (presetdb.helion._accel) is on by default only for the (helion, triton)
+# versions a GPU run verified; CPU CI has other versions. Most tests exercise it, so it is
+# forced on here (kernels read it when they register); tests/test_public_path.py turns it
+# off per kernel to cover the public path. Set PRESETDB_ACCEL yourself to override.
+os.environ.setdefault("PRESETDB_ACCEL", "1")
 
 # Variables that select another db, platform or miss policy: never inherited by a test.
 CLEARED_VARIABLES = (

@@ -89,6 +89,7 @@ class PresetStore:
     def overlay_presets(self, kernel: str, status: str | None = None) -> list[Any]:
         from presetdb.store.repository import Repository
 
+        settle()
         store = migrate.open_store(self.overlay, "ro")
         try:
             with store.read() as session:
@@ -99,6 +100,7 @@ class PresetStore:
     def overlay_runs(self) -> list[Any]:
         from presetdb.store.repository import Repository
 
+        settle()
         store = migrate.open_store(self.overlay, "ro")
         try:
             with store.read() as session:
@@ -127,6 +129,15 @@ def preset_store_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     reset_warnings()
 
 
+def settle() -> None:
+    """Wait until the process-wide picker's ledger has written everything queued (the
+    ledger writes on its own thread; a test reads the overlay file after it)."""
+    from presetdb.runtime import picker as picker_module
+
+    if picker_module._picker is not None:
+        picker_module._picker.flush_misses()
+
+
 def set_policy(monkeypatch: pytest.MonkeyPatch, policy: str) -> None:
     from presetdb.runtime.picker import reset_picker
 
@@ -138,7 +149,7 @@ def fresh(rk: Any) -> Any:
     """Drop a kernel's compiled state (Helion's bound kernels and presetdb's runners)
     so the next call goes through the hooks again."""
     rk.helion_kernel.reset()
-    rk.runners.clear()
+    rk.reset_runtime()
     return rk
 
 

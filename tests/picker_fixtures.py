@@ -160,6 +160,8 @@ def open_layers_for(
     layers: list[Layer] = []
     writer = None
     if overlay is not None:
+        if not overlay.exists():  # what the ledger does on its first write
+            migrate.upgrade(overlay, seed_data=False)
         layer, writer = open_overlay(overlay, strict=True)
         assert layer is not None
         layers.append(layer)

@@ -180,8 +180,7 @@ def reader_main(
         from presetdb.runtime.platforms import DeviceInfo, resolve_platform
 
         layer, writer = open_overlay(Path(db), strict=True)
-        assert layer is not None and writer is not None
-        writer.dispose()  # readers never write
+        assert layer is not None and writer is not None  # readers never write: the path is unused
         with layer.store.read() as session:
             info = resolve_platform(
                 [Repository(session)], override=PLATFORM, device=DeviceInfo("cpu", "cpu", None, None)

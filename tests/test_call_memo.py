@@ -23,6 +23,7 @@ install_interpreter_shims()
 import torch
 
 import presetdb.kernels  # noqa: F401  (registers the kernels)
+from presetdb.helion import call
 from presetdb.helion._accel import dispatch
 from presetdb.helion._accel.dispatch import exact_key
 from presetdb.helion.registry import get_kernel
@@ -51,7 +52,7 @@ class Counter:
 
 def _rms_with_two_rows(store: Any) -> Any:
     rms = get_kernel("rms_norm")
-    rms.runners.clear()
+    rms.reset_runtime()
     for tokens, blocks in ((8, [2]), (64, [4])):
         key = {"dtype": "float32", "hidden": 16, "num_tokens": tokens}
         store.add("rms_norm", rms.key_spec, key, {"block_sizes": blocks})
@@ -60,7 +61,7 @@ def _rms_with_two_rows(store: Any) -> Any:
 
 def _served_blocks(rms: Any, *args: Any) -> list[int]:
     """Block sizes of the runner the call memo holds for these arguments."""
-    hit = rms.runners.calls[exact_key(args)]
+    hit = rms.memo.calls[exact_key(args)]
     return block_sizes_of(hit[2].bound)
 
 
@@ -69,9 +70,9 @@ def test_repeated_calls_are_served_by_the_memo(preset_store, monkeypatch) -> Non
     x, w = torch.randn(5, 16, device=DEVICE), torch.randn(16, device=DEVICE)
     for _ in range(2):  # Helion's path publishes the runner; the bucketed lookup memoizes it
         assert_close(rms(x, w, EPS), rms.reference(x, w, EPS), torch.float32)
-    assert len(rms.runners.calls) == 1 and _served_blocks(rms, x, w, EPS) == [2]
+    assert len(rms.memo.calls) == 1 and _served_blocks(rms, x, w, EPS) == [2]
     resolve = Counter(monkeypatch, get_picker(), "resolve")
-    lookup = Counter(monkeypatch, rms.runners, "lookup")
+    lookup = Counter(monkeypatch, dispatch.RunnerCache, "lookup")
     for _ in range(3):
         x = torch.randn(5, 16, device=DEVICE)  # new data, same metadata
         assert_close(rms(x, w, EPS), rms.reference(x, w, EPS), torch.float32)
@@ -111,9 +112,9 @@ def test_a_reset_helion_kernel_is_not_served_from_the_memo(preset_store, monkeyp
     x, w = torch.randn(5, 16, device=DEVICE), torch.randn(16, device=DEVICE)
     for _ in range(3):
         rms(x, w, EPS)
-    assert rms.runners.calls
-    rms.helion_kernel.reset()  # Helion's generation moves; its old runners are retired
-    slow = Counter(monkeypatch, rms, "_slow")
+    assert rms.memo.calls
+    rms.bound(x, w, EPS).kernel.reset()  # Helion's generation moves; its old runners are retired
+    slow = Counter(monkeypatch, call, "through_helion")
     for _ in range(2):
         assert_close(rms(x, w, EPS), rms.reference(x, w, EPS), torch.float32)
     assert slow.calls == 1  # through Helion once, then a fresh runner
@@ -121,14 +122,14 @@ def test_a_reset_helion_kernel_is_not_served_from_the_memo(preset_store, monkeyp
 
 def test_misses_are_counted_every_call_never_memoized(preset_store) -> None:
     rms = get_kernel("rms_norm")
-    rms.runners.clear()
+    rms.reset_runtime()
     x, w = torch.randn(3, 8, device=DEVICE), torch.randn(8, device=DEVICE)
     with pytest.warns(Warning, match="no stored config"):
         out = rms(x, w, EPS)  # warned once per key
     for _ in range(3):
         out = rms(x, w, EPS)
     assert_close(out, rms.reference(x, w, EPS), torch.float32)
-    assert rms.runners.calls == {}
+    assert rms.memo.calls == {}
     (miss,) = [m for m in get_picker().pending_misses() if m.kernel == "rms_norm"]
     assert miss.count == 4
 
@@ -139,12 +140,12 @@ def test_entries_with_guards_the_memo_cannot_decide_stay_on_the_bucketed_path(pr
     monkeypatch.setattr(dispatch, "fast_guard", lambda extractor, nargs: None)
     rms = _rms_with_two_rows(preset_store)
     x, w = torch.randn(5, 16, device=DEVICE), torch.randn(16, device=DEVICE)
-    lookup = Counter(monkeypatch, rms.runners, "lookup")
+    lookup = Counter(monkeypatch, dispatch.RunnerCache, "lookup")
     for _ in range(4):
         assert_close(rms(x, w, EPS), rms.reference(x, w, EPS), torch.float32)
-    entry = rms.runners.entry_for(rms.resolution(x, w, EPS).token, (x, w, EPS))
+    entry = rms.entry_for(x, w, EPS)
     assert entry is not None and not entry.memoizable and entry.guards
-    assert rms.runners.calls == {} and lookup.calls >= 3
+    assert rms.memo.calls == {} and lookup.calls >= 3
 
 
 def test_exact_key_separates_what_can_change_a_call() -> None:
@@ -181,5 +182,5 @@ def test_the_memo_is_bounded_and_starts_over(preset_store, monkeypatch) -> None:
         x = torch.randn(rows, 16, device=DEVICE)
         for _ in range(2):
             assert_close(rms(x, w, EPS), rms.reference(x, w, EPS), torch.float32)
-        assert 1 <= len(rms.runners.calls) <= 2
-    assert exact_key((x, w, EPS)) in rms.runners.calls  # the latest shape is remembered
+        assert 1 <= len(rms.memo.calls) <= 2
+    assert exact_key((x, w, EPS)) in rms.memo.calls  # the latest shape is remembered

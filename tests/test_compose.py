@@ -147,7 +147,7 @@ def test_image_requirements_follow_pyproject() -> None:
     assert any(r.startswith("datasette") for r in app_reqs)
     assert any(r.startswith("sqlalchemy") for r in app_reqs)
     gpu = requirements("--gpu")
-    assert "helion==1.5.0" in gpu and any(r.startswith("torch") for r in gpu)
+    assert any(r.startswith("helion") for r in gpu) and any(r.startswith("torch") for r in gpu)
 
 
 def test_app_image_commands_run_without_torch(dockerfile: str, tmp_path: Path) -> None:

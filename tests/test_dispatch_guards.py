@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import helion
 
-from presetdb.helion._accel.dispatch import (
-    TD_GUARD_NAMES,
-    _is_td_guard,
-    _uses_tensor_descriptors,
-)
+from presetdb.helion._accel.dispatch import _uses_tensor_descriptors
+from presetdb.helion._accel.internals import TD_GUARD_NAMES
+from presetdb.helion._accel.internals import is_td_guard as _is_td_guard
 
 
 def test_tensor_descriptor_use_is_read_from_the_compiled_config() -> None:

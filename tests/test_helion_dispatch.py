@@ -85,14 +85,16 @@ class SlowCounter:
     """Counts calls that missed the runner cache (went through Helion)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, rk: Any) -> None:
+        from presetdb.helion import call
+
         self.calls = 0
-        original = rk._slow
+        original = call.through_helion
 
         def counted(*args: Any) -> Any:
             self.calls += 1
             return original(*args)
 
-        monkeypatch.setattr(rk, "_slow", counted)
+        monkeypatch.setattr(call, "through_helion", counted)
 
 
 def _check(rk: Any, *args: Any) -> torch.Tensor:
@@ -116,7 +118,7 @@ def test_second_call_uses_the_compiled_runner(kernels, preset_store, monkeypatch
         x, y = torch.randn(rows, 5, device=DEVICE), torch.randn(rows, 5, device=DEVICE)
         _check(scale, x, y)
     assert slow.calls == 1
-    entry = scale.runners.entry_for(scale.resolution(x, y).token, (x, y))
+    entry = scale.entry_for(x, y)
     assert entry is not None and list(entry.bound._config.config["block_sizes"]) == [2, 4]
 
 
@@ -130,7 +132,7 @@ def test_dtype_change_gets_its_own_runner(kernels, preset_store, monkeypatch) ->
     assert (out32.dtype, out16.dtype) == (torch.float32, torch.float16)
     token = scale.resolution(x32, y32).token
     assert token == scale.resolution(x16, y16).token  # same stored config ...
-    e32, e16 = scale.runners.entry_for(token, (x32, y32)), scale.runners.entry_for(token, (x16, y16))
+    e32, e16 = scale.entry_for(x32, y32), scale.entry_for(x16, y16)
     assert e32 is not None and e16 is not None and e32.bound is not e16.bound  # ... two compilations
     slow = SlowCounter(monkeypatch, scale)
     _check(scale, x32, y32)
@@ -163,8 +165,7 @@ def test_sizes_zero_and_one(kernels, preset_store, monkeypatch) -> None:
             out = scale(*c)
             torch.testing.assert_close(out, c[0] * 2 + c[1])
     # Helion specializes a size-1 dim; those runners are distinct compilations
-    token = scale.resolution(*calls[0]).token
-    bounds = [scale.runners.entry_for(token, c) for c in calls if c[0].numel()]
+    bounds = [scale.entry_for(*c) for c in calls if c[0].numel()]
     assert len({id(e.bound) for e in bounds if e is not None}) >= 3
     # now alternate: every call must pick the runner of its own class
     slow = SlowCounter(monkeypatch, scale)
@@ -223,8 +224,7 @@ def test_64_bit_indexing_gets_its_own_runner(kernels, preset_store) -> None:
     assert key_small[-1] is False and key_huge != key_small  # the int64 flag differs
     torch.testing.assert_close(head(small, y), small[:6] + y)
     torch.testing.assert_close(head(huge, y), huge[:6] + y)
-    token = head.resolution(small, y).token
-    e_small, e_huge = head.runners.entry_for(token, (small, y)), head.runners.entry_for(token, (huge, y))
+    e_small, e_huge = head.entry_for(small, y), head.entry_for(huge, y)
     assert e_small is not None and e_huge is not None and e_small.bound is not e_huge.bound
     assert "tl.int64" in e_huge.bound.to_triton_code(e_huge.bound._config)
     assert "tl.int64" not in e_small.bound.to_triton_code(e_small.bound._config)
@@ -238,8 +238,8 @@ def test_fast_guards_agree_with_helions_extractors(preset_store) -> None:
     preset_store.add("rms_norm", rms.key_spec, {"dtype": "float32", "hidden": 16, "num_tokens": 8}, {"block_sizes": [2]})
     x, w = torch.randn(5, 16, device=DEVICE), torch.randn(16, device=DEVICE)
     rms(x, w, 1e-6)
-    kernel = rms.helion_kernel
     bound = rms.bound(x, w, 1e-6)
+    kernel = bound.kernel  # the plain Helion kernel of the served config
     extractors = kernel._specialize_extra[bound._base_spec_key]
     assert extractors, "rms_norm is expected to carry a guard fact (weight.size(0) == x.size(1))"
     probes = [
@@ -272,9 +272,8 @@ def test_switching_between_stored_configs_never_mixes_runners(preset_store, monk
     for x in (small, large, small, large):
         _check(rms, x, w, 1e-6)
     assert slow.calls == 0
-    t_small, t_large = rms.resolution(small, w, 1e-6).token, rms.resolution(large, w, 1e-6).token
-    e_small = rms.runners.entry_for(t_small, (small, w, 1e-6))
-    e_large = rms.runners.entry_for(t_large, (large, w, 1e-6))
+    e_small = rms.entry_for(small, w, 1e-6)
+    e_large = rms.entry_for(large, w, 1e-6)
     assert e_small is not None and e_large is not None
     assert (e_small.bound._config.config["block_sizes"], e_large.bound._config.config["block_sizes"]) == ([1], [4])
 
@@ -292,7 +291,7 @@ def test_published_runner_keeps_helions_host_code_with_its_own_launcher(preset_s
     preset_store.add("rms_norm", rms.key_spec, {"dtype": "float32", "hidden": 16, "num_tokens": 8}, {"block_sizes": [2]})
     x, w = torch.randn(5, 16, device=DEVICE), torch.randn(16, device=DEVICE)
     rms(x, w, 1e-6)
-    entry = rms.runners.entry_for(rms.resolution(x, w, 1e-6).token, (x, w, 1e-6))
+    entry = rms.entry_for(x, w, 1e-6)
     assert entry is not None
     raw = entry.raw_run
     assert isinstance(entry.run.__globals__["triton"], HostTriton)  # what the fast path calls

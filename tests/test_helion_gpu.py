@@ -48,7 +48,7 @@ def test_cuda_graph_replays_the_fast_path(preset_store) -> None:
     preset_store.add("rms_norm", rk.key_spec, key, {"block_sizes": [2], "num_warps": 4})
     x, w, eps = rk.example_inputs(key, device="cuda")
     rk(x, w, eps)  # compile + publish outside the capture
-    assert rk.runners.entry_for(rk.resolution(x, w, eps).token, (x, w, eps)) is not None
+    assert rk.entry_for(x, w, eps) is not None
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -80,7 +80,7 @@ def test_fast_launcher_reuses_compiled_kernels_only_where_triton_would(preset_st
     x, w, eps = rk.example_inputs(key, device="cuda")
     for _ in range(2):  # Helion's path publishes the runner; its first launch caches the kernel
         assert_close(rk(x, w, eps), rk.reference(x, w, eps), torch.bfloat16)
-    entry = rk.runners.entry_for(rk.resolution(x, w, eps).token, (x, w, eps))
+    entry = rk.entry_for(x, w, eps)
     assert entry is not None
     launcher = launcher_of(entry.run)
     assert isinstance(launcher, FastLauncher)
@@ -104,7 +104,7 @@ def test_fast_launcher_reuses_compiled_kernels_only_where_triton_would(preset_st
             assert_close(rk(t, w, eps), rk.reference(t, w, eps), torch.bfloat16)
     launchers = {}
     for name, t in inputs.items():
-        e = rk.runners.entry_for(rk.resolution(t, w, eps).token, (t, w, eps))
+        e = rk.entry_for(t, w, eps)
         assert e is not None
         launchers[name] = launcher_of(e.run)
     # Triton specializes on pointer alignment (and integers divisible by 16): the

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,7 @@ def test_autotune_policy_searches_stores_with_provenance_and_is_reused(preset_st
         assert preset.configs_tried == 2 and preset.latency_ms > 0 and preset.tuning_seconds >= 0
         assert preset.kernel_source_hash == rk.source_hash()
         run = next(r for r in preset_store.overlay_runs() if r.id == preset.run_id)
-        assert run.helion_version == "1.5.0" and run.torch_version == torch.__version__
+        assert run.helion_version == version("helion") and run.torch_version == torch.__version__
         assert run.host and run.device_name and run.autotune_effort == "quick"
         assert run.started_at and run.finished_at and run.benchmark_method
         # the same process now serves it from the overlay, without searching again

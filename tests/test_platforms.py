@@ -363,3 +363,21 @@ def test_fallback_platforms_are_loaded_only_when_a_call_needs_them(
     picker.resolve("rms_norm", RMS_SPEC, ("float32", 2048, 64))
     assert statements == []  # loaded once
     assert picker.loads == 1
+
+
+def test_platform_command_says_whether_the_fast_path_is_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from presetdb.cli import app
+    from presetdb.helion._accel import internals
+
+    lines = {}
+    for setting in ("0", "1", "auto"):
+        monkeypatch.setenv("PRESETDB_ACCEL", setting)
+        result = CliRunner().invoke(app, ["platform"])
+        assert result.exit_code == 0, result.output
+        (line,) = [x for x in result.output.splitlines() if x.startswith("fast path:")]
+        lines[setting] = line.split(":", 1)[1].strip()
+    assert lines["0"] == "off: PRESETDB_ACCEL=0"
+    assert lines["1"].startswith("on: forced by PRESETDB_ACCEL=1")
+    assert lines["auto"] == internals.status("auto").reason

@@ -33,6 +33,7 @@ from presetdb.runtime.picker import Picker, build_picker
 from presetdb.runtime.platforms import DeviceInfo
 from presetdb.settings import Settings
 from presetdb.store import migrate
+from presetdb.store.repository import Repository
 
 make_picker_fixture = pytest.fixture(picker_factory, name="make_picker")
 
@@ -262,7 +263,9 @@ def test_memo_hits_run_no_sql(
 ) -> None:
     monkeypatch.setattr(picker_module, "RECHECK_SECONDS", 3600.0)
     picker: Picker = make_picker(**three_layers)
-    engines = [layer.store.engine for layer in picker.layers] + [picker.writer.engine]  # type: ignore[union-attr]
+    from sqlalchemy.engine import Engine
+
+    engines = [Engine]  # every engine of the process, the ledger's too
     statements: list[str] = []
 
     def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
@@ -408,7 +411,7 @@ def test_overlay_that_cannot_be_used_is_skipped(
     with pytest.warns(StoreWarning, match="user overlay"):
         picker = build_picker(settings, device=DeviceInfo("cpu", "cpu", None, None))
     try:
-        assert picker.writer is None and [layer.name for layer in picker.layers] == [
+        assert picker.overlay_path is None and [layer.name for layer in picker.layers] == [
             "deployment",
             "default",
         ]
@@ -422,23 +425,42 @@ def test_overlay_that_cannot_be_used_is_skipped(
         picker.close()
 
 
-def test_overlay_is_created_schema_only_on_first_use(
+def test_overlay_is_created_schema_only_on_first_write_by_the_ledger(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Opening the layers never creates or migrates the overlay (no Alembic on a kernel
+    call); the ledger's thread creates it schema-only on its first write, and the picker
+    then reads it as its first layer."""
     overlay = tmp_path / "user-overlay.db"
     assert not overlay.exists()
     settings = env_settings(monkeypatch, make_db(tmp_path / "dep.db", []))
     layers, writer = open_layers(settings)
     try:
-        assert overlay.exists() and writer is not None and writer.writable
-        assert [layer.name for layer in layers] == ["overlay", "deployment", "default"]
-        assert [layer.mutable for layer in layers] == [True, False, False]
-        assert migrate.revision_of(overlay) == migrate.head()
+        assert not overlay.exists() and writer == overlay
+        assert [layer.name for layer in layers] == ["deployment", "default"]
     finally:
         for layer in layers:
             layer.store.dispose()
-        assert writer is not None
-        writer.dispose()
+    picker = build_picker(settings, device=DeviceInfo("cpu", "cpu", None, None))
+    try:
+        picker.record_miss("rms_norm", {"dtype": "float32", "hidden": 8, "num_tokens": 1})
+        assert not overlay.exists()  # counted in memory only
+        assert picker.flush_misses() == 1
+        assert overlay.exists() and migrate.revision_of(overlay) == migrate.head()
+        assert [layer.name for layer in picker.layers] == ["deployment", "default"]  # misses change no preset
+        store = migrate.open_store(overlay, "ro")
+        try:
+            with store.read() as session:
+                assert Repository(session).all_presets() == []  # schema only: no seed data
+        finally:
+            store.dispose()
+        # a write that changes presets makes the picker read the overlay as its first layer
+        picker.store_result("rms_norm", RMS_SPEC, {"dtype": "float32", "hidden": 8, "num_tokens": 1},
+                            {"block_sizes": [1]}, {"tuned_by": "tests"}, {})
+        assert [layer.name for layer in picker.layers] == ["overlay", "deployment", "default"]
+        assert [layer.mutable for layer in picker.layers] == [True, False, False]
+    finally:
+        picker.close()
 
 
 def test_preset_rows_build_the_same_records_as_active_presets(tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ if __name__ == "__main__":
         "adapt": "rk._adapt(*args)",
         "get_picker().epoch() (call memo)": "get_picker().epoch()",
         "exact_key (call memo)": "exact_key(args, False)",
-        "runners.calls.get (call memo)": "rk.runners.calls.get(exact)",
+        "runners.calls.get (call memo)": "rk.memo.calls.get(exact)",
         "features": "rk._features(*args)",
         "picker.resolve": "picker.resolve('rms_norm', rk.key_spec, features)",
         "dispatch_key": "dispatch_key(args, False)",

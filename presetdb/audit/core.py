@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import quote
 
+from presetdb._util import write_atomic
 from presetdb.errors import NotADatabaseError, PresetDBError, ReadOnlySQLError
 from presetdb.keys import canonical_key, parse_key
 from presetdb.store import migrate
@@ -801,11 +802,7 @@ def _non_empty(docs: Mapping[str, str]) -> dict[str, str]:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename)."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staged = path.with_name(f".{path.name}.tmp")
-    staged.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    staged.replace(path)
+    write_atomic(Path(path).expanduser(), json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 __all__ = [

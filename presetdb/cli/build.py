@@ -12,18 +12,25 @@ from presetdb.cli.common import console
 
 
 def build(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .db file.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write the .db file.")] = None,
+    embedded: Annotated[
+        bool,
+        typer.Option("--embedded", help="Rebuild the package's embedded default db (presetdb/data/default.db)."),
+    ] = False,
 ) -> None:
     """Build the shippable db from the packaged migrations (schema + seed data).
 
     The file is compacted with VACUUM INTO (rollback journal, ready to open immutable),
-    replaced atomically, and described by OUT.manifest.json.
+    replaced atomically, and described by OUT.manifest.json. --embedded writes the
+    package's own default db instead (run it in a checkout after adding a migration).
 
     Example: presetdb build --out dist/presets.db
     """
-    from presetdb.offline.build import build_database
+    from presetdb.offline.build import build_database, build_embedded
 
-    manifest = build_database(out)
+    if (out is None) == (not embedded):
+        raise typer.BadParameter("give --out PATH or --embedded (one of them)", param_hint="--out")
+    manifest = build_embedded() if embedded else build_database(out)  # type: ignore[arg-type]
     table = Table(title=f"built {manifest.path}", show_header=False)
     table.add_row("sha256", manifest.sha256)
     table.add_row("content digest", manifest.content_digest)

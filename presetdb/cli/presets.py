@@ -337,7 +337,8 @@ def show_platform(
     ] = None,
 ) -> None:
     """The platform this machine resolves to: detected device, compute capability, how the
-    name was resolved (PRESETDB_PLATFORM, a db alias, or derived) and the fallback chain.
+    name was resolved (PRESETDB_PLATFORM, a db alias, or derived), the fallback chain, and
+    whether the fast path (presetdb.helion._accel) is on for the installed Helion/Triton.
 
     Example: PRESETDB_PLATFORM=nvidia_h200 presetdb platform
     """
@@ -352,10 +353,8 @@ def show_platform(
     else:
         # A read-only question: do not create a user overlay just to answer it.
         skip = settings.disable_overlay or not settings.user_db_path.exists()
-        layers, writer = open_layers(dataclasses.replace(settings, disable_overlay=skip))
-        if writer is not None:
-            writer.dispose()
-    device = platforms.detect_device()
+        layers, _ = open_layers(dataclasses.replace(settings, disable_overlay=skip))
+    device = _detected_device()
     try:
         with ExitStack() as stack:
             repos = [Repository(stack.enter_context(layer.store.read())) for layer in layers]
@@ -389,6 +388,9 @@ def show_platform(
         )
         echo(f"  {i}. {name} ({why})")
     echo("dbs:                 " + (", ".join(f"{layer.name} {layer.path}" for layer in layers) or "none usable"))
+    from presetdb.helion._accel import internals  # reads package versions only: no torch import
+
+    echo(f"fast path:           {internals.status(settings.accel).reason}")
 
 
 def register(app: typer.Typer) -> None:
@@ -396,3 +398,14 @@ def register(app: typer.Typer) -> None:
     app.command("show")(show)
     app.command("pick")(pick)
     app.command("platform")(show_platform)
+
+
+def _detected_device() -> Any:
+    """The device as torch sees it (the CLI imports torch for this question, when installed)."""
+    from presetdb.runtime import platforms
+
+    try:
+        import torch  # noqa: F401  (runtime.platforms reads the device from the imported torch)
+    except ImportError:
+        pass
+    return platforms.detect_device()

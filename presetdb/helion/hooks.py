@@ -1,17 +1,18 @@
-"""Which config a call gets: the stored one, or what the miss policy says.
+"""Which config a call gets when the store has no usable row, and Helion's hooks.
 
-One `Resolution` is computed per call (features -> picker -> token) and shared by
-Helion's two hooks through a per-thread slot: ``key=`` returns its token and
-``autotuner_fn=`` builds a `PresetConfigSearch` from it. The search validates and
-compiles the stored config; a row that fails is quarantined and the call falls back to
-the miss policy (``PRESETDB_ON_MISS``):
+`serve` turns the picker's answer into what runs: the stored config, or what the miss
+policy (``PRESETDB_ON_MISS``, read once per picker) says:
 
 - ``default``  Helion's default config; one `PresetMissWarning` per (kernel, key); the
-               miss is counted in the picker's ledger;
+               miss is counted in the ledger;
 - ``strict``   `PresetMissError` naming kernel, platform, features and nearest keys;
 - ``autotune`` Helion's real autotuner (or an injected search, see
                `set_autotune_search`) for that key; the result is stored in the user
-               overlay with provenance, so the next process reuses it.
+               overlay through the ledger, so the next process reuses it.
+
+Helion's ``key=``/``autotuner_fn=`` hooks (`key_hook`, `PresetConfigSearch`) serve the
+same answers to anyone who calls the registered Helion kernel directly (tuning scripts):
+they resolve from the call's own arguments, so no state passes between them.
 """
 
 from __future__ import annotations
@@ -33,16 +34,18 @@ import helion
 import helion.exc
 from helion.autotuner.base_search import BaseAutotuner
 
+from presetdb._util import utc_now
 from presetdb.errors import PresetMissError
+from presetdb.helion._accel import internals
 from presetdb.keys import KeyValue, canonical_key
 from presetdb.runtime.picker import Choice, Picker, get_picker
-from presetdb.settings import OnMiss, Settings
-from presetdb.store.models import utc_now
+from presetdb.settings import OnMiss
 
 if TYPE_CHECKING:
     from presetdb.helion.registry import RegisteredKernel
 
-DEFAULT_TOKEN = "default"  # key= answer for misses served by Helion's default config
+DEFAULT_TOKEN = "default"  # the token of Helion's default config
+NOTHING: Any = object()  # default_output: the default config could not run the call either
 
 
 class PresetMissWarning(UserWarning):
@@ -58,61 +61,33 @@ class AutotuneWarning(UserWarning):
 
 
 @dataclass(frozen=True, slots=True)
+class Served:
+    """What runs for one call: a stored row (`choice`), else `config` (None: Helion's
+    default config). `token` names the config kernel that runs it."""
+
+    choice: Choice | None
+    token: Hashable
+    config: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Resolution:
-    """What one call resolved to. `token` is what Helion's key= hook returns."""
+    """What a call resolves to, for introspection and Helion's key= hook."""
 
     features: tuple[KeyValue, ...]
     choice: Choice | None
     token: Hashable
 
 
-class RetryResolution(Exception):
-    """Internal: a hook quarantined the stored config; resolve the call again."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _CallSlot(threading.local):
-    """The resolution of the presetdb call in flight on this thread."""
-
-    def __init__(self) -> None:
-        self.kernel: object | None = None
-        self.args: tuple[object, ...] | None = None
-        self.resolution: Resolution | None = None
-
-
-CALL_SLOT = _CallSlot()
-
-
-def slot_resolution(kernel: object, args: tuple[object, ...]) -> Resolution | None:
-    """The resolution stored for exactly these argument objects, if any."""
-    slot = CALL_SLOT
-    stored = slot.args
-    if slot.kernel is not kernel or stored is None or len(stored) != len(args):
-        return None
-    for a, b in zip(stored, args, strict=True):
-        if a is not b:
-            return None
-    return slot.resolution
-
-
 # ---------------------------------------------------------------- policy and warnings
 
-_policy: tuple[Picker | None, OnMiss] = (None, "default")
 _warned: set[tuple[str, str, str]] = set()
 _warn_lock = threading.Lock()
 
 
 def policy_for(picker: Picker) -> OnMiss:
-    """PRESETDB_ON_MISS, read once per picker (reset_picker() re-reads it)."""
-    global _policy
-    cached, policy = _policy
-    if cached is not picker:
-        policy = Settings.from_env().on_miss
-        _policy = (picker, policy)
-    return policy
+    """PRESETDB_ON_MISS, as read when the picker was built (reset_picker() re-reads it)."""
+    return picker.settings.on_miss
 
 
 def warn_once(kernel: str, key: str, kind: str, message: str, category: type[Warning]) -> bool:
@@ -121,7 +96,7 @@ def warn_once(kernel: str, key: str, kind: str, message: str, category: type[War
         if (kernel, key, kind) in _warned:
             return False
         _warned.add((kernel, key, kind))
-    warnings.warn(message, category, stacklevel=4)  # the kernel call's caller
+    warnings.warn(message, category, stacklevel=5)  # the kernel call's caller
     return True
 
 
@@ -147,16 +122,22 @@ def miss_error(rk: RegisteredKernel, picker: Picker, features: tuple[KeyValue, .
     )
 
 
-def miss_token(rk: RegisteredKernel, picker: Picker, features: tuple[KeyValue, ...], why: str = "") -> Hashable:
-    """A call the store cannot serve: apply the policy's bookkeeping, return its token."""
+def serve(
+    rk: RegisteredKernel, picker: Picker, features: tuple[KeyValue, ...], choice: Choice | None, why: str = "",
+    args: tuple[Any, ...] | None = None,
+) -> Served:
+    """What runs for a call (kernel-body `args`) the picker answered with `choice` (None: a miss)."""
+    if choice is not None:
+        return Served(choice, choice.preset.config_sha256)
     policy = policy_for(picker)
     if policy == "strict":
         raise miss_error(rk, picker, features, why)
     key = rk.key_spec.key_of(features)
     picker.record_miss(rk.name, key, "no-match" if not why else "quarantined")
     if policy == "autotune":
-        # One Helion bound kernel per missed key, so each key is tuned for itself.
-        return ("autotune", features)
+        config = autotune_and_store(rk, picker, features, args)
+        if config is not None:
+            return Served(None, ("autotune", canonical_key(key)), config)
     text = canonical_key(key)
     warn_once(
         rk.name, text, "miss",
@@ -165,21 +146,22 @@ def miss_token(rk: RegisteredKernel, picker: Picker, features: tuple[KeyValue, .
         "PRESETDB_ON_MISS=autotune to tune it locally.",
         PresetMissWarning,
     )
-    return DEFAULT_TOKEN
+    return Served(None, DEFAULT_TOKEN)
 
 
 def resolve(
     rk: RegisteredKernel, picker: Picker, features: tuple[KeyValue, ...], *, record: bool = True
 ) -> Resolution:
     """The resolution of a call. `record=False` (introspection) applies no policy
-    bookkeeping: no miss counted, no warning, no strict-mode error."""
+    bookkeeping: no miss counted, no warning, no strict-mode error, no search."""
     choice = picker.resolve(rk.name, rk.key_spec, features)
     if choice is not None:
         return Resolution(features, choice, choice.preset.config_sha256)
     if record:
-        return Resolution(features, None, miss_token(rk, picker, features))
-    autotune = policy_for(picker) == "autotune"
-    return Resolution(features, None, ("autotune", features) if autotune else DEFAULT_TOKEN)
+        return Resolution(features, None, serve(rk, picker, features, None).token)
+    if policy_for(picker) == "autotune":
+        return Resolution(features, None, ("autotune", canonical_key(rk.key_spec.key_of(features))))
+    return Resolution(features, None, DEFAULT_TOKEN)
 
 
 def quarantine(rk: RegisteredKernel, picker: Picker, choice: Choice, reason: str) -> None:
@@ -191,6 +173,7 @@ def quarantine(rk: RegisteredKernel, picker: Picker, choice: Choice, reason: str
     on_cpu = picker.info.device.vendor == "cpu"
     picker.quarantine(choice, reason, persist=not (on_cpu and choice.platform != "cpu"))
     preset = choice.preset
+    rk.forget_config(preset.config_sha256)
     warn_once(
         rk.name, preset.shape_key, f"quarantine:{preset.config_sha256}",
         f"presetdb: stored config for {rk.name} {preset.shape_key} on {choice.platform} "
@@ -200,20 +183,12 @@ def quarantine(rk: RegisteredKernel, picker: Picker, choice: Choice, reason: str
     )
 
 
-# ---------------------------------------------------------------- the autotuner hook
-
-
-class PresetConfigSearch(BaseAutotuner):
-    """Helion's autotuner slot, answered from the store instead of by searching."""
-
-    def __init__(self, rk: RegisteredKernel, bound: Any, args: tuple[object, ...], resolution: Resolution) -> None:
-        self.rk = rk
-        self.bound = bound
-        self.args = args
-        self.resolution = resolution
-
-    def autotune(self, *, skip_cache: bool = False) -> helion.Config:
-        return config_for(self.rk, self.bound, self.args, self.resolution)
+def default_output(rk: RegisteredKernel, args: tuple[Any, ...]) -> Any:
+    """Run the call with Helion's default config; NOTHING if that fails too."""
+    try:
+        return rk.config_kernel(DEFAULT_TOKEN, None, args).kernel(*args)
+    except Exception:  # noqa: BLE001  (the caller re-raises the stored config's error)
+        return NOTHING
 
 
 def split_device_keys(spec: Any, config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -221,34 +196,55 @@ def split_device_keys(spec: Any, config: Any) -> tuple[dict[str, Any], dict[str,
 
     A config tuned on an H100 may carry keys such as ``host_tensor_descriptors`` that
     Helion refuses on a CPU or an older GPU. Serving it there means leaving them out."""
-    from helion.autotuner.config_spec import BACKEND_SPECIFIC_KEYS  # type: ignore[import-untyped]
-
     items = dict(config.config if isinstance(config, helion.Config) else config)
-    device_only = {
-        k: v for k, v in items.items()
-        if k in BACKEND_SPECIFIC_KEYS and not spec.supports_config_key(k)
-    }
+    backend_keys = internals.backend_specific_keys()
+    device_only = {k: v for k, v in items.items() if k in backend_keys and not spec.supports_config_key(k)}
     return {k: v for k, v in items.items() if k not in device_only}, device_only
 
 
-def config_for(rk: RegisteredKernel, bound: Any, args: tuple[object, ...], res: Resolution) -> helion.Config:
+# ---------------------------------------------------------------- Helion's own hooks
+
+
+def key_hook(rk: RegisteredKernel, args: tuple[Any, ...]) -> Hashable:
+    """``key=``: a direct call of the registered Helion kernel gets one compiled kernel
+    per stored config (its sha256), per miss policy otherwise."""
+    return resolve(rk, get_picker(), rk.features_of_kernel_args(args), record=False).token
+
+
+class PresetConfigSearch(BaseAutotuner):
+    """``autotuner_fn=``: Helion's autotuner slot, answered from the store."""
+
+    def __init__(self, rk: RegisteredKernel, bound: Any, args: tuple[object, ...]) -> None:
+        self.rk = rk
+        self.bound = bound
+        self.args = args
+
+    def autotune(self, *, skip_cache: bool = False) -> helion.Config:
+        return config_for(self.rk, self.bound, self.args)
+
+
+def config_for(rk: RegisteredKernel, bound: Any, args: tuple[object, ...]) -> helion.Config:
+    """The config Helion's hook hands to `bound`: the stored one if it compiles, else
+    (quarantined) what the miss policy says."""
     picker = get_picker()
-    if res.choice is not None:
+    features = rk.features_of_kernel_args(args)
+    choice = picker.resolve(rk.name, rk.key_spec, features)
+    why = ""
+    if choice is not None:
         try:
-            portable, _ = split_device_keys(bound.config_spec, res.choice.config)
+            portable, _ = split_device_keys(bound.config_spec, choice.config)
             config = bound.config_spec.normalized_config(portable)
             bound.compile_config(config, allow_print=False)  # codegen now: a bad row fails here
             return config
         except Exception as exc:
             if not isinstance(exc, helion.exc.InvalidConfig) and not _default_compiles(bound):
                 raise  # the kernel cannot compile at all: not this row's fault
-            reason = f"{type(exc).__name__}: {exc}"[:500]
-            quarantine(rk, picker, res.choice, reason)
-            if CALL_SLOT.kernel is rk:
-                raise RetryResolution(reason) from exc  # presetdb re-resolves the call
-            token = miss_token(rk, picker, res.features, why=" (stored config quarantined)")
-            return miss_config(rk, bound, args, picker, res.features, token)
-    return miss_config(rk, bound, args, picker, res.features, res.token)
+            quarantine(rk, picker, choice, f"{type(exc).__name__}: {exc}"[:500])
+            why = " (stored config quarantined)"
+    served = serve(rk, picker, features, None, why=why, args=args)
+    if served.config is not None:
+        return bound.config_spec.normalized_config(served.config)
+    return bound.config_spec.default_config()
 
 
 def _default_compiles(bound: Any) -> bool:
@@ -257,15 +253,6 @@ def _default_compiles(bound: Any) -> bool:
     except Exception:  # noqa: BLE001  (any failure of a stored row)
         return False
     return True
-
-
-def miss_config(
-    rk: RegisteredKernel, bound: Any, args: tuple[object, ...], picker: Picker,
-    features: tuple[KeyValue, ...], token: Hashable,
-) -> helion.Config:
-    if isinstance(token, tuple) and token[:1] == ("autotune",):
-        return autotune_and_store(rk, bound, args, picker, features)
-    return bound.config_spec.default_config()
 
 
 # ---------------------------------------------------------------- PRESETDB_ON_MISS=autotune
@@ -375,9 +362,10 @@ def _positive(value: float | None) -> float | None:
 
 
 def autotune_and_store(
-    rk: RegisteredKernel, bound: Any, args: tuple[object, ...], picker: Picker, features: tuple[KeyValue, ...]
-) -> helion.Config:
-    """Search this key now; store the winner in the user overlay; return it."""
+    rk: RegisteredKernel, picker: Picker, features: tuple[KeyValue, ...], args: tuple[Any, ...] | None = None
+) -> dict[str, Any] | None:
+    """Search this key now (on the call's arguments, else example inputs); store the winner in the user
+    overlay through the ledger; return it (None: the search failed, warned)."""
     key = rk.key_spec.key_of(features)
     text = canonical_key(key)
     effort = rk.autotune_effort
@@ -388,14 +376,17 @@ def autotune_and_store(
 
         # Search a hook-free copy of the kernel: Helion's search copies and pickles the
         # bound kernel's settings, and presetdb's key=/autotuner_fn= hooks cannot be.
+        if args is None:
+            device = "cuda" if picker.info.device.vendor != "cpu" else "cpu"
+            args = rk.prepare_args(*rk.example_inputs(key, device=device))
         searched = plain_kernel(rk, effort=effort, seed=None, budget_seconds=None).bind(args)
         result = search(searched, args, effort)
-        config = bound.config_spec.normalized_config(result.config)
+        config = dict(searched.config_spec.normalized_config(result.config).config)
     except Exception as exc:  # noqa: BLE001  (the call must still run)
         warn_once(rk.name, text, "autotune-failed",
                   f"presetdb: autotuning {rk.name} {text} failed ({type(exc).__name__}: {exc}); "
                   "using Helion's default config.", AutotuneWarning)
-        return bound.config_spec.default_config()
+        return None
     seconds = time.perf_counter() - t0
     timings = {
         "latency_ms": _positive(result.latency_ms),
@@ -408,7 +399,7 @@ def autotune_and_store(
     try:
         picker.store_result(
             rk.name, rk.key_spec, key, dict(result.config),
-            provenance(bound, effort, result, started, utc_now()), timings,
+            provenance(searched, effort, result, started, utc_now()), timings,
         )
     except Exception as exc:  # noqa: BLE001  (the call still gets the tuned config)
         warn_once(rk.name, text, "autotune-store",

@@ -1,91 +1,56 @@
-"""Helion kernels whose configs come from the presetdb store.
+"""Registering Helion kernels with presetdb (`register_kernel`) and what each one holds.
 
-How Helion normally works
--------------------------
-A ``helion.kernel`` call binds its arguments to a specialization key (dtypes, ranks,
-whether 64-bit indexing is needed, device, and whatever an optional ``key=`` function
-returns). The first call for a key creates a ``BoundKernel`` and asks it for a config:
-an explicit ``config=``, Helion's default config when ``autotune_effort="none"``, or an
-autotuner built by the ``autotuner_fn`` setting, whose ``autotune()`` benchmarks
-candidates for minutes. The chosen config is compiled into a host function (the
-"compiled runner") that later calls with the same key reuse.
-
-How presetdb overrides it
--------------------------
-`register_kernel` wraps a kernel body with ``helion.kernel(key=..., autotuner_fn=...)``
-and pins ``static_shapes=False``, an explicit ``autotune_effort``, ``ref_mode=OFF`` and
-no hand-off, so ``HELION_AUTOTUNE_EFFORT=none``, ``HELION_STATIC_SHAPES`` or
-``HELION_INTERPRET=1`` cannot route around the store. Each call resolves once: the key
-spec extracts features (``{"dtype": "bfloat16", "hidden": 4096, "num_tokens": 37}``),
-the picker matches them against stored keys, and the answer is kept in a per-thread
-slot. The ``key=`` hook returns a token derived from it (the stored config's sha256, so
-different stored configs get different compiled kernels; misses get a policy token),
-and on Helion's cache miss the ``autotuner_fn=`` hook returns `PresetConfigSearch`,
-whose ``autotune()`` validates, compiles and returns the stored config instead of
-searching. A row that fails is quarantined and the call follows the miss policy
-(``PRESETDB_ON_MISS``, see `presetdb.helion.hooks`).
-
-After the first call for a (stored config, specialization), presetdb calls Helion's
-compiled runner directly (`presetdb.helion._accel.dispatch`), skipping Helion's per-call
-binding, and launches its Triton kernel directly (`presetdb.helion._accel.launch`). The
-runner is a copy of Helion's host function whose ``triton.next_power_of_2``/``cdiv``
-run at plain-function cost (`presetdb.helion._accel.host_triton`). A call
-whose exact metadata was seen before skips even the features and the picker: a call memo
-maps it to the stored config and runner, valid while the picker's epoch (its data) and
-Helion's specialization state stand; misses are never memoized. Every kernel is also
-``torch.ops.presetdb.<name>`` with a fake implementation, so it works under
-``torch.compile(fullgraph=True)`` (`presetdb.helion.ops`).
+A `RegisteredKernel` keeps the kernel body and its key spec, a keyed Helion kernel
+(`helion_kernel`, whose ``key=``/``autotuner_fn=`` hooks serve stored configs to anyone
+who calls the Helion kernel directly, see `presetdb.helion.hooks`), and, for presetdb's
+own call path (`presetdb.helion.call`), one plain Helion kernel per stored config it has
+served (`config_kernel`). The torch op ``torch.ops.presetdb.<name>`` is registered here
+too (`presetdb.helion.ops`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import textwrap
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import helion
 import torch
-from helion.exc import AutotuningDisallowedInEnvironment
 from helion.runtime.ref_mode import RefMode
 
-from presetdb.errors import (
-    InvalidConfigError,
-    KernelRegistrationError,
-    PresetMissError,
-    UnknownKernelError,
-)
-from presetdb.helion import interpreter, ops
-from presetdb.helion._accel.dispatch import RunnerCache, dispatch_key, exact_key
+from presetdb._util import canonical_json
+from presetdb.errors import InvalidConfigError, KernelRegistrationError, UnknownKernelError
+from presetdb.helion import call, hooks, interpreter, ops
+from presetdb.helion._accel import internals
+from presetdb.helion._accel.dispatch import CallMemo, Entry, RunnerCache, runner_launcher
 from presetdb.helion.args import Adapter, flatten_leading, key_fields
-from presetdb.helion.hooks import (
-    CALL_SLOT,
-    DEFAULT_TOKEN,
-    PresetConfigSearch,
-    Resolution,
-    RetryResolution,
-    miss_error,
-    miss_token,
-    policy_for,
-    quarantine,
-    resolve,
-    slot_resolution,
-    split_device_keys,
-)
 from presetdb.keys import KeySpec, KeyValue, canonical_key
 from presetdb.runtime.picker import Choice, get_picker
+from presetdb.settings import Settings
 
 ExampleInputs = Callable[..., tuple[Any, ...]]
 
 # Settings presetdb pins itself; passing them would let the store be bypassed.
-PINNED_SETTINGS = frozenset({"static_shapes", "autotune_effort", "autotuner_fn", "ref_mode", "autotune_handoff"})
-MAX_RETRIES = 8  # stored rows quarantined in one call before giving up on the store
+PINNED_SETTINGS = frozenset(
+    {"static_shapes", "autotune_effort", "autotuner_fn", "ref_mode", "autotune_handoff", "force_autotune"}
+)
 
 _is_compiling = torch.compiler.is_compiling
 _registry: dict[str, RegisteredKernel] = {}
 
+
+class ConfigKernel:
+    """A plain Helion kernel that runs one config (a stored one, or Helion's default),
+    and, where the fast path is on, its compiled runners."""
+
+    __slots__ = ("config", "kernel", "runners")
+
+    def __init__(self, kernel: Any, config: helion.Config, runners: RunnerCache | None) -> None:
+        self.kernel = kernel
+        self.config = config
+        self.runners = runners
 
 class RegisteredKernel:
     """A Helion kernel served from the store; see the module docstring."""
@@ -131,7 +96,7 @@ class RegisteredKernel:
         self.mutates_args = tuple(mutates_args)
         self.description = description or (inspect.getdoc(body) or "").split("\n\n")[0]
         self.autotune_effort = autotune_effort
-        self._adapt = adapt
+        self.adapt = adapt
         extractors = tuple(f.extract for f in key_spec.fields)
         # One call per launch: a kernel may give all features as one function.
         self._features: Callable[..., tuple[KeyValue, ...]] = features or (
@@ -148,8 +113,14 @@ class RegisteredKernel:
             autotune_handoff=False,
             **settings,
         )
-        self.runners = RunnerCache(self.helion_kernel, scalars_by_value=_has_constexpr(self.helion_kernel))
         self._shape_kernel: Any = None
+        # The call path's state: one plain Helion kernel per served config (token ->
+        # ConfigKernel), and the fast path's call memo when it is on.
+        self.config_kernels: dict[Hashable, ConfigKernel] = {}
+        self.accel_status = internals.status(Settings.from_env().accel)
+        self.memo: CallMemo | None = CallMemo() if self.accel_status.on else None
+        self.scalars_by_value = internals.has_constexpr_params(self.helion_kernel)
+        self.launcher: Callable[..., Any] | None = None  # benchmarks: a no-op launcher (set_launcher)
         self.last_choice: Choice | None = None  # what served the latest call (demo, CLI)
         self.op = ops.register_op(self, fake_impl)
 
@@ -160,136 +131,51 @@ class RegisteredKernel:
     def __call__(self, *args: Any) -> Any:
         if _is_compiling():
             return self.op(*args)  # traced as one node (fake impl), dispatched at run time
-        return self.call_eager(*args)
+        return call.call(self, args)
 
     def call_eager(self, *args: Any) -> Any:
-        """The op's implementation: adapt, resolve, fast dispatch, else Helion.
+        """The op's implementation: `presetdb.helion.call.call`."""
+        return call.call(self, args)
 
-        This is the hot path; it is written flat on purpose (each Python call costs).
-        First the call memo (exact metadata -> the stored config and runner a previous
-        call used, valid while the picker's epoch and Helion's specialization generation
-        stand), then features -> picker -> bucketed runner lookup, then Helion itself."""
-        restore = None
-        if self._adapt is not None:
-            args, restore = self._adapt(*args)
-        picker = get_picker()
-        epoch = picker.epoch()
-        runners = self.runners
-        exact = exact_key(args, runners.scalars_by_value) if runners.enabled else None
-        if exact is not None:
-            hit = runners.calls.get(exact)
-            if hit is not None and hit[0] is epoch and hit[2].generation == self.helion_kernel._specialization_generation:
-                self.last_choice = hit[1]
-                out = hit[2].run(*args)
-                return out if restore is None else restore(out)
-        features = self._features(*args)
-        choice = picker.resolve(self.name, self.key_spec, features)
-        self.last_choice = choice
-        token = choice.preset.config_sha256 if choice is not None else miss_token(self, picker, features)
-        meta = dispatch_key(args, runners.scalars_by_value) if runners.enabled else None
-        entry = None if meta is None else runners.lookup(token, meta, args)
-        if entry is not None:
-            if exact is not None and choice is not None and entry.memoizable:
-                runners.remember_call(exact, (epoch, choice, entry))  # misses are not: each is counted
-            out = entry.run(*args)
-        else:
-            out = self._slow(args, Resolution(features, choice, token), meta)
-        return out if restore is None else restore(out)
-
-    def _slow(self, kargs: tuple[Any, ...], res: Resolution, meta: tuple[Hashable, ...] | None) -> Any:
-        """Through Helion (its key= and autotuner_fn= hooks), then publish the runner."""
-        for attempt in range(MAX_RETRIES + 1):
-            if attempt == MAX_RETRIES:  # rows keep failing: stop trusting the store for this call
-                if policy_for(get_picker()) == "strict":
-                    raise PresetMissError(f"{self.name}: {MAX_RETRIES} stored configs failed in one call")
-                res = Resolution(res.features, None, DEFAULT_TOKEN)
-            slot = CALL_SLOT
-            saved = (slot.kernel, slot.args, slot.resolution)
-            slot.kernel, slot.args, slot.resolution = self, kargs, res
-            try:
-                try:
-                    out = self._call_helion(kargs, res)
-                except RetryResolution as retry:
-                    # The hook quarantined the stored row: resolve again (next row or a miss).
-                    res = self._re_resolve(res, f" (stored config quarantined: {retry.reason})")
-                    continue
-                except PresetMissError:
-                    raise
-                except Exception as exc:
-                    if res.choice is None:
-                        raise
-                    out = self._recover_launch(kargs, res, exc)
-                    if out is _RESOLVE_AGAIN:
-                        res = self._re_resolve(res, " (stored config quarantined)")
-                        continue
-                    return out
-                if meta is not None:
-                    try:
-                        self.runners.publish(res.token, meta, kargs)
-                    except Exception:  # noqa: BLE001, S110  (an optimisation; never fail the call)
-                        pass
-                return out
-            finally:
-                slot.kernel, slot.args, slot.resolution = saved
-        raise AssertionError("unreachable: the last attempt runs Helion's default config")
-
-    def _re_resolve(self, res: Resolution, why: str) -> Resolution:
-        picker = get_picker()
-        choice = self.last_choice = picker.resolve(self.name, self.key_spec, res.features)
-        if choice is not None:
-            return Resolution(res.features, choice, choice.preset.config_sha256)
-        return Resolution(res.features, None, miss_token(self, picker, res.features, why))
-
-    def _call_helion(self, kargs: tuple[Any, ...], res: Resolution) -> Any:
-        try:
-            return self.helion_kernel(*kargs)
-        except AutotuningDisallowedInEnvironment:
-            # HELION_DISALLOW_AUTOTUNING blocks any autotuner_fn, though ours does not
-            # search: configure the bound kernel from the store directly instead.
-            bound = self.helion_kernel.bind(kargs)
-            bound.set_config(PresetConfigSearch(self, bound, kargs, res).autotune())
-            return self.helion_kernel(*kargs)
-
-    def _recover_launch(self, kargs: tuple[Any, ...], res: Resolution, exc: Exception) -> Any:
-        """A stored config compiled but its first launch failed (on GPUs Triton compiles
-        at first launch). Blame the row only if Helion's default config runs."""
-        assert res.choice is not None
-        try:
-            bound = self.helion_kernel.bind(kargs)
-            default = bound.compile_config(bound.config_spec.default_config(), allow_print=False)
-            out = default(*kargs)
-        except Exception:  # noqa: BLE001
-            raise exc from None  # not the stored config's fault: the caller's error stands
-        picker = get_picker()
-        quarantine(self, picker, res.choice, f"launch failed: {type(exc).__name__}: {exc}"[:500])
-        policy = policy_for(picker)
-        if policy == "strict":
-            raise miss_error(self, picker, res.features, " (stored config quarantined)") from exc
-        if policy == "autotune":
-            return _RESOLVE_AGAIN
-        miss_token(self, picker, res.features, " (stored config quarantined)")
-        self.last_choice = None  # Helion's default config ran, not the stored one
-        return out
-
-    # ------------------------------------------------------------------ Helion hooks
-    def _key_hook(self, *args: Any) -> Hashable:
-        return self._resolution_for(args).token
-
-    def _autotuner_hook(self, bound: Any, args: Sequence[object], **kwargs: object) -> PresetConfigSearch:
-        args = tuple(args)
-        return PresetConfigSearch(self, bound, args, self._resolution_for(args))
-
-    def _resolution_for(self, args: tuple[Any, ...]) -> Resolution:
-        found = slot_resolution(self, args)
+    def config_kernel(self, token: Hashable, config: dict[str, Any] | None, kargs: tuple[Any, ...]) -> ConfigKernel:
+        """The plain Helion kernel serving `config` (None: Helion's default config) under
+        `token`, built on first use. Raises if the config is invalid for these arguments."""
+        found = self.config_kernels.get(token)
         if found is not None:
             return found
-        # rk.helion_kernel called directly (tuning scripts, tests): resolve here.
-        return resolve(self, get_picker(), self.features_of_kernel_args(args))
+        spec = self.shape_kernel.bind(kargs).config_spec
+        if config is None:
+            normalized = spec.default_config()
+        else:
+            portable, _ = hooks.split_device_keys(spec, config)
+            normalized = spec.normalized_config(helion.Config(**portable))
+        kernel = helion.kernel(
+            self.body, config=normalized, static_shapes=False, autotune_effort=self.autotune_effort,
+            force_autotune=False, ref_mode=RefMode.OFF, autotune_handoff=False, **self._helion_settings,
+        )
+        runners = None
+        if self.memo is not None:
+            launcher = self.launcher if self.launcher is not None else runner_launcher()
+            runners = RunnerCache(kernel, launcher, scalars_by_value=self.scalars_by_value)
+        made = self.config_kernels[token] = ConfigKernel(kernel, normalized, runners)
+        return made
+
+    def use_accel(self, on: bool) -> None:
+        """Turn the fast path on or off for this kernel (tests, diagnostics); the default
+        comes from PRESETDB_ACCEL and the installed versions (`internals.status`)."""
+        self.memo = CallMemo() if on else None
+        self.config_kernels = {}
+
+    def forget_config(self, token: Hashable) -> None:
+        """Drop the kernel of a quarantined config (and every memoized call)."""
+        self.config_kernels.pop(token, None)
+        if self.memo is not None:
+            self.memo.clear()
 
     # ------------------------------------------------------------------ introspection
     def adapt_args(self, args: tuple[Any, ...]) -> tuple[tuple[Any, ...], Callable[[Any], Any] | None]:
         """(kernel-body args, restore or None) for user-level call args."""
-        return (args, None) if self._adapt is None else self._adapt(*args)
+        return (args, None) if self.adapt is None else self.adapt(*args)
 
     def prepare_args(self, *args: Any) -> tuple[Any, ...]:
         """The arguments the kernel body (and Helion) sees for a user-level call."""
@@ -303,27 +189,31 @@ class RegisteredKernel:
         kargs, _ = self.adapt_args(args)
         return self.key_spec.key_of(self.features_of_kernel_args(kargs))
 
-    def resolution(self, *args: Any) -> Resolution:
+    def resolution(self, *args: Any) -> hooks.Resolution:
         """What a call with these arguments resolves to (no miss bookkeeping)."""
         kargs, _ = self.adapt_args(args)
-        return resolve(self, get_picker(), self.features_of_kernel_args(kargs), record=False)
+        return hooks.resolve(self, get_picker(), self.features_of_kernel_args(kargs), record=False)
+
+    def entry_for(self, *args: Any) -> Entry | None:
+        """The fast-path runner entry a call with these arguments would use, if any."""
+        kargs, _ = self.adapt_args(args)
+        served = self.config_kernels.get(self.resolution(*args).token)
+        if served is None or served.runners is None:
+            return None
+        meta = served.runners.key(kargs)
+        return None if meta is None else served.runners.lookup(meta, kargs)
 
     def bound(self, *args: Any) -> Any:
-        """The Helion BoundKernel a call with these arguments uses (its `_config` is the
-        config Helion compiled): the one whose runner fast dispatch would call, else
-        the one Helion binds them to."""
-        kargs, _ = self.adapt_args(args)
-        res = self.resolution(*args)
-        entry = self.runners.entry_for(res.token, kargs)
+        """The Helion BoundKernel a call with these arguments uses (its config is the one
+        Helion compiled): the one whose runner the fast path would call, else the one the
+        served config's kernel binds them to."""
+        entry = self.entry_for(*args)
         if entry is not None:
             return entry.bound
-        slot = CALL_SLOT
-        saved = (slot.kernel, slot.args, slot.resolution)
-        slot.kernel, slot.args, slot.resolution = self, kargs, res
-        try:
-            return self.helion_kernel.bind(kargs)
-        finally:
-            slot.kernel, slot.args, slot.resolution = saved
+        kargs, _ = self.adapt_args(args)
+        res = self.resolution(*args)
+        config = res.choice.config if res.choice is not None else None
+        return self.config_kernel(res.token, config, kargs).kernel.bind(kargs)
 
     def source_hash(self) -> str:
         """sha256 of the kernel body's source (dedented), stored with tuned presets."""
@@ -355,7 +245,7 @@ class RegisteredKernel:
                 f"{self.name}: config {_config_text(config)} is invalid: " + "; ".join(problems)
             )
         bound = self.shape_kernel.bind(kargs)
-        portable, device_only = split_device_keys(bound.config_spec, config)
+        portable, device_only = hooks.split_device_keys(bound.config_spec, config)
         try:
             normalized = bound.config_spec.normalized_config(helion.Config(**portable))
         except Exception as exc:  # noqa: BLE001  (Helion raises several types)
@@ -369,17 +259,21 @@ class RegisteredKernel:
 
     def set_launcher(self, launcher: Callable[..., Any] | None) -> None:
         """Benchmarks: launch fast-path runners with `launcher` (e.g. ops.no_launch)."""
-        self.runners.clear()
-        self.runners.launcher = launcher
+        self.launcher = launcher
+        self.reset_runtime()
 
+    def reset_runtime(self) -> None:
+        """Forget every config kernel and memoized call (tests, benchmarks)."""
+        self.config_kernels = {}
+        if self.memo is not None:
+            self.memo.clear()
 
-_RESOLVE_AGAIN: Any = object()
+    # ------------------------------------------------------------------ Helion hooks
+    def _key_hook(self, *args: Any) -> Hashable:
+        return hooks.key_hook(self, args)
 
-
-def _has_constexpr(kernel: Any) -> bool:
-    from helion.language.constexpr import ConstExpr  # type: ignore[import-untyped]
-
-    return any(a is ConstExpr for a in getattr(kernel, "_annotations", ()))
+    def _autotuner_hook(self, bound: Any, args: Sequence[object], **kwargs: object) -> hooks.PresetConfigSearch:
+        return hooks.PresetConfigSearch(self, bound, tuple(args))
 
 
 # Values Helion's ConfigSpec passes through unchecked but Triton cannot run; refused at
@@ -409,7 +303,7 @@ def _value_problems(config: dict[str, Any]) -> list[str]:
 
 def _config_text(config: dict[str, Any]) -> str:
     try:
-        return json.dumps(config, sort_keys=True, separators=(",", ":"))
+        return canonical_json(config)
     except (TypeError, ValueError):
         return repr(config)
 
@@ -496,7 +390,7 @@ def unregister_kernel(name: str) -> None:
 
 
 __all__ = [
-    "PresetConfigSearch",
+    "ConfigKernel",
     "RegisteredKernel",
     "flatten_leading",
     "get_kernel",

@@ -112,3 +112,15 @@ def build_database(out: Path, *, target: str = "head") -> Manifest:
     )
     write_atomic(out.with_name(out.name + ".manifest.json"), manifest.to_json())
     return manifest
+
+
+def build_embedded() -> Manifest:
+    """Rebuild the package's embedded default db (`presetdb.store.default_db`)."""
+    import dataclasses
+
+    from presetdb.store.default_db import embedded_path
+
+    out = embedded_path()
+    manifest = dataclasses.replace(build_database(out), path=out.name)  # no machine path in the package
+    write_atomic(out.with_name(out.name + ".manifest.json"), manifest.to_json())
+    return manifest

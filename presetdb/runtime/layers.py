@@ -1,11 +1,11 @@
 """The layered stores a process reads presets from, first answer wins:
 
 1. ``overlay``    the user's writable db (``PRESETDB_USER_DB``, default in the user cache
-                  dir): local autotune results, quarantines, the miss ledger. Created
-                  schema-only on first use; read through a ``mode=ro`` engine so readers
-                  never take the write lock, written through a separate ``rw`` engine.
+                  dir): local autotune results, quarantines, the miss ledger. Read through
+                  a ``mode=ro`` engine; written only by the ledger's thread
+                  (`presetdb.runtime.ledger`), which creates it schema-only on first write.
 2. ``deployment`` ``PRESETDB_PATH``, the file shipped with the deployment, opened immutable.
-3. ``default``    the package's embedded default db, opened immutable.
+3. ``default``    the package's embedded default db (built with the package), opened immutable.
 
 A layer that cannot be opened is skipped with one warning (strict mode raises instead):
 a broken file must never crash a kernel call in a user's model.
@@ -43,26 +43,25 @@ def _warn(message: str) -> None:
     warnings.warn(message, StoreWarning, stacklevel=3)
 
 
-def open_overlay(path: Path, *, strict: bool) -> tuple[Layer | None, Store | None]:
-    """(read layer, write store) for the user overlay, creating/upgrading it as needed."""
+def open_overlay(path: Path, *, strict: bool) -> tuple[Layer | None, Path | None]:
+    """(read layer, path the ledger writes to) for the user overlay.
+
+    Reading only: a missing overlay is no layer yet (the ledger creates it, schema-only,
+    on its first write, on its own thread), and so is one at an older schema (the ledger
+    upgrades it: the file is ours). Neither happens on a kernel call."""
     try:
-        needs_upgrade = not path.exists() or path.stat().st_size == 0
-        if not needs_upgrade:
-            try:
-                migrate.open_store(path, "ro").dispose()
-            except SchemaTooOldError:
-                needs_upgrade = True
-        if needs_upgrade:
-            # The overlay is ours: bring it to the package's schema, without seed data.
-            migrate.upgrade(path, seed_data=False)
-        writer = migrate.open_store(path, "rw")
-        reader = migrate.open_store(path, "ro")
+        if not path.exists() or path.stat().st_size == 0:
+            return None, path
+        try:
+            reader = migrate.open_store(path, "ro")
+        except SchemaTooOldError:
+            return None, path
     except (PresetDBError, OSError) as exc:
         if strict:
             raise
         _warn(f"presetdb: user overlay {path} is unusable, continuing without it: {exc}")
         return None, None
-    return Layer("overlay", reader, mutable=True), writer
+    return Layer("overlay", reader, mutable=True), path
 
 
 def open_immutable(name: str, path: Path, *, strict: bool) -> Layer | None:
@@ -75,11 +74,12 @@ def open_immutable(name: str, path: Path, *, strict: bool) -> Layer | None:
         return None
 
 
-def open_layers(settings: Settings) -> tuple[list[Layer], Store | None]:
-    """All usable layers in precedence order, and the overlay's write store (if any)."""
+def open_layers(settings: Settings) -> tuple[list[Layer], Path | None]:
+    """All usable layers in precedence order, and the overlay path the ledger writes to
+    (None: no writable overlay)."""
     strict = settings.on_miss == "strict"
     layers: list[Layer] = []
-    writer: Store | None = None
+    writer: Path | None = None
     if not settings.disable_overlay:
         overlay, writer = open_overlay(settings.user_db_path, strict=strict)
         if overlay is not None:
@@ -89,11 +89,11 @@ def open_layers(settings: Settings) -> tuple[list[Layer], Store | None]:
         if deployment is not None:
             layers.append(deployment)
     try:
-        default_path = default_db_path(settings.cache_dir)
+        default_path = default_db_path()
     except (PresetDBError, OSError) as exc:
         if strict:
             raise
-        _warn(f"presetdb: the embedded default db could not be built: {exc}")
+        _warn(f"presetdb: the embedded default db is unusable: {exc}")
     else:
         default = open_immutable("default", default_path, strict=strict)
         if default is not None:

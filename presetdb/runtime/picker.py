@@ -15,13 +15,13 @@ under a running process; its ``PRAGMA data_version`` is looked at no more than o
 `RECHECK_SECONDS`, on a resolve, and a change drops the indexes and the memo. Immutable
 layers are never re-read.
 
-Misses are counted in memory and flushed to the overlay's `preset_misses` by a
-background timer and at exit, never by the call that missed.
+The picker never writes: misses, quarantines and autotune results go to the ledger
+(`presetdb.runtime.ledger`), whose own thread writes the user overlay; after such a write
+the picker reloads (and opens the overlay if the ledger just created it).
 """
 
 from __future__ import annotations
 
-import atexit
 import gc
 import json
 import threading
@@ -29,16 +29,17 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from presetdb.errors import PresetDBError
-from presetdb.keys import KeyIndex, KeySpec, KeyValue, canonical_key
+from presetdb.keys import KeyIndex, KeySpec, KeyValue
 from presetdb.runtime.layers import Layer, StoreWarning, open_layers
+from presetdb.runtime.ledger import Ledger
 from presetdb.runtime.platforms import DeviceInfo, PlatformInfo, resolve_platform
 from presetdb.settings import Settings
-from presetdb.store.engine import Store
-from presetdb.store.models import utc_now
+from presetdb.store import migrate
 from presetdb.store.repository import (
     MissRecord,
     PresetInput,
@@ -49,7 +50,6 @@ from presetdb.store.repository import (
 
 RECHECK_SECONDS = 1.0
 MEMO_LIMIT = 65_536
-MISS_FLUSH_SECONDS = 2.0
 _NOT_FOUND: Any = object()
 
 
@@ -102,19 +102,17 @@ class _KernelIndex:
     rows: dict[tuple[str, str], PresetRows]  # (platform, layer name) -> rows loaded
 
 
-@dataclass
-class _Miss:
-    reason: str
-    count: int = 0
-    first: str = field(default_factory=utc_now)
-    last: str = field(default_factory=utc_now)
-
-
 class Picker:
-    def __init__(self, layers: list[Layer], writer: Store | None, platform: PlatformInfo) -> None:
+    """Read-only: resolves calls from the layers' presets in memory (module docstring).
+    `overlay` is the user overlay's path, written by this picker's ledger (None: none)."""
+
+    def __init__(
+        self, layers: list[Layer], overlay: Path | None, platform: PlatformInfo, settings: Settings | None = None
+    ) -> None:
         self.layers = layers
-        self.writer = writer
+        self.settings = settings or Settings.from_env()
         self.info = platform
+        self.ledger = Ledger(overlay, on_written=self._overlay_written)
         self._lock = threading.RLock()
         self._indexes: dict[str, _KernelIndex] = {}
         self._memo: dict[tuple[str, tuple[KeyValue, ...]], Choice | None] = {}
@@ -122,8 +120,6 @@ class Picker:
         self._watch = [layer for layer in layers if layer.mutable]
         self._versions = {id(layer): layer.store.data_version() for layer in self._watch}
         self._next_check = time.monotonic() + RECHECK_SECONDS
-        self._misses: dict[tuple[str, str, str], _Miss] = {}
-        self._miss_timer: threading.Timer | None = None
         self._quarantined: set[tuple[str, str, str, str]] = set()  # in memory, always honoured
         self.loads = 0  # index builds, for tests and benchmarks
 
@@ -310,75 +306,64 @@ class Picker:
             self._memo = {}
             self._epoch = object()  # a token, not the old memo: holders keep nothing big alive
 
-    # ------------------------------------------------------------------ writes (overlay)
-    def record_miss(self, kernel: str, features: dict[str, Any], reason: str = "no-match") -> None:
-        """Count a miss; flushed to the overlay later by a timer thread."""
-        key = (kernel, self.platform, canonical_key(features))
+    def _overlay_written(self) -> None:
+        """The ledger wrote presets: open the overlay if it was just created, reload."""
+        path = self.ledger.path
         with self._lock:
-            miss = self._misses.get(key)
-            if miss is None:
-                miss = self._misses[key] = _Miss(reason)
-            miss.count += 1
-            miss.last = utc_now()
-            miss.reason = reason
-            if self._miss_timer is None and self.writer is not None:
-                self._miss_timer = threading.Timer(MISS_FLUSH_SECONDS, self.flush_misses)
-                self._miss_timer.daemon = True
-                self._miss_timer.start()
+            if path is not None and not any(layer.name == "overlay" for layer in self.layers):
+                try:
+                    layer = Layer("overlay", migrate.open_store(path, "ro"), mutable=True)
+                except Exception:  # noqa: BLE001  (stay without it; the ledger warned if it failed)
+                    return
+                self.layers = [layer, *self.layers]
+                self._watch = [layer, *self._watch]
+                self._versions[id(layer)] = layer.store.data_version()
+            self.invalidate()
+
+    # ------------------------------------------------------------------ writes (through the ledger)
+    @property
+    def overlay_path(self) -> Path | None:
+        return self.ledger.path
+
+    def record_miss(self, kernel: str, features: dict[str, Any], reason: str = "no-match") -> None:
+        """Count a miss (in memory; the ledger's thread writes it)."""
+        self.ledger.count_miss(kernel, self.platform, features, reason)
 
     def pending_misses(self) -> list[MissRecord]:
-        with self._lock:
-            return [
-                MissRecord(k, p, f, m.reason, m.count, m.first, m.last)
-                for (k, p, f), m in self._misses.items()
-            ]
+        return self.ledger.pending_misses()
 
     def flush_misses(self) -> int:
-        """Write counted misses to the overlay's ledger; returns how many rows."""
-        with self._lock:
-            self._miss_timer = None
-            records = self.pending_misses()
-            self._misses = {}
-        if not records or self.writer is None:
-            return 0
-        try:
-            with self.writer.transaction() as session:
-                Repository(session).record_misses(records)
-        except Exception as exc:  # noqa: BLE001  (bookkeeping: warn, never fail the call)
-            warnings.warn(f"presetdb: could not write the miss ledger: {exc}", StoreWarning, stacklevel=2)
-            return 0
-        return len(records)
+        """Write counted misses (and every queued write) now; returns the miss rows written."""
+        return self.ledger.flush()
 
     def quarantine(self, choice: Choice, reason: str, *, persist: bool = True) -> None:
-        """Stop serving this stored config for its key: remembered in memory at once and
-        written to the overlay (as a 'quarantined' row) so later processes skip it too."""
+        """Stop serving this stored config for its key: remembered in memory at once; the
+        ledger writes it to the overlay (a 'quarantined' row) so later processes skip it."""
         p = choice.preset
         with self._lock:
             # The key spec, for the overlay's kernels row: read before invalidate() drops it.
             known = self._indexes.get(p.kernel)
             self._quarantined.add((p.kernel, p.platform, p.shape_key, p.config_sha256))
             self.invalidate()
-        if self.writer is None or not persist:
+        if not persist or self.ledger.path is None:
             return
-        try:
-            with self.writer.transaction() as session:
-                repo = Repository(session)
-                schema = known.spec.to_schema() if known else {"fields": []}
-                if repo.find_kernel(p.kernel) is None:
-                    repo.ensure_kernel(p.kernel, schema)
-                _ensure_platform(repo, p.platform)
-                run = repo.add_run(
-                    "manual",
-                    tuned_by="presetdb quarantine",
-                    device_name=self.info.device.device_name,
-                    source_file=f"{choice.layer} db preset {p.id}",
-                )
-                result = repo.upsert_preset(
-                    p.kernel, p.platform, run.id, PresetInput(p.key, p.config, kernel_source_hash=p.kernel_source_hash)
-                )
-                repo.quarantine(result.preset_id, reason)
-        except Exception as exc:  # noqa: BLE001  (bookkeeping: warn, never fail the call)
-            warnings.warn(f"presetdb: could not record the quarantine: {exc}", StoreWarning, stacklevel=2)
+        schema = known.spec.to_schema() if known else {"fields": []}
+        device_name = self.info.device.device_name
+
+        def write(repo: Repository) -> None:
+            if repo.find_kernel(p.kernel) is None:
+                repo.ensure_kernel(p.kernel, schema)
+            _ensure_platform(repo, p.platform)
+            run = repo.add_run(
+                "manual", tuned_by="presetdb quarantine", device_name=device_name,
+                source_file=f"{choice.layer} db preset {p.id}",
+            )
+            result = repo.upsert_preset(
+                p.kernel, p.platform, run.id, PresetInput(p.key, p.config, kernel_source_hash=p.kernel_source_hash)
+            )
+            repo.quarantine(result.preset_id, reason)
+
+        self.ledger.submit(write)
 
     def store_result(
         self,
@@ -388,27 +373,29 @@ class Picker:
         config: dict[str, Any],
         provenance: dict[str, Any],
         timings: dict[str, Any],
+        *,
+        timeout: float | None = 60.0,
     ) -> None:
-        """Store a locally autotuned config in the overlay (source 'autotune')."""
-        if self.writer is None:
+        """Store a locally autotuned config in the overlay (source 'autotune'). Written by
+        the ledger's thread; this waits for it (a search took far longer), so the next
+        call is served the new row."""
+        if self.ledger.path is None:
             warnings.warn("presetdb: no writable overlay; the autotuned config is not kept", StoreWarning, stacklevel=2)
             return
-        with self.writer.transaction() as session:
-            repo = Repository(session)
-            repo.ensure_kernel(kernel, spec.to_schema())
-            _ensure_platform(repo, self.platform, self.info)
+        schema, platform, info = spec.to_schema(), self.platform, self.info
+
+        def write(repo: Repository) -> None:
+            repo.ensure_kernel(kernel, schema)
+            _ensure_platform(repo, platform, info)
             run = repo.add_run("autotune", **provenance)
-            repo.upsert_preset(kernel, self.platform, run.id, PresetInput(shape_key, config, **timings))
-        self.invalidate()
+            repo.upsert_preset(kernel, platform, run.id, PresetInput(shape_key, config, **timings))
+
+        self.ledger.submit(write).result(timeout=timeout)
 
     def close(self) -> None:
-        if self._miss_timer is not None:
-            self._miss_timer.cancel()
-        self.flush_misses()
+        self.ledger.close()
         for layer in self.layers:
             layer.store.dispose()
-        if self.writer is not None:
-            self.writer.dispose()
 
 
 def _fits(spec: KeySpec, key: Any) -> bool:
@@ -468,11 +455,11 @@ _picker_lock = threading.Lock()
 def build_picker(settings: Settings | None = None, *, device: DeviceInfo | None = None) -> Picker:
     """A picker over the layers `settings` name; `device` skips detecting the device."""
     settings = settings or Settings.from_env()
-    layers, writer = open_layers(settings)
+    layers, overlay = open_layers(settings)
     with ExitStack() as stack:
         repos = [Repository(stack.enter_context(layer.store.read())) for layer in layers]
         info = resolve_platform(repos, override=settings.platform, device=device)
-    return Picker(layers, writer, info)
+    return Picker(layers, overlay, info, settings)
 
 
 def get_picker() -> Picker:
@@ -494,12 +481,3 @@ def reset_picker() -> None:
         if _picker is not None:
             _picker.close()
         _picker = None
-
-
-@atexit.register
-def _flush_at_exit() -> None:
-    if _picker is not None:
-        try:
-            _picker.flush_misses()
-        except Exception:  # noqa: BLE001, S110  (interpreter exit: nothing left to tell)
-            pass

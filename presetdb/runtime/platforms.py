@@ -6,14 +6,16 @@ device string looked up in the db's ``platform_aliases`` (so SKUs such as "NVIDI
 chain is the platform itself, its ranked ``platform_fallbacks``, then other platforms of
 the same vendor and compute capability.
 
-torch is imported only to read the device, and only if it is installed.
+The device is read from the torch the process already imported; this module never imports it.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from presetdb.store.repository import Repository
 
@@ -46,12 +48,12 @@ class PlatformInfo:
 
 
 def detect_device() -> DeviceInfo:
-    """The current accelerator as torch sees it; "cpu" without one (or without torch)."""
-    try:
-        import torch
-    except ImportError:
-        return DeviceInfo("cpu", "cpu", None, None)
-    if not torch.cuda.is_available():
+    """The current accelerator as torch sees it; "cpu" without one.
+
+    The runtime never imports torch itself: it asks the torch the process already
+    imported (a process serving kernels has; `presetdb platform` imports it first)."""
+    torch: Any = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
         return DeviceInfo("cpu", "cpu", None, None)
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     if getattr(torch.version, "hip", None):

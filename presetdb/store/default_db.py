@@ -1,44 +1,33 @@
-"""The embedded default db: built from the package's own migrations on first use and
-cached per package version (and head revision) in the user cache dir.
+"""The embedded default db: ``presetdb/data/default.db``, shipped inside the package.
 
-Concurrent first uses take a file lock; the db is built to a temp file and renamed, so a
-reader never sees a half-built file. A missing or corrupt cached file is rebuilt.
+It is every packaged migration (schema and seed data) built into one compacted file by
+`presetdb build --embedded` (`presetdb.offline.build.build_embedded`) when the package
+changes, and committed with it; a test checks its content digest against a fresh build,
+so it cannot drift from the migrations. A serving process only opens it, immutable: it
+is never built, migrated or written at run time.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 
-from filelock import FileLock
+from presetdb.errors import StoreNotFoundError
 
-from presetdb import __version__
-from presetdb.settings import Settings
-from presetdb.store import migrate
-from presetdb.store.engine import SQLITE_HEADER
+EMBEDDED = ("data", "default.db")
 
 
-def _usable(path: Path, head: str) -> bool:
-    try:
-        with path.open("rb") as fh:
-            if fh.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
-                return False
-        return migrate.revision_of(path) == head
-    except Exception:  # noqa: BLE001  (any failure means "rebuild it")
-        return False
+def embedded_path() -> Path:
+    """Where the embedded default db lives in this installation (it may be missing)."""
+    return Path(str(importlib.resources.files("presetdb").joinpath(*EMBEDDED)))
 
 
-def default_db_path(cache_dir: Path | None = None) -> Path:
-    """Path of the embedded default db, building it first if needed."""
-    cache_dir = cache_dir or Settings.from_env().cache_dir
-    head = migrate.head()
-    target = cache_dir / f"default-{__version__}-{head}.db"
-    if _usable(target, head):
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock", timeout=600):
-        if _usable(target, head):  # another process built it while we waited
-            return target
-        from presetdb.offline.build import build_database
-
-        build_database(target)
-    return target
+def default_db_path() -> Path:
+    """Path of the embedded default db; StoreNotFoundError if this install lacks it."""
+    path = embedded_path()
+    if not path.is_file():
+        raise StoreNotFoundError(
+            f"the embedded default db {path} is missing from this installation: reinstall presetdb, "
+            "or in a checkout run `presetdb build --embedded`"
+        )
+    return path

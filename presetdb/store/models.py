@@ -8,8 +8,6 @@ Units live in column names (`_ms`, `_seconds`); timestamps are UTC ISO-8601 text
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from sqlalchemy import (
     CheckConstraint,
     Float,
@@ -23,6 +21,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from presetdb._util import utc_now
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -44,8 +44,6 @@ RUN_SOURCES = (
 )
 
 
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class Base(DeclarativeBase):

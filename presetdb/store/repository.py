@@ -22,6 +22,7 @@ from typing import Any, Literal
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
 
+from presetdb._util import canonical_json
 from presetdb.errors import KeySpecError, UnknownKernelError, UnknownPlatformError
 from presetdb.keys import canonical_key, parse_key
 from presetdb.store.models import (
@@ -40,7 +41,7 @@ from presetdb.store.models import (
 
 def canonical_config(config: Mapping[str, Any]) -> str:
     """Sorted-key compact JSON of a Helion config: what `configs.sha256` hashes."""
-    return json.dumps(dict(config), sort_keys=True, separators=(",", ":"))
+    return canonical_json(config)
 
 
 def config_sha256(config: Mapping[str, Any]) -> str:

@@ -42,6 +42,8 @@ from typing import Any
 
 import torch
 
+from presetdb.helion._accel import internals
+
 INT32_INDEX_LIMIT = 2**31 - 1  # numel above this needs 64-bit indexing (Helion's rule)
 # Exact call signatures remembered per kernel: a serving engine sees one per distinct token
 # count; beyond the limit the memo starts over.
@@ -129,8 +131,8 @@ def fast_guard(extractor: Any, nargs: int) -> Callable[[Sequence[object]], Hasha
     entry's: those positions hold plain tensors of the recorded ranks."""
     from torch._dynamo.source import LocalSource, TensorProperty, TensorPropertySource
 
-    fact: Any = getattr(extractor, "extractor", None)
-    if fact is None or type(fact).__name__ != "_GuardedInputFact":
+    fact = internals.size_fact(extractor)
+    if fact is None:
         return None
     try:
         import sympy  # type: ignore[import-untyped]
@@ -161,7 +163,7 @@ def fast_guard(extractor: Any, nargs: int) -> Callable[[Sequence[object]], Hasha
         return None
     if lhs is None or rhs is None:
         return None
-    equal, block = bool(fact.equal), bool(fact.block)
+    equal, block = fact.equal, fact.block
 
     def check(args: Sequence[object]) -> Hashable:
         value = lhs(args)
@@ -180,10 +182,13 @@ def _stride_reader(position: int, dim: int) -> Callable[[Sequence[Any]], int]:
     return lambda args: args[position].stride(dim)
 
 
-class _Entry:
+class Entry:
+    """A compiled runner of one config kernel for one (bucketed) signature, with the
+    guard values it was published under."""
+
     __slots__ = (
-        "bound", "generation", "guards", "memoizable", "raw_run", "reset", "run", "schema", "seed_schema",
-        "signature",
+        "bound", "generation", "guards", "kernel", "memoizable", "raw_run", "reset", "run", "schema",
+        "seed_schema", "signature",
     )
 
     def __init__(
@@ -191,83 +196,65 @@ class _Entry:
         bound: Any, signature: Hashable, schema: object, seed_schema: object, memoizable: bool,
     ) -> None:
         self.run = run
-        self.raw_run = raw_run  # bound._run when published
+        self.raw_run = raw_run  # Helion's own host function, when published
         self.guards = guards
         # Every guard reads only sizes/strides: the call memo (exact metadata) may serve it.
         self.memoizable = memoizable
         self.generation = generation  # Helion's specialization generation last validated
         self.reset = reset
         self.bound = bound  # the BoundKernel that compiled `run` (introspection, tests)
+        self.kernel = bound.kernel
         self.signature = signature
         self.schema = schema  # the extractor list Helion published for `signature`
         self.seed_schema = seed_schema
 
-    def still_valid(self, kernel: Any) -> bool:
+    def current(self) -> bool:
+        """Helion has learned nothing since this entry was last validated (the memo's check)."""
+        return self.generation == internals.specialization_generation(self.kernel)
+
+    def still_valid(self) -> bool:
         """After Helion's generation moved: is this runner still what Helion would use?
 
         Helion replaces a signature's extractor list when it learns a new guard, and
         retires a bound kernel by clearing its runner; other signatures are untouched."""
+        kernel = self.kernel
+        reset = internals.reset_generation(kernel)
         return (
-            self.reset == kernel._reset_generation
-            and self.bound._reset_generation == kernel._reset_generation
-            and self.bound._run is self.raw_run
-            and kernel._specialize_extra.get(self.signature) is self.schema
-            and kernel._compiler_seed_specialize_extra.get(self.signature) is self.seed_schema
+            self.reset == reset
+            and internals.reset_generation(self.bound) == reset
+            and internals.bound_runner(self.bound) is self.raw_run
+            and internals.specialize_extra(kernel).get(self.signature) is self.schema
+            and internals.seed_specialize_extra(kernel).get(self.signature) is self.seed_schema
         )
-
-
-def helion_supports_fast_dispatch(kernel: Any) -> bool:
-    """The private Helion state this module reads exists (pinned helion==1.5.0)."""
-    return all(
-        hasattr(kernel, name)
-        for name in (
-            "_specialize_extra",
-            "_compiler_seed_specialize_extra",
-            "_specialization_generation",
-            "_reset_generation",
-        )
-    )
 
 
 class RunnerCache:
-    """Compiled runners of one Helion kernel, keyed by (token, dispatch key)."""
+    """Compiled runners of one config kernel (a plain Helion kernel serving one stored
+    config), keyed by the dispatch key."""
 
-    def __init__(self, kernel: Any, *, scalars_by_value: bool = False) -> None:
+    def __init__(self, kernel: Any, launcher: Callable[..., Any] | None, *, scalars_by_value: bool = False) -> None:
         self.kernel = kernel
         self.scalars_by_value = scalars_by_value
-        self.enabled = helion_supports_fast_dispatch(kernel)
-        self.launcher: Callable[..., Any] | None = None  # benchmarks: a no-op launcher
-        self._by_token: dict[Hashable, dict[tuple[Hashable, ...], list[_Entry]]] = {}
-        # The call memo: exact_key(args) -> (picker epoch, stored config, _Entry); the
-        # integration fills and checks it (RegisteredKernel.call_eager).
-        self.calls: dict[tuple[Hashable, ...], tuple[object, Any, _Entry]] = {}
-
-    def remember_call(self, exact: tuple[Hashable, ...], hit: tuple[object, Any, _Entry]) -> None:
-        calls = self.calls
-        if len(calls) >= CALL_MEMO_LIMIT:
-            calls.clear()  # bounded: a stream of new shapes cannot grow memory
-        calls[exact] = hit
+        self.launcher = launcher  # None: the runner's own (interpreter, PRESETDB_FAST_LAUNCH=0)
+        self._by_meta: dict[tuple[Hashable, ...], list[Entry]] = {}
 
     def key(self, args: Sequence[object]) -> tuple[Hashable, ...] | None:
-        return dispatch_key(args, self.scalars_by_value) if self.enabled else None
+        return dispatch_key(args, self.scalars_by_value)
 
-    def lookup(self, token: Hashable, meta: tuple[Hashable, ...], args: Sequence[object]) -> _Entry | None:
-        by_meta = self._by_token.get(token)
-        if by_meta is None:
-            return None
-        entries = by_meta.get(meta)
+    def lookup(self, meta: tuple[Hashable, ...], args: Sequence[object]) -> Entry | None:
+        entries = self._by_meta.get(meta)
         if entries is None:
             return None
-        kernel = self.kernel
+        generation = internals.specialization_generation(self.kernel)
         for entry in entries:
-            if entry.generation != kernel._specialization_generation:
-                if not entry.still_valid(kernel):
+            if entry.generation != generation:
+                if not entry.still_valid():
                     try:
                         entries.remove(entry)  # Helion learned more about this signature
                     except ValueError:  # another thread removed it first
                         pass
-                    return self.lookup(token, meta, args)
-                entry.generation = kernel._specialization_generation
+                    return self.lookup(meta, args)
+                entry.generation = generation
             for extract, expected in entry.guards:
                 if extract(args) != expected:
                     break
@@ -275,79 +262,84 @@ class RunnerCache:
                 return entry
         return None
 
-    def entry_for(self, token: Hashable, args: Sequence[object]) -> _Entry | None:
-        """The entry a call would use (tests and introspection)."""
-        meta = self.key(args)
-        return None if meta is None else self.lookup(token, meta, args)
-
-    def publish(self, token: Hashable, meta: tuple[Hashable, ...], args: tuple[object, ...]) -> bool:
-        """After a successful call through Helion: remember the runner it used.
-
-        Must run while the key= hook still answers `token` for these args (the caller
-        keeps its per-call slot filled), because `bind` consults the hook."""
+    def publish(self, meta: tuple[Hashable, ...], args: tuple[object, ...]) -> bool:
+        """After a successful call through Helion: remember the runner it used."""
         kernel = self.kernel
-        generation, reset = kernel._specialization_generation, kernel._reset_generation
+        generation, reset = internals.specialization_generation(kernel), internals.reset_generation(kernel)
         bound = kernel.bind(args)
-        run = bound._run
-        signature = getattr(bound, "_base_spec_key", None)
-        if run is None or signature is None or signature not in kernel._specialize_extra:
+        run = internals.bound_runner(bound)
+        signature = internals.bound_signature(bound)
+        published = internals.specialize_extra(kernel)
+        if run is None or signature is None or signature not in published:
             return False  # no published schema to guard with: keep using Helion's path
-        schema = kernel._specialize_extra.get(signature)
-        seed_schema = kernel._compiler_seed_specialize_extra.get(signature)
+        schema = published.get(signature)
+        seed_schema = internals.seed_specialize_extra(kernel).get(signature)
         extractors = list(schema or ())
-        extractors += [
-            e
-            for e in seed_schema or ()
-            # device facts are fixed by the device in the key; exact metadata is not
-            if getattr(e, "fact", None) == "input_tensor_metadata"
-        ]
-        if not _uses_tensor_descriptors(getattr(bound, "_config", None)):
-            # Helion keeps tensor-descriptor layout/alignment guards when it cannot know the config
-            # at bind time (our autotuner_fn path), but a guard is only active for a config
-            # that indexes that operation with tensor descriptors (Helion's own
-            # `_td_guard_active_for_config`). The runner's config is known here: for a
+        # device facts are fixed by the device in the key; exact metadata is not
+        extractors += [e for e in seed_schema or () if internals.is_metadata_seed(e)]
+        if not _uses_tensor_descriptors(internals.bound_config(bound)):
+            # Helion keeps tensor-descriptor layout/alignment guards when it cannot know the
+            # config at bind time, but a guard is only active for a config that indexes that
+            # operation with tensor descriptors. The runner's config is known here: for a
             # pointer/block-pointer config they cannot change the code, and re-checking
             # them was the largest part of the fast path's cost on a GPU.
-            extractors = [e for e in extractors if not _is_td_guard(e)]
+            extractors = [e for e in extractors if not internals.is_td_guard(e)]
         fast = [fast_guard(e, len(args)) for e in extractors]
         guards = tuple((f or e, e(args)) for f, e in zip(fast, extractors, strict=True))
-        if generation != kernel._specialization_generation or reset != kernel._reset_generation:
+        if generation != internals.specialization_generation(kernel) or reset != internals.reset_generation(kernel):
             return False  # the schema moved while we looked; try again next call
-        launcher = self.launcher if self.launcher is not None else self._fast_launcher()
-        launched = published_runner(run, launcher)
-        entries = self._by_token.setdefault(token, {}).setdefault(meta, [])
+        launched = published_runner(run, self.launcher)
+        entries = self._by_meta.setdefault(meta, [])
         values = tuple(v for _, v in guards)
-        entries[:] = [
-            e for e in entries if tuple(v for _, v in e.guards) != values and e.still_valid(kernel)
-        ]
+        entries[:] = [e for e in entries if tuple(v for _, v in e.guards) != values and e.still_valid()]
         entries.append(
-            _Entry(
+            Entry(
                 launched, run, guards, generation, reset, bound, signature, schema, seed_schema,
                 memoizable=None not in fast,
             )
         )
         return True
 
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._by_meta.values())
+
+
+class CallMemo:
+    """The call memo of one registered kernel: exact call metadata -> (picker epoch, the
+    choice that served it, the runner entry). Bounded: a stream of new shapes starts it over."""
+
+    __slots__ = ("calls",)
+
+    def __init__(self) -> None:
+        self.calls: dict[tuple[Hashable, ...], tuple[object, Any, Entry]] = {}
+
+    def get(self, exact: tuple[Hashable, ...], epoch: object) -> tuple[object, Any, Entry] | None:
+        hit = self.calls.get(exact)
+        if hit is not None and hit[0] is epoch and hit[2].current():
+            return hit
+        return None
+
+    def remember(self, exact: tuple[Hashable, ...], hit: tuple[object, Any, Entry]) -> None:
+        calls = self.calls
+        if len(calls) >= CALL_MEMO_LIMIT:
+            calls.clear()
+        calls[exact] = hit
+
     def clear(self) -> None:
-        self._by_token = {}
         self.calls = {}
 
-    @staticmethod
-    def _fast_launcher() -> Callable[..., Any] | None:
-        """A launcher of its own for each published runner (presetdb.helion._accel.launch),
-        or None to keep the runner's default (interpreter, PRESETDB_FAST_LAUNCH=0)."""
-        from helion.runtime import default_launcher
 
-        from presetdb.helion._accel.launch import fast_launcher_for
-        from presetdb.settings import Settings
+def runner_launcher() -> Callable[..., Any] | None:
+    """The launcher published runners get: a `FastLauncher` on a GPU driver, else None
+    (keep Helion's: the interpreter, or PRESETDB_FAST_LAUNCH=0)."""
+    from presetdb.helion._accel.launch import fast_launcher_for
+    from presetdb.settings import Settings
 
-        if not Settings.from_env().fast_launch:
-            return None
-        launcher = fast_launcher_for(default_launcher)
-        return None if launcher is default_launcher else launcher
-
-    def __len__(self) -> int:
-        return sum(len(v) for by_meta in self._by_token.values() for v in by_meta.values())
+    if not Settings.from_env().fast_launch:
+        return None
+    default = internals.default_launcher()
+    launcher = fast_launcher_for(default)
+    return None if launcher is default else launcher
 
 
 def published_runner(run: Runner, launcher: Callable[..., Any] | None) -> Runner:
@@ -356,16 +348,18 @@ def published_runner(run: Runner, launcher: Callable[..., Any] | None) -> Runner
     keyword default; None keeps Helion's) and sees `presetdb.helion._accel.host_triton`
     as its global ``triton``. A runner that is not such a function is wrapped in a
     partial instead. Helion's own function is not changed."""
+    kwarg = internals.LAUNCHER_KWARG
     defaults = getattr(run, "__kwdefaults__", None)
-    if type(run) is not types.FunctionType or not defaults or "_launcher" not in defaults:
-        return run if launcher is None else functools.partial(run, _launcher=launcher)
+    if type(run) is not types.FunctionType or not defaults or kwarg not in defaults:
+        return run if launcher is None else functools.partial(run, **{kwarg: launcher})
     from presetdb.helion._accel.host_triton import host_triton
 
     module_globals, view = run.__globals__, host_triton()
-    if module_globals.get("triton") is view.__wrapped__:  # the generated module's `import triton`
-        module_globals = {**module_globals, "triton": view}
+    name = internals.HOST_TRITON_GLOBAL
+    if module_globals.get(name) is view.__wrapped__:  # the generated module's `import triton`
+        module_globals = {**module_globals, name: view}
     copy = types.FunctionType(run.__code__, module_globals, run.__name__, run.__defaults__, run.__closure__)
-    copy.__kwdefaults__ = {**defaults, "_launcher": defaults["_launcher"] if launcher is None else launcher}
+    copy.__kwdefaults__ = {**defaults, kwarg: defaults[kwarg] if launcher is None else launcher}
     copy.__dict__.update(run.__dict__)
     copy.__qualname__ = run.__qualname__
     copy.__wrapped__ = run  # type: ignore[attr-defined]
@@ -375,8 +369,8 @@ def published_runner(run: Runner, launcher: Callable[..., Any] | None) -> Runner
 def launcher_of(run: Runner) -> Callable[..., Any] | None:
     """The launcher a published runner launches with (tests, diagnostics)."""
     if isinstance(run, functools.partial):
-        return run.keywords.get("_launcher")
-    return (getattr(run, "__kwdefaults__", None) or {}).get("_launcher")
+        return run.keywords.get(internals.LAUNCHER_KWARG)
+    return (getattr(run, "__kwdefaults__", None) or {}).get(internals.LAUNCHER_KWARG)
 
 
 def _uses_tensor_descriptors(config: Any) -> bool:
@@ -391,13 +385,3 @@ def _uses_tensor_descriptors(config: Any) -> bool:
         if any(v == "tensor_descriptor" for v in values):
             return True
     return bool(get("host_tensor_descriptors", False))
-
-
-TD_GUARD_NAMES = frozenset({"td_layout_extractor", "td_alignment_extractor"})
-
-
-def _is_td_guard(extractor: Any) -> bool:
-    """Helion's tensor-descriptor layout and alignment guards (both only active for a
-    config that indexes the guarded operation with tensor descriptors)."""
-    inner = getattr(extractor, "extractor", extractor)
-    return getattr(inner, "__name__", "") in TD_GUARD_NAMES

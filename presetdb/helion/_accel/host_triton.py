@@ -63,6 +63,7 @@ def _on_ints(helper: Callable[..., Any], raw: Callable[..., Any]) -> Callable[..
 def host_triton() -> HostTriton:
     """The shared `HostTriton` for the installed Triton."""
     import triton
-    from triton.runtime import jit
 
-    return HostTriton(triton, getattr(jit, "ConstexprFunction", None))
+    from presetdb.helion._accel import internals
+
+    return HostTriton(triton, internals.constexpr_function_type())

@@ -42,6 +42,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from presetdb.helion._accel import internals
+
 Launcher = Callable[..., Any]
 # A kernel's plan: (device, num_warps, num_stages, *launch args) -> (exact-values memo
 # key, the arguments for the C launcher).
@@ -54,7 +56,7 @@ MAX_EXACT = 8192  # exact-values memo entries per kernel (cleared when full)
 class FastLauncher:
     """One per compiled runner (see the module docstring)."""
 
-    __slots__ = ("_device", "_fallback", "_kernels", "_knobs", "_plans", "_stream")
+    __slots__ = ("_device", "_fallback", "_hooks", "_kernels", "_plans", "_stream")
 
     def __init__(
         self,
@@ -72,7 +74,7 @@ class FastLauncher:
         self._fallback = fallback
         self._device = device
         self._stream = stream
-        self._knobs = knobs.runtime
+        self._hooks = internals.launch_hooks(knobs.runtime)  # (enter, exit) hook chains
         # key -> (C launcher, function handle, packed metadata, CompiledKernel, JITFunction,
         #         the kernel's used globals with the values they had)
         self._kernels: dict[Hashable, tuple[Any, ...]] = {}
@@ -97,7 +99,7 @@ class FastLauncher:
         if cached is None:
             launch_args = args  # the binder's result is valid for these objects only
             try:
-                binder = triton_kernel.device_caches[device][4]
+                binder = internals.jit_binder(triton_kernel, device)
                 _, specialization, _ = binder(*args)
                 key = (id(triton_kernel), device, num_warps, num_stages, *specialization)
                 cached = self._kernels.get(key)
@@ -109,24 +111,15 @@ class FastLauncher:
                 return compiled
             if fine is not None and plan is not None:
                 _remember_exact(plan[2], fine, args, cached)
-        knobs = self._knobs
-        if (
-            cached[4] is not triton_kernel
-            or knobs.launch_enter_hook.calls
-            or knobs.launch_exit_hook.calls
-            or triton_kernel.pre_run_hooks
-        ):
+        enter, exit_ = self._hooks
+        if cached[4] is not triton_kernel or enter.calls or exit_.calls or internals.pre_run_hooks(triton_kernel):
             return self._fallback(triton_kernel, grid, *args, num_warps=num_warps, num_stages=num_stages)
         run, function, packed, compiled, _, global_values = cached
         for name, value, namespace in global_values:  # written out: a call per launch costs
             current = namespace.get(name, _MISSING)
             if current is not value and current != value:
                 return self._fallback(triton_kernel, grid, *args, num_warps=num_warps, num_stages=num_stages)
-        n = len(grid)
-        run(
-            grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, self._stream(device),
-            function, packed, None, None, None, *launch_args,
-        )
+        internals.c_launch(run, grid, self._stream(device), function, packed, launch_args)
         return compiled
 
     def _remember(self, key: Hashable, triton_kernel: Any, compiled: Any, args: tuple[Any, ...]) -> None:
@@ -134,13 +127,9 @@ class FastLauncher:
         if len(self._kernels) >= MAX_KERNELS or compiled is None or hasattr(compiled, "result"):
             return  # an async compile future, or too many specializations
         # Triton re-checks the globals a kernel read on every launch; so does the fast path.
-        global_values = tuple(
-            (name, value, namespace) for (name, _), (value, namespace) in triton_kernel.used_global_vals.items()
-        )
+        global_values = internals.used_globals(triton_kernel)
         try:
-            self._kernels[key] = (
-                compiled.run, compiled.function, compiled.packed_metadata, compiled, triton_kernel, global_values,
-            )
+            self._kernels[key] = (*internals.compiled_launch_parts(compiled), compiled, triton_kernel, global_values)
         except Exception:  # noqa: BLE001  (not a CompiledKernel we know how to launch)
             return
         if id(triton_kernel) not in self._plans:
@@ -203,7 +192,7 @@ def _cheaper_current_device(get_device: Callable[[], int]) -> Callable[[], int]:
     import torch
 
     if get_device is torch.cuda.current_device:
-        return torch._C._cuda_getDevice
+        return internals.cuda_current_device_getter()
     return get_device
 
 
@@ -215,8 +204,7 @@ def fast_launcher_for(fallback: Launcher) -> Launcher:
         if knobs.runtime.interpret:  # Triton's own reading of TRITON_INTERPRET
             return fallback
         launcher = FastLauncher(fallback)
-        hooks = (launcher._knobs.launch_enter_hook, launcher._knobs.launch_exit_hook)
-        if not all(isinstance(hook.calls, list) for hook in hooks):
+        if not all(isinstance(hook.calls, list) for hook in launcher._hooks):
             return fallback  # a Triton whose launch hooks are not hook chains
     except Exception:  # noqa: BLE001  (no GPU driver, or a Triton without these internals)
         return fallback

@@ -6,13 +6,12 @@ judge configs. Checks against the kernel registry live in `validate`, writes in 
 
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from presetdb._util import file_sha256, write_atomic  # noqa: F401  (re-exported: importers use them)
 
 Format = Literal["presetdb", "vllm", "helion-cache", "helion-aot"]
 FORMATS: tuple[Format, ...] = ("presetdb", "vllm", "helion-cache", "helion-aot")
@@ -88,25 +87,3 @@ class ParsedFile:
         return self.path.name
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a whole file or nothing: temp file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results files are shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,0 +1,122 @@
+"""A presetdb kernel call, top to bottom.
+
+How Helion normally works: a ``helion.kernel`` call binds its arguments to a
+specialization (dtypes, ranks, 64-bit indexing, device, an optional ``key=`` value); the
+first call of a specialization asks for a config (an explicit ``config=``, the default,
+or an autotuner that benchmarks candidates for minutes) and compiles it into a host
+function that later calls reuse.
+
+How presetdb overrides it: it never lets Helion choose. `call` (below) adapts the
+arguments, extracts the shape key, asks the picker (memory only) for the stored config,
+applies the miss/far policy (`presetdb.helion.hooks.serve`), and runs a plain Helion
+kernel built for exactly that config (`RegisteredKernel.config_kernel`; ``config=`` pinned,
+so ``HELION_AUTOTUNE_EFFORT`` or ``HELION_FORCE_AUTOTUNE`` cannot route around the store).
+Where the fast path is on (`presetdb.helion._accel`: verified Helion/Triton versions),
+the compiled host function is called directly and its Triton kernel launched directly;
+a call whose exact metadata was seen before skips even the key and the picker (the call
+memo, valid while the picker's epoch and Helion's specialization state stand).
+
+A stored config that fails to compile or launch is the row's fault only if Helion's
+default config runs the same call; then it is quarantined (in memory at once, in the
+overlay by the ledger's thread) and the call resolves once more. Misses are never
+memoized: each is counted in the ledger.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from presetdb.helion import hooks
+from presetdb.helion._accel.dispatch import exact_key
+from presetdb.runtime.picker import get_picker
+
+if TYPE_CHECKING:
+    from presetdb.helion.registry import RegisteredKernel
+
+
+def call(rk: RegisteredKernel, args: tuple[Any, ...]) -> Any:
+    restore = None
+    if rk.adapt is not None:
+        args, restore = rk.adapt(*args)
+    picker = get_picker()
+    epoch = picker.epoch()
+    memo = rk.memo  # None: the public path (fast path off for these versions)
+    exact = None
+    if memo is not None:
+        exact = exact_key(args, rk.scalars_by_value)
+        hit = None if exact is None else memo.get(exact, epoch)
+        if hit is not None:
+            rk.last_choice = hit[1]
+            out = hit[2].run(*args)
+            return out if restore is None else restore(out)
+    features = rk.features_of_kernel_args(args)
+    served = hooks.serve(rk, picker, features, picker.resolve(rk.name, rk.key_spec, features), args=args)
+    try:
+        out = run(rk, served, args, exact, epoch)
+    except Exception as exc:
+        if served.choice is None:
+            raise
+        fallback = hooks.default_output(rk, args)  # does Helion's default config run this call?
+        if fallback is hooks.NOTHING:
+            raise  # no: the caller's error, not the stored row's
+        out = resolve_again(rk, picker, features, served, exc, args, fallback)
+    return out if restore is None else restore(out)
+
+
+def resolve_again(
+    rk: RegisteredKernel, picker: Any, features: tuple[Any, ...], failed: hooks.Served, exc: Exception,
+    args: tuple[Any, ...], fallback: Any,
+) -> Any:
+    """The stored row failed where Helion's default config ran (its output: `fallback`).
+    Quarantine the row and resolve once more; a second failing row is quarantined too and
+    the call keeps the default config's output (strict mode raises instead)."""
+    assert failed.choice is not None
+    hooks.quarantine(rk, picker, failed.choice, _reason(exc))
+    why = " (stored config quarantined)"
+    again = hooks.serve(rk, picker, features, picker.resolve(rk.name, rk.key_spec, features), why=why, args=args)
+    if again.choice is None and again.token == hooks.DEFAULT_TOKEN:
+        rk.last_choice = None
+        return fallback
+    try:
+        return run(rk, again, args)
+    except Exception as second:
+        if again.choice is None:
+            raise
+        hooks.quarantine(rk, picker, again.choice, _reason(second))
+        hooks.serve(rk, picker, features, None, why=why)  # the miss policy: strict raises here
+        rk.last_choice = None
+        return fallback
+
+
+def run(rk: RegisteredKernel, served: hooks.Served, args: tuple[Any, ...], exact: Any = None, epoch: Any = None) -> Any:
+    """Run the served config's kernel: its published runner where the fast path has one,
+    else Helion's own call (which compiles on first use), then publish the runner."""
+    rk.last_choice = served.choice
+    config = served.choice.config if served.choice is not None else served.config
+    target = rk.config_kernel(served.token, config, args)
+    runners = target.runners
+    if runners is None:
+        return target.kernel(*args)
+    meta = runners.key(args)
+    entry = None if meta is None else runners.lookup(meta, args)
+    if entry is None:
+        return through_helion(target, args, meta)
+    if exact is not None and served.choice is not None and entry.memoizable and rk.memo is not None:
+        rk.memo.remember(exact, (epoch, served.choice, entry))  # misses are not: each is counted
+    return entry.run(*args)
+
+
+def through_helion(target: Any, args: tuple[Any, ...], meta: Any) -> Any:
+    """Helion's own call of a config kernel (compiling on first use), then publish the
+    runner it used so the next call of this class skips Helion."""
+    out = target.kernel(*args)
+    if meta is not None:
+        try:
+            target.runners.publish(meta, args)
+        except Exception:  # noqa: BLE001, S110  (an optimisation; never fail the call)
+            pass
+    return out
+
+
+def _reason(exc: Exception) -> str:
+    return f"compile or launch failed: {type(exc).__name__}: {exc}"[:500]
