@@ -17,12 +17,16 @@ import pytest
 from presetdb.store import migrate
 from presetdb.store.engine import Store
 
+# pg_server / pg_empty_url / registry_url: a throwaway PostgreSQL server (tests/pg_fixtures.py).
+pytest_plugins = ("pg_fixtures",)
+
 # Variables that select another db, platform or miss policy: never inherited by a test.
 CLEARED_VARIABLES = (
     "PRESETDB_PATH",
     "PRESETDB_PLATFORM",
     "PRESETDB_ON_MISS",
     "PRESETDB_DISABLE_OVERLAY",
+    "PRESETDB_REGISTRY",
 )
 
 
