@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from presetdb.cli.common import console
@@ -13,21 +14,32 @@ from presetdb.cli.common import console
 
 def build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .db file.")],
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Build from this database instead of the packaged seed data: a registry "
+            "URL (postgresql+psycopg://USER@HOST/DB) or a SQLite file at this package's schema.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Build the shippable db from the packaged migrations (schema + seed data).
+    """Build the shippable db from the packaged migrations (schema + seed data), or with
+    --from from a team's registry.
 
     The file is compacted with VACUUM INTO (rollback journal, ready to open immutable),
     replaced atomically, and described by OUT.manifest.json.
 
-    Example: presetdb build --out dist/presets.db
+    Example: presetdb build --out dist/presets.db --from postgresql+psycopg://tuner@dbhost/presets
     """
     from presetdb.offline.build import build_database
 
-    manifest = build_database(out)
+    manifest = build_database(out, source=source)
     table = Table(title=f"built {manifest.path}", show_header=False)
     table.add_row("sha256", manifest.sha256)
     table.add_row("content digest", manifest.content_digest)
     table.add_row("head revision", manifest.head_revision)
+    table.add_row("built from", escape(manifest.source))
     table.add_row("bytes", f"{manifest.bytes:,}")
     for name, count in manifest.counts.items():
         table.add_row(f"presets {name}", str(count))

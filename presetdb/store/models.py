@@ -13,7 +13,6 @@ BIGINT on PostgreSQL (its INTEGER is 32-bit; SQLite's is 64-bit).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-
 from typing import Any
 
 from sqlalchemy import (
