@@ -382,7 +382,8 @@ PG_DENIED_FUNCTIONS = re.compile(
     r"\b(set_config|pg_advisory\w*|pg_try_advisory\w*|pg_terminate_backend|pg_cancel_backend"
     r"|pg_reload_conf|pg_rotate_logfile|pg_read_file|pg_read_binary_file|pg_ls_\w+|pg_stat_file"
     r"|pg_notify|pg_sleep\w*|pg_switch_wal|pg_create_\w+|pg_drop_\w+|pg_replication_\w+"
-    r"|pg_promote|pg_log_backend_memory_contexts|lo_\w+|dblink\w*|txid_current|nextval|setval)\s*\(",
+    r"|pg_promote|pg_log_backend_memory_contexts|lo_\w+|dblink\w*|txid_current|nextval|setval"
+    r"|load_extension|fts3_tokenizer|readfile|writefile|edit)\s*\(",  # and SQLite's, same refusals
     re.IGNORECASE,
 )
 PG_STATEMENT_TIMEOUT_MS = 30_000
