@@ -5,23 +5,27 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.presetdb-installed
 
-.PHONY: test run lint bench-cpu clean
+.PHONY: test run lint bench-cpu clean postgres-bin
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,registry]'
 	touch $(STAMP)
 
 # The whole suite, on CPU: Helion kernels run in the Triton interpreter.
-test: $(STAMP)
+test: $(STAMP) postgres-bin
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider
 
 # The main job: the end-to-end demo on the embedded default db (it switches to the Triton
 # interpreter by itself when no GPU is present, and says so).
 run: $(STAMP)
 	$(VENV)/bin/presetdb demo
+
+# PostgreSQL server binaries for the registry tests (installed as root when missing).
+postgres-bin:
+	.ci/ensure-postgres
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check presetdb migrations tests benchmarks

@@ -165,9 +165,9 @@ def test_overlong_provenance_is_refused_on_both_dialects(
     for target in (registry_url, fresh_db):
         store = migrate.open_store(parse_target(str(target)), "rw")
         try:
-            with pytest.raises(StoreError, match=r"host is 201 characters, the column holds at most 200"):
-                with store.transaction() as session:
-                    Repository(session).add_run("manual", host="h" * 201)
+            too_long = r"host is 201 characters, the column holds at most 200"
+            with pytest.raises(StoreError, match=too_long), store.transaction() as session:
+                Repository(session).add_run("manual", host="h" * 201)
             with store.read() as session:
                 assert Repository(session).list_runs() == []
         finally:
