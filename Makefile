@@ -12,35 +12,39 @@ PY_2     := $(VENV_2)/bin/python
 STAMP    := $(VENV)/.presetdb-installed
 STAMP_2  := $(VENV_2)/.presetdb-installed
 
-.PHONY: test test-main test-helion2 run lint bench-cpu clean
+.PHONY: test test-main test-helion2 run lint bench-cpu clean postgres-bin
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]' "helion==$(HELION)"
+	$(PY) -m pip install -q -e '.[dev,registry]' "helion==$(HELION)"
 	touch $(STAMP)
 
 $(STAMP_2): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV_2)
 	$(PY_2) -m pip install -q --upgrade pip
 	$(PY_2) -m pip install -q torch==2.13.0
-	$(PY_2) -m pip install -q -e '.[dev]' "helion==$(HELION_2)"
+	$(PY_2) -m pip install -q -e '.[dev,registry]' "helion==$(HELION_2)"
 	touch $(STAMP_2)
 
 # The whole suite on CPU (Helion kernels in the Triton interpreter), once per Helion version.
 test: test-main test-helion2
 
-test-main: $(STAMP)
+test-main: $(STAMP) postgres-bin
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider
 
-test-helion2: $(STAMP_2)
+test-helion2: $(STAMP_2) postgres-bin
 	TRITON_INTERPRET=1 $(PY_2) -m pytest -q -p no:cacheprovider
 
 # The main job: the end-to-end demo on the embedded default db (it switches to the Triton
 # interpreter by itself when no GPU is present, and says so).
 run: $(STAMP)
 	$(VENV)/bin/presetdb demo
+
+# PostgreSQL server binaries for the registry tests (installed as root when missing).
+postgres-bin:
+	.ci/ensure-postgres
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check presetdb migrations tests benchmarks

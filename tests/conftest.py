@@ -23,12 +23,16 @@ from presetdb.store.engine import Store
 # off per kernel to cover the public path. Set PRESETDB_ACCEL yourself to override.
 os.environ.setdefault("PRESETDB_ACCEL", "1")
 
+# pg_server / pg_empty_url / registry_url: a throwaway PostgreSQL server (tests/pg_fixtures.py).
+pytest_plugins = ("pg_fixtures",)
+
 # Variables that select another db, platform or miss policy: never inherited by a test.
 CLEARED_VARIABLES = (
     "PRESETDB_PATH",
     "PRESETDB_PLATFORM",
     "PRESETDB_ON_MISS",
     "PRESETDB_DISABLE_OVERLAY",
+    "PRESETDB_REGISTRY",
 )
 
 

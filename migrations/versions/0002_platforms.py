@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql, sqlite
 
 revision = "0002"
 down_revision = "0001"
@@ -78,6 +79,12 @@ fallbacks = sa.table(
 )
 
 
+def _insert_or_skip(table: sa.TableClause, **values: object) -> sa.Executable:
+    """INSERT ... ON CONFLICT DO NOTHING in the connection's dialect (both spell it so)."""
+    dialect = postgresql if op.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).values(**values).on_conflict_do_nothing()
+
+
 def upgrade() -> None:
     conn = op.get_bind()
     ids: dict[str, int] = {}
@@ -95,15 +102,11 @@ def upgrade() -> None:
         ids[name] = existing
     for name, names in ALIASES.items():
         for alias in names:
-            conn.execute(
-                sa.insert(aliases).prefix_with("OR IGNORE").values(alias=alias, platform_id=ids[name])
-            )
+            conn.execute(_insert_or_skip(aliases, alias=alias, platform_id=ids[name]))
     for name, chain in FALLBACKS.items():
         for rank, fallback in enumerate(chain, start=1):
             conn.execute(
-                sa.insert(fallbacks).prefix_with("OR IGNORE").values(
-                    platform_id=ids[name], rank=rank, fallback_platform_id=ids[fallback]
-                )
+                _insert_or_skip(fallbacks, platform_id=ids[name], rank=rank, fallback_platform_id=ids[fallback])
             )
 
 

@@ -17,6 +17,12 @@ means "not given". Every connection made here is read-only three times over: ope
 ``PRAGMA query_only=ON``, and an authorizer that allows reads, selects, functions and a
 few read-only pragmas and denies everything else.
 
+On a PostgreSQL registry, `run_sql` runs the statement on the server itself: the same
+text checks (one statement, a reading keyword, no writing word), a list of server
+functions that act outside the query (`PG_DENIED_FUNCTIONS`), inside a ``READ ONLY``
+transaction with a statement timeout, always rolled back. Canned audits and diffs of a
+registry read a SQLite copy (`presetdb.store.snapshot`): the audits are SQLite SQL.
+
 This module must not import torch or helion: only ``current_source_hashes`` reaches for
 ``presetdb.kernels``, and only when asked.
 """
@@ -43,7 +49,8 @@ from presetdb._util import write_atomic
 from presetdb.errors import NotADatabaseError, PresetDBError, ReadOnlySQLError
 from presetdb.keys import canonical_key, parse_key
 from presetdb.store import migrate
-from presetdb.store.engine import check_file
+from presetdb.store.engine import Target, check_file, describe, engine_for, parse_target
+from presetdb.store.snapshot import sqlite_snapshot
 
 
 class AuditError(PresetDBError):
@@ -357,14 +364,77 @@ def check_read_only(sql: str) -> str:
     return statements[0]
 
 
-def run_sql(path: Path | str, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
-    """`presetdb sql`: one read-only statement against any SQLite file."""
-    with ReadOnlyDB(path) as db:
+def run_sql(path: Path | str | Target, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
+    """`presetdb sql`: one read-only statement against any SQLite file or a registry."""
+    target = parse_target(path)
+    if not isinstance(target, Path):
+        return run_sql_registry(target, sql, params)
+    with ReadOnlyDB(target) as db:
         given = dict(params or {})
         missing = [p for p in named_params(check_read_only(sql)) if p not in given]
         if missing:
             raise AuditError(f"the query needs --param for: {', '.join(missing)}")
         return db.query(sql, given)
+
+
+# Server functions that act beyond reading the tables: sessions, locks, settings, files,
+# notifications, large objects. A READ ONLY transaction does not stop these.
+PG_DENIED_FUNCTIONS = re.compile(
+    r"\b(set_config|pg_advisory\w*|pg_try_advisory\w*|pg_terminate_backend|pg_cancel_backend"
+    r"|pg_reload_conf|pg_rotate_logfile|pg_read_file|pg_read_binary_file|pg_ls_\w+|pg_stat_file"
+    r"|pg_notify|pg_sleep\w*|pg_switch_wal|pg_create_\w+|pg_drop_\w+|pg_replication_\w+"
+    r"|pg_promote|pg_log_backend_memory_contexts|lo_\w+|dblink\w*|txid_current|nextval|setval"
+    r"|load_extension|fts3_tokenizer|readfile|writefile|edit)\s*\(",  # and SQLite's, same refusals
+    re.IGNORECASE,
+)
+PG_STATEMENT_TIMEOUT_MS = 30_000
+
+
+def run_sql_registry(url: Any, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
+    """One read-only statement on a PostgreSQL registry (see the module docstring)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    statement = check_read_only(sql)
+    keyword = _first_keyword(statement)
+    if keyword == "PRAGMA":
+        raise ReadOnlySQLError("refused: PRAGMA is SQLite's; this is a PostgreSQL registry")
+    code = " ".join(t for kind, t in _scan(statement) if kind == "code")
+    denied = PG_DENIED_FUNCTIONS.search(code)
+    if denied:
+        raise ReadOnlySQLError(
+            f"refused: {denied.group(1)}() acts outside the query; `presetdb sql` only reads"
+        )
+    if re.search(r"\bFOR\s+(NO\s+KEY\s+)?(UPDATE|SHARE|KEY\s+SHARE)\b", code, re.IGNORECASE):
+        raise ReadOnlySQLError("refused: a locking read (FOR UPDATE/SHARE); `presetdb sql` only reads")
+    if re.search(r"\bINTO\b", code, re.IGNORECASE):
+        raise ReadOnlySQLError("refused: SELECT ... INTO creates a table; `presetdb sql` only reads")
+    given = dict(params or {})
+    missing = [p for p in named_params(statement) if p not in given]
+    if missing:
+        raise AuditError(f"the query needs --param for: {', '.join(missing)}")
+    engine = engine_for(url, "ro", pooled=False)
+    where = describe(url)
+    try:
+        with engine.connect() as conn:
+            conn.begin()  # SET TRANSACTION READ ONLY (the engine's begin hook)
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(PG_STATEMENT_TIMEOUT_MS)}")  # sql: int
+            try:
+                result = conn.execute(text(statement), given)
+                columns = list(result.keys())
+                rows = [tuple(r) for r in result]
+            finally:
+                conn.rollback()
+    except DBAPIError as exc:
+        message = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+        if "read-only transaction" in message or "permission denied" in message:
+            raise ReadOnlySQLError(f"refused by the server: {message}") from None
+        if exc.connection_invalidated or "connect" in message:
+            raise AuditError(f"{where}: cannot reach the registry ({message})") from None
+        raise AuditError(f"{where}: SQL error: {message}") from None
+    finally:
+        engine.dispose()
+    return QueryResult(columns, rows)
 
 
 # ---------------------------------------------------------------- canned audits
@@ -606,13 +676,13 @@ class Diff:
         return counts | {"unchanged": self.unchanged}
 
 
-def _active(path: Path | str) -> dict[tuple[str, str, str], tuple[str, float | None]]:
-    with ReadOnlyDB(path) as db:
+def _active(path: Path | str | Target) -> dict[tuple[str, str, str], tuple[str, float | None]]:
+    with sqlite_snapshot(path) as file, ReadOnlyDB(file) as db:
         db.require_presetdb()
         return {(r[0], r[1], r[2]): (r[3], r[4]) for r in db.query(DIFF_SQL).rows}
 
 
-def diff_databases(old: Path | str, new: Path | str) -> Diff:
+def diff_databases(old: Path | str | Target, new: Path | str | Target) -> Diff:
     """Active presets added, removed, or changed (a different config) from old to new."""
     before, after = _active(old), _active(new)
     rows: list[DiffRow] = []

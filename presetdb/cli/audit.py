@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from presetdb.audit import core as audits_mod
 from presetdb.audit.core import AuditError, QueryResult, ReadOnlyDB
-from presetdb.cli.common import DbOption, console, db_path
+from presetdb.cli.common import DbOption, console, db_label, db_path
+from presetdb.store.engine import parse_target
+from presetdb.store.snapshot import sqlite_snapshot
 
 
 class OutputFormat(str, Enum):
@@ -130,7 +133,8 @@ def audit(
     if check_source:
         params["source_hashes"] = audits_mod.current_source_hashes()
     path = db_path(db)
-    with ReadOnlyDB(path) as rodb:
+    # A registry is audited through a SQLite copy: the canned audits are SQLite SQL.
+    with sqlite_snapshot(path) as file, ReadOnlyDB(file) as rodb:
         rodb.require_presetdb()
         if name is None:
             rows = audits_mod.summary(rodb, params)
@@ -138,7 +142,7 @@ def audit(
                 ["audit", "rows", "highlight", "title"],
                 [(r.audit, r.rows, r.highlight, r.title) for r in rows],
                 fmt,
-                title=f"audits of {path}",
+                title=f"audits of {escape(db_label(path))}",
                 caption="details: presetdb audit NAME",
             )
             return
@@ -149,7 +153,7 @@ def audit(
         result.rows,
         fmt,
         title=f"{canned.title}: {len(result.rows)} row(s)",
-        caption=str(path),
+        caption=escape(db_label(path)),
     )
     if fail_on_rows and result.rows:
         raise typer.Exit(1)
@@ -162,18 +166,19 @@ def sql(
     param: ParamOption = None,
 ) -> None:
     """Run one read-only SQL statement. Writes, ATTACH, writing pragmas and chained
-    statements are refused; the file is opened read-only and never changes.
+    statements are refused; the file is opened read-only and never changes. On a registry
+    URL the statement runs on the server (PostgreSQL SQL) in a READ ONLY transaction.
 
     Example: presetdb sql "SELECT kernel, platform, active_presets FROM v_coverage" --db presets.db
     """
     path = db_path(db)
     result = audits_mod.run_sql(path, query, parse_params(param))
-    emit(result.columns, result.rows, fmt, caption=f"{len(result.rows)} row(s) from {path}")
+    emit(result.columns, result.rows, fmt, caption=f"{len(result.rows)} row(s) from {escape(db_label(path))}")
 
 
 def diff(
-    old: Annotated[Path, typer.Argument(help="The older db file.")],
-    new: Annotated[Path, typer.Argument(help="The newer db file.")],
+    old: Annotated[str, typer.Argument(help="The older db file (or a registry URL).")],
+    new: Annotated[str, typer.Argument(help="The newer db file (or a registry URL).")],
     fmt: FormatOption = OutputFormat.table,
 ) -> None:
     """Active presets added, removed and changed (another config) between two dbs, with
@@ -181,12 +186,14 @@ def diff(
 
     Example: presetdb diff presets-1.0.db presets-1.1.db
     """
-    result = audits_mod.diff_databases(old, new)
+    old_target, new_target = parse_target(old), parse_target(new)
+    result = audits_mod.diff_databases(old_target, new_target)
     counts = result.counts()
+    old, new = db_label(old_target), db_label(new_target)  # never print a password
     if fmt is OutputFormat.json:
         payload = {
-            "old": str(old),
-            "new": str(new),
+            "old": old,
+            "new": new,
             "summary": counts,
             "changes": [r.record() for r in result.rows],
         }
@@ -207,7 +214,7 @@ def diff(
         columns,
         [[r[c] for c in columns] for r in records],
         fmt,
-        title=f"{old} -> {new}",
+        title=f"{escape(old)} -> {escape(new)}",
         caption=summary,
     )
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from presetdb.cli.common import DbOption, console, db_path
+from presetdb.cli.common import DbOption, console, db_label, db_path
 from presetdb.store import migrate
 
 db_app = typer.Typer(
@@ -27,12 +27,13 @@ def upgrade(
 ) -> None:
     """Create or upgrade a database to the newest schema and seed data.
 
-    Example: presetdb db upgrade --db presets.db
+    Example: presetdb db upgrade --db presets.db   (or --db postgresql+psycopg://tuner@dbhost/presets)
     """
     path = db_path(db, for_write=True)
-    before = migrate.revision_of(path) if path.exists() and path.stat().st_size else None
+    exists = not isinstance(path, Path) or (path.exists() and path.stat().st_size > 0)
+    before = migrate.revision_of(path) if exists else None
     after = migrate.upgrade(path, revision, seed_data=not schema_only)
-    console.print(f"{path}: {before or 'base'} -> {after}")
+    console.print(f"{db_label(path)}: {before or 'base'} -> {after}", markup=False)
 
 
 # "-1" is a revision, not an option: let it through as the argument.
@@ -48,7 +49,7 @@ def downgrade(
     path = db_path(db, for_write=True)
     before = migrate.revision_of(path)
     after = migrate.downgrade(path, revision)
-    console.print(f"{path}: {before or 'base'} -> {after}")
+    console.print(f"{db_label(path)}: {before or 'base'} -> {after}", markup=False)
 
 
 @db_app.command("current")
@@ -61,7 +62,7 @@ def current(db: DbOption = None) -> None:
     rev = migrate.revision_of(path)
     head = migrate.head()
     state = "at head" if rev == head else "behind head" if rev else "empty"
-    console.print(f"{path}: revision {rev or 'base'} (package head {head}; {state})")
+    console.print(f"{db_label(path)}: revision {rev or 'base'} (package head {head}; {state})", markup=False)
 
 
 @db_app.command("check")
@@ -72,7 +73,7 @@ def check(db: DbOption = None) -> None:
     """
     path = db_path(db)
     report = migrate.check(path)
-    console.print(f"{path}: revision {report.revision or 'base'} (head {report.head})")
+    console.print(f"{db_label(path)}: revision {report.revision or 'base'} (head {report.head})", markup=False)
     console.print(f"  schema:      {report.schema_problem or 'ok'}")
     console.print(f"  integrity:   {'; '.join(report.integrity[:5])}")
     console.print(f"  foreign keys: {len(report.foreign_key_problems)} problem(s)")

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from presetdb.cli.common import DbOption, console, db_path
 from presetdb.errors import KeySpecError, UnknownKernelError, UnknownPlatformError
 from presetdb.keys import KeySpec, KeyValue, parse_key
 from presetdb.store import migrate
+from presetdb.store.engine import parse_target
 from presetdb.store.repository import Repository
 
 
@@ -45,7 +47,7 @@ def list_presets(
             for p in repo.all_presets()
             if (kernel is None or p.kernel == kernel) and (platform is None or p.platform == platform)
         ]
-    table = Table(title=f"{len(rows)} active preset(s) in {store.path}")
+    table = Table(title=f"{len(rows)} active preset(s) in {escape(store.label)}")
     for col in ("id", "kernel", "platform", "shape key", "latency ms", "default ms", "torch ms", "source", "tuned at"):
         table.add_column(col, overflow="fold")
     for p in rows:
@@ -73,7 +75,7 @@ def show(
         except LookupError:
             store.dispose()
             raise typer.BadParameter(
-                f"no preset with id {preset_id} in {store.path}; `presetdb list` shows the ids",
+                f"no preset with id {preset_id} in {store.label}; `presetdb list` shows the ids",
                 param_hint="PRESET_ID",
             ) from None
         run = repo.get_run(preset.run_id)
@@ -134,10 +136,10 @@ def pick(
         ),
     ],
     db: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--db", show_default=False,
-            help="Use only this file, as the deployment layer (no user overlay, no embedded "
+            help="Use only this file (or registry URL), as the deployment layer (no user overlay, no embedded "
             "default). Default: the run-time layers: user overlay > $PRESETDB_PATH > embedded default.",
         ),
     ] = None,
@@ -177,7 +179,7 @@ def pick(
         picker.close()
 
 
-def _picker_for(db: Path | None, platform: str) -> Any:
+def _picker_for(db: str | None, platform: str) -> Any:
     from presetdb.runtime.layers import open_immutable
     from presetdb.runtime.picker import Picker, build_picker
     from presetdb.runtime.platforms import resolve_platform
@@ -190,7 +192,7 @@ def _picker_for(db: Path | None, platform: str) -> Any:
         skip = settings.disable_overlay or not settings.user_db_path.exists()
         settings = dataclasses.replace(settings, platform=platform, disable_overlay=skip)
         return build_picker(settings, device=_device_for_override())
-    layer = open_immutable("deployment", db.expanduser(), strict=True)
+    layer = open_immutable("deployment", parse_target(db), strict=True)
     assert layer is not None  # strict: raises instead
     with layer.store.read() as session:
         info = resolve_platform([Repository(session)], override=platform, device=_device_for_override())
@@ -348,7 +350,7 @@ def show_platform(
 
     settings = Settings.from_env()
     if db is not None:
-        layer = open_immutable("deployment", db.expanduser(), strict=True)
+        layer = open_immutable("deployment", parse_target(db), strict=True)
         layers = [layer] if layer is not None else []
     else:
         # A read-only question: do not create a user overlay just to answer it.

@@ -4,6 +4,11 @@ manifest (file sha256, content digest, head revision, counts per kernel x platfo
 
 The content digest covers the sorted rows of every table except import-time stamps, so
 two builds of the same migrations give the same digest even though file bytes differ.
+
+``--from SOURCE`` builds the release from a database instead of the migrations' seed data:
+a team's PostgreSQL registry (or a SQLite file), copied by `presetdb.store.snapshot` with
+row ids renumbered densely, so a registry and a SQLite db that hold the same imports
+build files with the same content digest.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from pathlib import Path
 from presetdb import __version__
 from presetdb.offline.importers.records import file_sha256, write_atomic
 from presetdb.store import migrate
+from presetdb.store.engine import Target, describe, parse_target
+from presetdb.store.snapshot import copy_to_sqlite
 
 # Columns stamped with the wall clock at import time: excluded from the content digest.
 VOLATILE_COLUMNS = {"created_at", "imported_at"}
@@ -33,6 +40,7 @@ class Manifest:
     presetdb_version: str
     bytes: int
     counts: dict[str, int]  # "kernel/platform" -> active presets
+    source: str = "migrations"  # or the database built from (a registry URL without password)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -78,13 +86,18 @@ def active_counts(path: Path) -> dict[str, int]:
     return {k: int(v) for k, v in rows}
 
 
-def build_database(out: Path, *, target: str = "head") -> Manifest:
-    """Build `out` from the packaged migrations; replaces it atomically."""
+def build_database(out: Path, *, target: str = "head", source: Path | str | Target | None = None) -> Manifest:
+    """Build `out` from the packaged migrations, or from `source` (a registry URL or a
+    SQLite file, which must be at this package's schema); replaces `out` atomically."""
     out = Path(out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    origin = None if source is None else parse_target(source)
     with tempfile.TemporaryDirectory(prefix="presetdb-build-", dir=out.parent) as tmp:
         work = Path(tmp) / "work.db"
-        migrate.upgrade(work, target, seed_data=True)
+        if origin is None:
+            migrate.upgrade(work, target, seed_data=True)
+        else:
+            copy_to_sqlite(origin, work)
         compact = Path(tmp) / "compact.db"
         conn = sqlite3.connect(work)
         try:
@@ -109,6 +122,7 @@ def build_database(out: Path, *, target: str = "head") -> Manifest:
         presetdb_version=__version__,
         bytes=out.stat().st_size,
         counts=active_counts(out),
+        source="migrations" if origin is None else describe(origin),
     )
     write_atomic(out.with_name(out.name + ".manifest.json"), manifest.to_json())
     return manifest

@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from presetdb.errors import PresetDBError, SchemaTooOldError
 from presetdb.settings import Settings
@@ -35,8 +36,9 @@ class Layer:
     mutable: bool  # can change under us (then the picker watches PRAGMA data_version)
 
     @property
-    def path(self) -> Path:
-        return self.store.path
+    def path(self) -> Path | str:
+        """The file, or a registry's URL (password hidden) for `presetdb pick --db URL`."""
+        return self.store.path if self.store.path is not None else self.store.label
 
 
 def _warn(message: str) -> None:
@@ -64,7 +66,9 @@ def open_overlay(path: Path, *, strict: bool) -> tuple[Layer | None, Path | None
     return Layer("overlay", reader, mutable=True), path
 
 
-def open_immutable(name: str, path: Path, *, strict: bool) -> Layer | None:
+def open_immutable(name: str, path: Path | Any, *, strict: bool) -> Layer | None:
+    """A read-only layer: a file opened immutable, or (for `pick --db URL`) a registry
+    read in READ ONLY transactions."""
     try:
         return Layer(name, migrate.open_store(path, "immutable"), mutable=False)
     except (PresetDBError, OSError) as exc:

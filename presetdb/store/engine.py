@@ -1,6 +1,11 @@
-"""Opening SQLite files: URLs, pragmas, sessions and the opening rules.
+"""Opening databases: SQLite files and PostgreSQL registries. Every URL is built here.
 
-Three ways to open a file:
+A database is named by a *target*: a SQLite file path, or a registry URL
+(``postgresql+psycopg://user@host/db``; `parse_target` tells which). The registry is a
+central PostgreSQL database that many writers share; it holds the same schema, through
+the same migrations, and releases are built from it into SQLite files.
+
+Three ways to open a SQLite file:
 
 - ``rw``        read-write, WAL journal, for user overlays and dbs being imported into;
 - ``ro``        ``mode=ro``: read-only, still sees other writers' commits;
@@ -9,10 +14,19 @@ Three ways to open a file:
 
 Every connection gets ``foreign_keys=ON`` and a busy timeout. Opening checks that the
 file is a presetdb database whose schema matches this package (see `migrate`).
+
+A registry opened ``rw`` takes one transaction-scoped advisory lock at the start of every
+write transaction (`WRITER_LOCK`): writers queue on it exactly as SQLite writers queue on
+``BEGIN IMMEDIATE``, so each read-check-write of the repository (supersede the active
+row, reuse a content-addressed config, bump a miss counter) sees the previous writer's
+commit and never collides on a unique index. Readers take no lock. ``ro``/``immutable``
+registry sessions run in ``READ ONLY`` transactions.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -22,16 +36,83 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from sqlalchemy import URL, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from presetdb.errors import NotADatabaseError, ReadOnlyStoreError, StoreError, StoreNotFoundError
 
 Mode = Literal["rw", "ro", "immutable"]
+Target = Path | URL  # a SQLite file, or a registry URL
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_MS = 10_000
+REGISTRY_ENV = "PRESETDB_REGISTRY"
+REGISTRY_DRIVER = "postgresql+psycopg"
+# Seconds to wait for a registry server before giving up (a down registry fails fast).
+CONNECT_TIMEOUT_S = 10
+# pg_advisory_xact_lock key of the registry's writer lock: the first 8 bytes of
+# sha256("presetdb writer"), as a signed 64-bit integer.
+WRITER_LOCK = int.from_bytes(hashlib.sha256(b"presetdb writer").digest()[:8], "big", signed=True)
+
+
+def is_registry_url(value: str | Path) -> bool:
+    """True for ``postgresql://...`` / ``postgresql+psycopg://...`` (and ``postgres://``)."""
+    text = str(value).strip()
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    return scheme.split("+", 1)[0] in ("postgresql", "postgres")
+
+
+def registry_url(value: str | URL) -> URL:
+    """A registry URL with presetdb's driver (psycopg 3); other drivers are refused."""
+    text = value if isinstance(value, str) else value.render_as_string(hide_password=False)
+    try:
+        url = make_url(text.strip())
+    except ArgumentError as exc:
+        raise StoreError(f"not a database URL: {exc}") from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend not in ("postgresql", "postgres"):
+        raise StoreError(
+            f"{describe(url)}: presetdb registries are PostgreSQL databases; use "
+            f"{REGISTRY_DRIVER}://USER@HOST/DB"
+        )
+    if driver not in ("", "psycopg"):
+        raise StoreError(
+            f"{describe(url)}: driver {driver!r} is not supported; use {REGISTRY_DRIVER}:// "
+            "(psycopg 3, installed by `pip install presetdb[registry]`)"
+        )
+    return url.set(drivername=REGISTRY_DRIVER)
+
+
+def parse_target(value: str | Path | URL) -> Target:
+    """`--db`'s value: a registry URL (`URL`) or a SQLite file path (`Path`).
+
+    ``sqlite:///path`` is accepted as the path. Everything else is a file name."""
+    if isinstance(value, URL):
+        return registry_url(value) if value.get_backend_name() != "sqlite" else Path(value.database or "")
+    text = str(value).strip()
+    if is_registry_url(text):
+        return registry_url(text)
+    if text.startswith("sqlite:///"):
+        return Path(make_url(text).database or "").expanduser()
+    return Path(value).expanduser()
+
+
+def registry_from_env() -> URL | None:
+    """PRESETDB_REGISTRY, parsed, or None when unset."""
+    value = os.environ.get(REGISTRY_ENV, "").strip()
+    if not value:
+        return None
+    if not is_registry_url(value):
+        raise StoreError(f"{REGISTRY_ENV}={value!r} is not a registry URL; use {REGISTRY_DRIVER}://USER@HOST/DB")
+    return registry_url(value)
+
+
+def describe(target: Target | str) -> str:
+    """How messages name a database: the path, or the URL without its password."""
+    if isinstance(target, URL):
+        return target.render_as_string(hide_password=True)
+    return str(target)
 
 
 def sqlite_url(path: Path, mode: Mode) -> URL:
@@ -91,6 +172,41 @@ def make_engine(
     return engine
 
 
+def _on_begin_registry_writer(conn: Any) -> None:
+    # One writer at a time, like SQLite's BEGIN IMMEDIATE (see the module docstring).
+    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITER_LOCK})")  # sql: int constant
+
+
+def _on_begin_registry_reader(conn: Any) -> None:
+    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+
+def make_registry_engine(url: URL | str, mode: Mode = "rw", *, pooled: bool = True) -> Engine:
+    """An Engine for a PostgreSQL registry (psycopg 3). Does not check the schema."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise StoreError(
+            "registry URLs need psycopg 3: `pip install 'presetdb[registry]'` "
+            "(or `pip install 'psycopg[binary]'`)"
+        ) from None
+    engine = create_engine(
+        registry_url(url),
+        poolclass=None if pooled else NullPool,
+        pool_pre_ping=pooled,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "presetdb"},
+    )
+    event.listen(engine, "begin", _on_begin_registry_writer if mode == "rw" else _on_begin_registry_reader)
+    return engine
+
+
+def engine_for(target: Target, mode: Mode = "rw", *, pooled: bool = True, foreign_keys: bool = True) -> Engine:
+    """`make_engine` for a file, `make_registry_engine` for a URL."""
+    if isinstance(target, URL):
+        return make_registry_engine(target, mode, pooled=pooled)
+    return make_engine(target, mode, pooled=pooled, foreign_keys=foreign_keys)
+
+
 def check_file(path: Path, *, must_exist: bool = True) -> None:
     """Missing, empty or non-SQLite files get a clear error before SQLite sees them."""
     if not path.exists():
@@ -123,12 +239,15 @@ def check_file(path: Path, *, must_exist: bool = True) -> None:
 
 @dataclass
 class Store:
-    """An opened database: its engine, how it was opened, and session helpers."""
+    """An opened database: its engine, how it was opened, and session helpers.
 
-    path: Path
+    `path` is the SQLite file, or None for a registry (then `url` names it)."""
+
+    path: Path | None
     mode: Mode
     engine: Engine
     revision: str | None = None
+    url: URL | None = None
     _sessions: sessionmaker[Session] = field(init=False, repr=False)
     _version_conn: Any = field(default=None, init=False, repr=False)
     _version_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -139,6 +258,19 @@ class Store:
     @property
     def writable(self) -> bool:
         return self.mode == "rw"
+
+    @property
+    def is_registry(self) -> bool:
+        return self.path is None
+
+    @property
+    def target(self) -> Target:
+        return self.url if self.path is None and self.url is not None else Path(self.path or "")
+
+    @property
+    def label(self) -> str:
+        """The file path, or the registry URL without its password: for messages."""
+        return describe(self.target)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -152,7 +284,7 @@ class Store:
         """A write transaction: committed when the block ends, rolled back on error."""
         if not self.writable:
             raise ReadOnlyStoreError(
-                f"{self.path}: opened {self.mode}; writes need a writable copy "
+                f"{self.label}: opened {self.mode}; writes need a writable copy "
                 "(open with mode 'rw', or import into another file with `presetdb import --db`)."
             )
         with self._sessions() as session:
@@ -160,14 +292,17 @@ class Store:
                 with session.begin():
                     yield session
             except OperationalError as exc:
-                raise translate_operational(self.path, exc) from exc
+                raise translate_operational(self.target, exc) from exc
 
     def data_version(self) -> int:
         """SQLite's `PRAGMA data_version`: changes whenever another connection commits.
         Used by the picker to notice a changed mutable db.
 
         The counter is per connection (a fresh one starts over), so it is always asked on
-        one dedicated connection, never on whichever the pool hands out."""
+        one dedicated connection, never on whichever the pool hands out. A registry is
+        never a mutable serving layer (serving reads released SQLite files): 0."""
+        if self.is_registry:
+            return 0
         with self._version_lock:
             if self._version_conn is None:
                 # Kept checked out: presetdb's pragmas applied, autocommit (the PRAGMA
@@ -187,8 +322,10 @@ class Store:
         self.engine.dispose()
 
 
-def translate_operational(path: Path, exc: DBAPIError) -> StoreError:
+def translate_operational(path: Target, exc: DBAPIError) -> StoreError:
     message = str(exc.orig) if exc.orig is not None else str(exc)
+    if isinstance(path, URL):
+        return _translate_registry(path, message)
     if getattr(exc.orig, "sqlite_errorname", "") == "SQLITE_READONLY_ROLLBACK":
         return ReadOnlyStoreError(
             f"{path}: a write was interrupted (a crash or kill) and left a hot journal "
@@ -218,3 +355,21 @@ def translate_operational(path: Path, exc: DBAPIError) -> StoreError:
         )
     return StoreError(f"{path}: {message}")
 
+
+
+def _translate_registry(url: URL, message: str) -> StoreError:
+    where = describe(url)
+    first = message.strip().splitlines()[0] if message.strip() else message
+    if "read-only transaction" in message:
+        return ReadOnlyStoreError(f"{where}: opened read-only; writes need mode 'rw' ({first})")
+    if "connect" in message or "connection" in message or "server closed" in message:
+        return StoreError(
+            f"{where}: cannot reach the registry ({first}). Is the server running and the "
+            "URL right (host, port, database, user)?"
+        )
+    if "does not exist" in message and "database" in message:
+        return StoreNotFoundError(
+            f"{where}: {first}. Create the database (e.g. `createdb`), then "
+            f"`presetdb db upgrade --db {where}`."
+        )
+    return StoreError(f"{where}: {first}")

@@ -7,6 +7,10 @@ Revisions are linear. Each revision module says ``presetdb_kind = "schema"`` or
 ``"data"``. A database is compatible with this package when its revision is known and
 the newest *schema* revision at or below it is this package's newest schema revision:
 a deployment db that lacks only newer seed data still opens.
+
+Every function takes a *target*: a SQLite file path, or a PostgreSQL registry URL
+(`presetdb.store.engine.parse_target`). On PostgreSQL a migration runs in one
+transaction too (DDL is transactional there) and holds the registry's writer lock.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import URL, Connection, Engine, inspect, text
 from sqlalchemy.exc import DatabaseError
 
 from presetdb.errors import (
@@ -32,7 +36,17 @@ from presetdb.errors import (
     SchemaTooOldError,
     StoreError,
 )
-from presetdb.store.engine import Mode, Store, check_file, make_engine, translate_operational
+from presetdb.store.engine import (
+    Mode,
+    Store,
+    Target,
+    check_file,
+    describe,
+    engine_for,
+    make_engine,
+    parse_target,
+    translate_operational,
+)
 
 
 def migrations_dir() -> Path:
@@ -90,15 +104,16 @@ def schema_revision_of(revision: str) -> str | None:
     return [r for r in upto if r.kind == "schema"][-1].id
 
 
-def current_revision(engine: Engine, path: Path) -> str | None:
-    """The revision stamped in the db, None for an empty SQLite file."""
+def current_revision(engine: Engine, path: Target) -> str | None:
+    """The revision stamped in the db, None for an empty SQLite file (or database)."""
     try:
         with engine.connect() as conn:
             tables = inspect(conn).get_table_names()
             if "alembic_version" not in tables:
                 if tables:
+                    what = "a database" if isinstance(path, URL) else "a SQLite file"
                     raise NotADatabaseError(
-                        f"{path}: a SQLite file, but not a presetdb database (tables: "
+                        f"{describe(path)}: {what}, but not a presetdb database (tables: "
                         f"{', '.join(sorted(tables)[:8])}). Point --db / PRESETDB_PATH at a presetdb file."
                     )
                 return None
@@ -108,11 +123,12 @@ def current_revision(engine: Engine, path: Path) -> str | None:
     if not rows:
         return None  # downgraded to base
     if len(rows) != 1:
-        raise NotADatabaseError(f"{path}: alembic_version holds {len(rows)} rows; expected one")
+        raise NotADatabaseError(f"{describe(path)}: alembic_version holds {len(rows)} rows; expected one")
     return str(rows[0])
 
 
-def check_compatible(path: Path, revision: str | None) -> None:
+def check_compatible(path: Target | str, revision: str | None) -> None:
+    path = describe(path) if isinstance(path, URL) else path
     if revision is None:
         raise SchemaTooOldError(
             f"{path}: the database has no presetdb schema yet; run `presetdb db upgrade --db {path}`."
@@ -131,7 +147,7 @@ def check_compatible(path: Path, revision: str | None) -> None:
         )
 
 
-def missing_tables(engine: Engine, path: Path) -> list[str]:
+def missing_tables(engine: Engine, path: Target) -> list[str]:
     """Tables of this package's schema that the db lacks (a damaged or hand-edited file)."""
     from presetdb.store.models import Base
 
@@ -143,17 +159,20 @@ def missing_tables(engine: Engine, path: Path) -> list[str]:
     return sorted(set(Base.metadata.tables) - have)
 
 
-def _damaged(path: Path, revision: str | None, missing: list[str]) -> str:
+def _damaged(path: Target, revision: str | None, missing: list[str]) -> str:
     return (
-        f"{path}: damaged presetdb database: table(s) {', '.join(missing)} missing although it "
+        f"{describe(path)}: damaged presetdb database: table(s) {', '.join(missing)} missing although it "
         f"is stamped at revision {revision}. Restore the file from a good copy or rebuild it "
         "(`presetdb build --out PATH`); `presetdb db check --db PATH` reports what else is wrong."
     )
 
 
-def open_store(path: Path | str, mode: Mode = "ro", *, pooled: bool = True) -> Store:
-    """Open an existing presetdb database, checking file, schema and revision."""
-    path = Path(path).expanduser()
+def open_store(path: Path | str | URL, mode: Mode = "ro", *, pooled: bool = True) -> Store:
+    """Open an existing presetdb database (file or registry), checking schema and revision."""
+    target = parse_target(path)
+    if isinstance(target, URL):
+        return _open_registry(target, mode, pooled=pooled)
+    path = target
     check_file(path, must_exist=True)
     # Check through a read-only connection: a rw connection switches the file to WAL,
     # which must not happen to another application's file or a newer db it refuses.
@@ -170,7 +189,44 @@ def open_store(path: Path | str, mode: Mode = "ro", *, pooled: bool = True) -> S
     return Store(path=path, mode=mode, engine=engine, revision=revision)
 
 
-def _run(path: Path, action: Callable[[Config], None], *, seed_data: bool, create: bool) -> None:
+def _open_registry(url: URL, mode: Mode, *, pooled: bool) -> Store:
+    probe = engine_for(url, "ro", pooled=False)
+    try:
+        revision = current_revision(probe, url)
+        check_compatible(url, revision)
+        missing = missing_tables(probe, url)
+        if missing:
+            raise IntegrityCheckError(_damaged(url, revision, missing))
+    finally:
+        probe.dispose()
+    return Store(path=None, mode=mode, engine=engine_for(url, mode, pooled=pooled), revision=revision, url=url)
+
+
+def _run_registry(url: URL, action: Callable[[Config], None], *, seed_data: bool) -> None:
+    engine = engine_for(url, "rw", pooled=False)
+    try:
+        current_revision(engine, url)  # refuses other applications' databases
+        with engine.connect() as conn:
+            # One transaction (PostgreSQL's DDL is transactional): all revisions or none.
+            # Its begin takes the writer lock, so two upgrades never interleave.
+            conn.begin()
+            action(alembic_config(conn, seed_data=seed_data))
+            conn.commit()
+    except DatabaseError as exc:
+        raise translate_operational(url, exc) from exc
+    except CommandError as exc:
+        known = ", ".join(r.id for r in revisions())
+        raise PresetDBError(
+            f"{describe(url)}: {exc}. Revisions: {known}; also head, base, +N and -N."
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _run(path: Target, action: Callable[[Config], None], *, seed_data: bool, create: bool) -> None:
+    if isinstance(path, URL):
+        _run_registry(path, action, seed_data=seed_data)
+        return
     check_file(path, must_exist=not create)
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,9 +260,17 @@ def _run(path: Path, action: Callable[[Config], None], *, seed_data: bool, creat
         engine.dispose()
 
 
-def upgrade(path: Path | str, target: str = "head", *, seed_data: bool = True) -> str:
-    """Create or upgrade the db at `path` to `target`; returns the new revision."""
-    path = Path(path).expanduser()
+def upgrade(path: Path | str | URL, target: str = "head", *, seed_data: bool = True) -> str:
+    """Create or upgrade the db at `path` (a file or a registry URL) to `target`; returns
+    the new revision."""
+    where = parse_target(path)
+    if isinstance(where, URL):
+        rev = revision_of(where)
+        if rev is not None and schema_revision_of(rev) is None:
+            check_compatible(where, rev)  # raises "newer than this package"
+        _run(where, lambda cfg: command.upgrade(cfg, target), seed_data=seed_data, create=True)
+        return revision_of(where) or "base"
+    path = where
     if path.exists() and path.stat().st_size > 0:
         engine = make_engine(path, "ro", pooled=False)
         try:
@@ -219,8 +283,8 @@ def upgrade(path: Path | str, target: str = "head", *, seed_data: bool = True) -
     return revision_of(path) or "base"
 
 
-def downgrade(path: Path | str, target: str) -> str:
-    path = Path(path).expanduser()
+def downgrade(path: Path | str | URL, target: str) -> str:
+    path = parse_target(path)
     # Read-only first: another application's file or a newer db is refused unchanged
     # (the read-write engine below would switch the file to WAL before refusing it).
     rev = revision_of(path)
@@ -230,10 +294,11 @@ def downgrade(path: Path | str, target: str) -> str:
     return revision_of(path) or "base"
 
 
-def revision_of(path: Path | str) -> str | None:
-    path = Path(path).expanduser()
-    check_file(path, must_exist=True)
-    engine = make_engine(path, "ro", pooled=False)
+def revision_of(path: Path | str | URL) -> str | None:
+    path = parse_target(path)
+    if isinstance(path, Path):
+        check_file(path, must_exist=True)
+    engine = engine_for(path, "ro", pooled=False)
     try:
         return current_revision(engine, path)
     finally:
@@ -242,7 +307,7 @@ def revision_of(path: Path | str) -> str | None:
 
 @dataclass(frozen=True)
 class CheckReport:
-    path: Path
+    path: Target
     revision: str | None
     head: str
     integrity: list[str]
@@ -258,11 +323,15 @@ class CheckReport:
         )
 
 
-def check(path: Path | str) -> CheckReport:
-    """`presetdb db check`: revision compatible, integrity_check and foreign_key_check."""
-    path = Path(path).expanduser()
-    check_file(path, must_exist=True)
-    engine = make_engine(path, "ro", pooled=False)
+def check(path: Path | str | URL) -> CheckReport:
+    """`presetdb db check`: revision compatible, integrity_check and foreign_key_check.
+
+    On a registry the server enforces foreign keys on every write and checks its own
+    pages, so only the schema part applies; integrity reads "ok"."""
+    path = parse_target(path)
+    if isinstance(path, Path):
+        check_file(path, must_exist=True)
+    engine = engine_for(path, "ro", pooled=False)
     try:
         schema_problem = None
         revision = None
@@ -276,8 +345,12 @@ def check(path: Path | str) -> CheckReport:
             schema_problem = str(exc)
         try:
             with engine.connect() as conn:
-                integrity = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA integrity_check")]
-                fk = [tuple(r) for r in conn.exec_driver_sql("PRAGMA foreign_key_check")]
+                if isinstance(path, URL):
+                    conn.exec_driver_sql("SELECT 1")
+                    integrity, fk = ["ok"], []
+                else:
+                    integrity = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA integrity_check")]
+                    fk = [tuple(r) for r in conn.exec_driver_sql("PRAGMA foreign_key_check")]
         except DatabaseError as exc:
             raise translate_operational(path, exc) from exc
     finally:

@@ -4,11 +4,18 @@ the repository layer; callers get frozen records.
 
 Units live in column names (`_ms`, `_seconds`); timestamps are UTC ISO-8601 text with
 `_at`, so plain `sqlite3` shows them readably.
+
+The same models serve SQLite files and PostgreSQL registries: JSON checks render per
+dialect (`JsonValid`), the one-active-row index is partial on both, and `seed` is a
+BIGINT on PostgreSQL (its INTEGER is 32-bit; SQLite's is 64-bit).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Float,
     ForeignKey,
@@ -20,7 +27,10 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.types import Boolean
 
 from presetdb._util import utc_now
 
@@ -44,6 +54,30 @@ RUN_SOURCES = (
 )
 
 
+class JsonValid(ColumnElement[bool]):
+    """CHECK expression "this column holds valid JSON", spelled per dialect exactly as
+    revision 0001 spells it: json_valid(col) on SQLite, (col::jsonb IS NOT NULL) on
+    PostgreSQL."""
+
+    inherit_cache = True
+    type = Boolean()
+
+    def __init__(self, column: str) -> None:
+        self.column = column
+
+
+@compiles(JsonValid)
+def _json_valid_sqlite(element: JsonValid, _compiler: Any, **_kw: Any) -> str:
+    return f"json_valid({element.column})"
+
+
+@compiles(JsonValid, "postgresql")
+def _json_valid_postgresql(element: JsonValid, _compiler: Any, **_kw: Any) -> str:
+    return f"({element.column}::jsonb IS NOT NULL)"
+
+
+ACTIVE_ONLY = text("status = 'active'")
+SEED_TYPE = Integer().with_variant(BigInteger(), "postgresql")
 
 
 class Base(DeclarativeBase):
@@ -52,7 +86,7 @@ class Base(DeclarativeBase):
 
 class Kernel(Base):
     __tablename__ = "kernels"
-    __table_args__ = (CheckConstraint("json_valid(key_schema)", name="key_schema_json"),)
+    __table_args__ = (CheckConstraint(JsonValid("key_schema"), name="key_schema_json"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)  # e.g. "rms_norm"
@@ -126,7 +160,7 @@ class TuningRun(Base):
     helion_version: Mapped[str | None] = mapped_column(String(50))
     presetdb_version: Mapped[str | None] = mapped_column(String(50))
     autotune_effort: Mapped[str | None] = mapped_column(String(20))  # none / quick / full
-    seed: Mapped[int | None] = mapped_column(Integer)
+    seed: Mapped[int | None] = mapped_column(SEED_TYPE)
     benchmark_method: Mapped[str | None] = mapped_column(Text)  # e.g. do_bench median, warm-up
     started_at: Mapped[str | None] = mapped_column(String(32))
     finished_at: Mapped[str | None] = mapped_column(String(32))
@@ -137,7 +171,7 @@ class Config(Base):
     """A Helion config, stored once and addressed by the sha256 of its canonical JSON."""
 
     __tablename__ = "configs"
-    __table_args__ = (CheckConstraint("json_valid(config_json)", name="config_json"),)
+    __table_args__ = (CheckConstraint(JsonValid("config_json"), name="config_json"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -154,7 +188,7 @@ class Preset(Base):
 
     __tablename__ = "presets"
     __table_args__ = (
-        CheckConstraint("json_valid(shape_key)", name="shape_key_json"),
+        CheckConstraint(JsonValid("shape_key"), name="shape_key_json"),
         CheckConstraint(
             "status IN (" + ", ".join(f"'{s}'" for s in PRESET_STATUSES) + ")", name="status_known"
         ),
@@ -169,7 +203,8 @@ class Preset(Base):
             "platform_id",
             "shape_key",
             unique=True,
-            sqlite_where=text("status = 'active'"),
+            sqlite_where=ACTIVE_ONLY,
+            postgresql_where=ACTIVE_ONLY,
         ),
         Index("ix_presets_lookup", "kernel_id", "platform_id", "status"),
     )
@@ -216,7 +251,7 @@ class PresetMiss(Base):
     __tablename__ = "preset_misses"
     __table_args__ = (
         UniqueConstraint("kernel", "platform", "features"),
-        CheckConstraint("json_valid(features)", name="features_json"),
+        CheckConstraint(JsonValid("features"), name="features_json"),
         CheckConstraint("count >= 1", name="count_positive"),
     )
 

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
 from presetdb._util import canonical_json
-from presetdb.errors import KeySpecError, UnknownKernelError, UnknownPlatformError
+from presetdb.errors import KeySpecError, StoreError, UnknownKernelError, UnknownPlatformError
 from presetdb.keys import canonical_key, parse_key
 from presetdb.store.models import (
     Config,
@@ -223,6 +224,7 @@ class Repository:
         row = self.session.scalar(select(Kernel).where(Kernel.name == name))
         schema_text = json.dumps(dict(key_schema), sort_keys=True)
         if row is None:
+            check_lengths(Kernel.__table__, {"name": name}, f"kernel {name!r}")
             row = Kernel(name=name, key_schema=schema_text, description=description)
             self.session.add(row)
             self.session.flush()
@@ -285,6 +287,12 @@ class Repository:
     ) -> PlatformRecord:
         row = self.session.scalar(select(Platform).where(Platform.name == name))
         if row is None:
+            check_lengths(
+                Platform.__table__,
+                {"name": name, "vendor": vendor, "device_name": device_name,
+                 "compute_capability": compute_capability},
+                f"platform {name!r}",
+            )
             row = Platform(
                 name=name, vendor=vendor, device_name=device_name,
                 compute_capability=compute_capability, sm_count=sm_count,
@@ -310,6 +318,7 @@ class Repository:
 
     def add_alias(self, alias: str, platform: str) -> None:
         pid = self._platform_id(platform)
+        check_lengths(PlatformAlias.__table__, {"alias": alias}, f"alias of platform {platform!r}")
         if self.session.get(PlatformAlias, alias) is None:
             self.session.add(PlatformAlias(alias=alias, platform_id=pid))
             self.session.flush()
@@ -347,6 +356,7 @@ class Repository:
         unknown = set(provenance) - set(RUN_FIELDS)
         if unknown:
             raise TypeError(f"unknown tuning_runs fields: {sorted(unknown)}")
+        check_lengths(TuningRun.__table__, {"source": source, **provenance}, "tuning run provenance")
         row = TuningRun(source=source, **provenance)
         self.session.add(row)
         self.session.flush()
@@ -362,15 +372,17 @@ class Repository:
         return [_run_record(r) for r in self.session.scalars(select(TuningRun).order_by(TuningRun.id))]
 
     def config_id(self, config: Mapping[str, Any]) -> int:
-        """Id of the content-addressed config row, inserting it if new."""
+        """Id of the content-addressed config row, inserting it if new.
+
+        INSERT ... ON CONFLICT DO NOTHING: a config another writer stored in the meantime
+        is reused, never a unique violation (whatever the caller's locking)."""
         sha = config_sha256(config)
         found = self.session.scalar(select(Config.id).where(Config.sha256 == sha))
         if found is not None:
             return found
-        row = Config(sha256=sha, config_json=canonical_config(config))
-        self.session.add(row)
-        self.session.flush()
-        return row.id
+        values = {"sha256": sha, "config_json": canonical_config(config), "created_at": utc_now()}
+        self.session.execute(insert_or_skip(self.session, Config.__table__, values))
+        return int(self.session.scalar(select(Config.id).where(Config.sha256 == sha)) or 0)
 
     # presets ------------------------------------------------------------
     def upsert_preset(self, kernel: str, platform: str, run_id: int, item: PresetInput) -> UpsertResult:
@@ -522,6 +534,11 @@ class Repository:
     def record_misses(self, misses: Iterable[MissRecord]) -> None:
         """Add counts to the ledger (one row per kernel x platform x features)."""
         for miss in misses:
+            check_lengths(
+                PresetMiss.__table__,
+                {"kernel": miss.kernel, "platform": miss.platform, "reason": miss.reason},
+                "miss ledger row",
+            )
             row = self.session.scalar(
                 select(PresetMiss).where(
                     PresetMiss.kernel == miss.kernel,
@@ -554,6 +571,29 @@ class Repository:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def insert_or_skip(session: Session, table: Table | Any, values: Mapping[str, Any]) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING in the session's dialect."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).values(**values).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(table).values(**values).on_conflict_do_nothing()
+    return insert(table).values(**values)
+
+
+def check_lengths(table: Table | Any, values: Mapping[str, Any], what: str) -> None:
+    """Text longer than its String(n) column is refused on both dialects alike (PostgreSQL
+    enforces the length, SQLite would keep it): name the field, the limit and the value."""
+    for name, value in values.items():
+        column = table.c.get(name)
+        length = getattr(column.type, "length", None) if column is not None else None
+        if isinstance(value, str) and length is not None and len(value) > length:
+            raise StoreError(
+                f"{what}: {name} is {len(value)} characters, the column holds at most {length} "
+                f"({value[:60]!r}...); shorten it"
+            )
 
 
 def _preset_query() -> Any:

@@ -4,8 +4,12 @@ Rows stream from the parsers through `validate` into `Repository.upsert_preset` 
 single write transaction. Once any row is invalid nothing more is written, the remaining
 rows are still checked (so every problem is reported at once) and the transaction is
 rolled back. A file whose rows are all unchanged leaves no tuning run behind, so
-re-importing a file is a no-op. ``dry_run`` works on a private copy of the database, so
-the file itself is never opened for writing.
+re-importing a file is a no-op. ``dry_run`` works on a private copy of a SQLite file, so
+the file itself is never opened for writing; on a registry it runs in a transaction that
+is rolled back.
+
+Into a registry, concurrent imports queue on the registry's writer lock (see
+`presetdb.store.engine`): overlapping files never collide on a unique index.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from presetdb.offline.importers.validate import (
 )
 from presetdb.runtime.platforms import derive_platform_name
 from presetdb.store import migrate
+from presetdb.store.engine import Target, parse_target
 from presetdb.store.repository import Repository, config_sha256
 
 # Rows kept in a report for printing; counts are always complete.
@@ -117,7 +122,7 @@ def _known(repo: Repository, parsed: ParsedFile, name: str) -> str:
 
 
 def import_files(
-    db: Path,
+    db: Path | str | Target,
     paths: Sequence[Path],
     *,
     fmt: str = "auto",
@@ -133,7 +138,7 @@ def import_files(
     report = ImportReport(dry_run=dry_run)
     resolver = resolver or RegistryResolver()
     parsed_files = [parse_file(Path(p), fmt, kernel=kernel, key=key) for p in paths]
-    with _target(Path(db), dry_run) as target:
+    with _target(parse_target(db), dry_run) as target:
         store = migrate.open_store(target, "rw")
         try:
             with store.transaction() as session:
@@ -159,13 +164,13 @@ class _target:
     """The db itself, or for a dry run a private copy made through SQLite's backup API
     from a read-only connection (the original is never opened for writing)."""
 
-    def __init__(self, db: Path, dry_run: bool) -> None:
+    def __init__(self, db: Target, dry_run: bool) -> None:
         self.db, self.dry_run = db, dry_run
         self._tmp: str | None = None
 
-    def __enter__(self) -> Path:
-        if not self.dry_run:
-            return self.db
+    def __enter__(self) -> Target:
+        if not self.dry_run or not isinstance(self.db, Path):
+            return self.db  # a registry's dry run is rolled back instead
         migrate.open_store(self.db, "ro").dispose()  # the usual clear errors first
         self._tmp = tempfile.mkdtemp(prefix="presetdb-dry-run-")
         copy = Path(self._tmp) / "copy.db"
