@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import helion.language as hl
@@ -44,6 +45,25 @@ def example_inputs(
     return (randn((rows, n), dt, device, 3),)
 
 
+# Eager attention scores: prefill of one sequence of t tokens in this range; shorter and
+# longer sequences go to fused attention kernels in a server.
+ATTENTION_TOKENS = (128, 4096)
+
+
+def shapes_for(model: Any, tokens: Sequence[int]) -> list[dict[str, Any]]:
+    """`presetdb shapes`: the logits, one row per token over the vocabulary (sampling);
+    MoE routers, one row per token over the experts; eager attention in prefill, heads x t
+    rows of t scores (t in ATTENTION_TOKENS)."""
+    low, high = ATTENTION_TOKENS
+    keys = []
+    for t in tokens:
+        keys.append({"dtype": model.dtype, "n": model.vocab, "num_rows": t})
+        if model.experts:
+            keys.append({"dtype": model.dtype, "n": model.experts, "num_rows": t})
+        if low <= t <= high:
+            keys.append({"dtype": model.dtype, "n": t, "num_rows": model.heads * t})
+    return keys
+
 @register_kernel(
     name="softmax",
     key_spec=KEY_SPEC,
@@ -52,6 +72,7 @@ def example_inputs(
     example_inputs=example_inputs,
     adapt=flatten_leading(0),
     features=features,
+    shapes_for=shapes_for,
     description="softmax over the last dim",
 )
 def softmax(x: torch.Tensor) -> torch.Tensor:
