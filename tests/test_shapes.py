@@ -205,3 +205,30 @@ def test_cli_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert "unknown kernel 'nope'" in str(result.exception)
     result = cli("shapes", "--catalog")
     assert result.exit_code == 0 and "mixtral-8x7b" in result.output and "gemma-2-9b" in result.output
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES_DIR = ROOT / "benchmarks" / "shapes"
+TUNING_MODELS = ("llama-3-8b", "llama-3-70b", "qwen2.5-7b", "qwen2.5-72b", "mistral-7b", "mixtral-8x7b")
+
+
+def test_committed_grids_are_what_presetdb_shapes_writes_and_held_out_sets_stay_held_out() -> None:
+    catalog = models.catalog()
+    grid = shapes.shapes_for_models([catalog[m] for m in TUNING_MODELS], shapes.parse_tokens("1..8192"))
+    for name, keys in grid.items():
+        assert load_shapes(SHAPES_DIR / f"tune_v2_{name}.json") == keys, f"regenerate tune_v2_{name}.json"
+    heldout = json.loads((SHAPES_DIR / "heldout_v2.json").read_text())
+    coverage = json.loads((SHAPES_DIR / "heldout_coverage.json").read_text())
+    expected = shapes.shapes_for_models(
+        [catalog[m] for m in ("gemma-2-9b", "phi-3-medium", "llama-2-13b", "glm-4-9b")], [1, 37, 300, 2048],
+        exclude=grid,
+    )
+    assert heldout == expected
+    assert set(heldout) == set(coverage) == {"matmul", "rms_norm", "silu_mul", "softmax"}
+    assert sum(map(len, heldout.values())) >= 30 and sum(map(len, coverage.values())) >= 20
+    for name in grid:
+        tuned = {canonical_key(k) for k in grid[name]}
+        held = {canonical_key(k) for k in heldout[name]}
+        cov = {canonical_key(k) for k in coverage[name]}
+        assert heldout[name] and coverage[name]
+        assert not (held & tuned) and not (cov & tuned) and not (cov & held)
