@@ -27,9 +27,11 @@ def test_slower_audit_names_the_timing_and_show_flags_the_preset(tmp_path: Path)
     assert "slower than Helion's default config (1.11x its time) under the same timing" in shown.output
     assert "triton do_bench median, 25 ms warm-up" in shown.output
     # A preset faster than both is not flagged.
-    listed = runner.invoke(app, ["sql", "SELECT preset_id FROM v_active_presets WHERE kernel = 'rms_norm' "
-                                 "AND latency_ms < default_ms AND latency_ms < reference_ms LIMIT 1",
-                                 "--db", str(db), "--format", "json"])
+    query = (
+        "SELECT preset_id FROM v_active_presets WHERE kernel = 'rms_norm' "
+        "AND latency_ms < default_ms AND latency_ms < reference_ms LIMIT 1"
+    )
+    listed = runner.invoke(app, ["sql", query, "--db", str(db), "--format", "json"])
     assert listed.exit_code == 0, listed.output
     fast = json.loads(listed.stdout)[0]["preset_id"]
     shown = runner.invoke(app, ["show", str(fast), "--db", str(db)], env={"COLUMNS": "300"})

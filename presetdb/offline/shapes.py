@@ -108,7 +108,8 @@ def shapes_for_models(
                 text = canonical_key(key)
                 if text not in dropped:
                     seen.setdefault(text, dict(key))
-        out[name] = sorted(seen.values(), key=lambda k, spec=rk.key_spec: _sort_key(spec, k))
+        spec = rk.key_spec
+        out[name] = sorted(seen.values(), key=lambda k: _sort_key(spec, k))
     return out
 
 
