@@ -72,7 +72,6 @@ def shapes_for(model: Any, tokens: Sequence[int]) -> list[dict[str, Any]]:
     example_inputs=example_inputs,
     adapt=flatten_leading(0),
     features=features,
-    shapes_for=shapes_for,
     description="softmax over the last dim",
 )
 def softmax(x: torch.Tensor) -> torch.Tensor:
@@ -84,3 +83,8 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
         e = torch.exp(shifted)
         out[tile_m, :] = (e / torch.sum(e, dim=-1, keepdim=True)).to(out.dtype)
     return out
+
+
+# Attached after registration, not passed to the decorator: the decorator's text is part of
+# the hashed kernel source (rk.source_hash(), Helion's cache key), which stored presets pin.
+softmax.shapes_for = shapes_for
