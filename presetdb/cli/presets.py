@@ -88,6 +88,17 @@ def show(
         f"PyTorch {_ms(preset.reference_ms)} ms | configs tried {preset.configs_tried or '-'} | "
         f"tuning {preset.tuning_seconds or '-'} s"
     )
+    slower = [
+        f"{name} ({preset.latency_ms / ms:.2f}x its time)"
+        for name, ms in (("Helion's default config", preset.default_ms), ("PyTorch", preset.reference_ms))
+        if ms and preset.latency_ms and preset.latency_ms > ms
+    ]
+    if slower:  # all three were timed by the same run, with the same method
+        console.print(
+            f"[bold yellow]slower than {' and '.join(slower)}[/] under the same timing "
+            f"({escape(run.benchmark_method or 'method not recorded')}): refine or retune this key",
+            highlight=False,
+        )
     prov = Table(title=f"provenance (tuning run {run.id})", show_header=False)
     for name, value in vars(run).items():
         if value not in (None, ""):

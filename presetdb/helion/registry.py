@@ -71,6 +71,7 @@ class RegisteredKernel:
         autotune_effort: str = "quick",
         helion_settings: dict[str, Any] | None = None,
         baseline: Callable[..., Any] | None = None,
+        shapes_for: Callable[[Any, Sequence[int]], Any] | None = None,
     ) -> None:
         settings = dict(helion_settings or {})
         pinned = PINNED_SETTINGS & settings.keys()
@@ -96,6 +97,7 @@ class RegisteredKernel:
         self.mutates_args = tuple(mutates_args)
         self.description = description or (inspect.getdoc(body) or "").split("\n\n")[0]
         self.autotune_effort = autotune_effort
+        self.shapes_for = shapes_for  # (model dims, token counts) -> shape keys: `presetdb shapes`
         self.adapt = adapt
         extractors = tuple(f.extract for f in key_spec.fields)
         # One call per launch: a kernel may give all features as one function.
@@ -325,6 +327,7 @@ def register_kernel(
     autotune_effort: str = "quick",
     helion_settings: dict[str, Any] | None = None,
     baseline: Callable[..., Any] | None = None,
+    shapes_for: Callable[[Any, Sequence[int]], Any] | None = None,
 ) -> Callable[[Callable[..., Any]], RegisteredKernel]:
     """Decorate a Helion kernel body (a plain function using ``helion.language``).
 
@@ -346,6 +349,7 @@ def register_kernel(
             mutates_args=mutates_args, fake_impl=fake_impl, adapt=adapt, features=features,
             description=description,
             autotune_effort=autotune_effort, helion_settings=helion_settings, baseline=baseline,
+            shapes_for=shapes_for,
         )
         _registry[name] = rk
         return rk

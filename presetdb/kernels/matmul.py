@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import helion.language as hl
@@ -45,6 +46,30 @@ def example_inputs(
     return (randn((m, k), dt, device, 4), randn((k, n), dt, device, 5))
 
 
+def shapes_for(model: Any, tokens: Sequence[int]) -> list[dict[str, Any]]:
+    """`presetdb shapes`: a decoder layer's projections, a [tokens, k] @ b [k, n]: qkv
+    (hidden -> (heads + 2 kv_heads) x head_dim), o (heads x head_dim -> hidden), gate_up
+    (hidden -> 2 x intermediate), down (intermediate -> hidden) and lm_head (hidden ->
+    vocab). MoE: the router (hidden -> experts) on every token; each expert's gate_up and
+    down on its share of the routed tokens, m = ceil(tokens x experts_per_token / experts)
+    (balanced routing); shared experts on every token."""
+    h = model.hidden
+    pairs = [(model.qkv_size, h), (h, model.q_size), (model.vocab, h)]  # (n, k) on every token
+    if model.intermediate:
+        pairs += [(2 * model.intermediate, h), (h, model.intermediate)]
+    if model.shared_intermediate:
+        pairs += [(2 * model.shared_intermediate, h), (h, model.shared_intermediate)]
+    if model.experts:
+        pairs.append((model.experts, h))
+    keys = []
+    for t in tokens:
+        keys += [{"dtype": model.dtype, "n": n, "k": k, "m": t} for n, k in pairs]
+        if model.experts:
+            m = -(-t * model.experts_per_token // model.experts)
+            width = model.expert_intermediate
+            keys += [{"dtype": model.dtype, "n": n, "k": k, "m": m} for n, k in ((2 * width, h), (h, width))]
+    return keys
+
 @register_kernel(
     name="matmul",
     key_spec=KEY_SPEC,
@@ -65,3 +90,8 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             acc = torch.addmm(acc, a[tile_m, tile_k], b[tile_k, tile_n])
         out[tile_m, tile_n] = acc.to(out.dtype)
     return out
+
+
+# Attached after registration, not passed to the decorator: the decorator's text is part of
+# the hashed kernel source (rk.source_hash(), Helion's cache key), which stored presets pin.
+matmul.shapes_for = shapes_for

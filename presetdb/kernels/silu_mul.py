@@ -5,6 +5,7 @@ Tiles over (rows, d); the "up" half is read at a column offset of d. Math in flo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import helion.language as hl
@@ -50,6 +51,21 @@ def example_inputs(
     return (randn((tokens, 2 * d), dt, device, 2),)
 
 
+def shapes_for(model: Any, tokens: Sequence[int]) -> list[dict[str, Any]]:
+    """`presetdb shapes`: the MLP's activation, d = the intermediate size (its input, gate
+    and up side by side, is 2 x d wide). MoE: routed tokens meet `experts_per_token`
+    experts, so an expert-batched activation sees tokens x experts_per_token rows of the
+    expert width; shared experts see every token."""
+    keys = []
+    for t in tokens:
+        if model.intermediate:
+            keys.append({"dtype": model.dtype, "d": model.intermediate, "num_tokens": t})
+        if model.experts:
+            keys.append({"dtype": model.dtype, "d": model.expert_intermediate, "num_tokens": t * model.experts_per_token})
+        if model.shared_intermediate:
+            keys.append({"dtype": model.dtype, "d": model.shared_intermediate, "num_tokens": t})
+    return keys
+
 @register_kernel(
     name="silu_mul",
     key_spec=KEY_SPEC,
@@ -69,3 +85,8 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
         up = x[tile_m, tile_d.index + d].to(torch.float32)
         out[tile_m, tile_d] = (gate * torch.sigmoid(gate) * up).to(out.dtype)
     return out
+
+
+# Attached after registration, not passed to the decorator: the decorator's text is part of
+# the hashed kernel source (rk.source_hash(), Helion's cache key), which stored presets pin.
+silu_mul.shapes_for = shapes_for

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import helion.language as hl
@@ -44,6 +45,25 @@ def example_inputs(
     return (randn((rows, n), dt, device, 3),)
 
 
+# Eager attention scores: prefill of one sequence of t tokens in this range; shorter and
+# longer sequences go to fused attention kernels in a server.
+ATTENTION_TOKENS = (128, 4096)
+
+
+def shapes_for(model: Any, tokens: Sequence[int]) -> list[dict[str, Any]]:
+    """`presetdb shapes`: the logits, one row per token over the vocabulary (sampling);
+    MoE routers, one row per token over the experts; eager attention in prefill, heads x t
+    rows of t scores (t in ATTENTION_TOKENS)."""
+    low, high = ATTENTION_TOKENS
+    keys = []
+    for t in tokens:
+        keys.append({"dtype": model.dtype, "n": model.vocab, "num_rows": t})
+        if model.experts:
+            keys.append({"dtype": model.dtype, "n": model.experts, "num_rows": t})
+        if low <= t <= high:
+            keys.append({"dtype": model.dtype, "n": t, "num_rows": model.heads * t})
+    return keys
+
 @register_kernel(
     name="softmax",
     key_spec=KEY_SPEC,
@@ -63,3 +83,8 @@ def softmax(x: torch.Tensor) -> torch.Tensor:
         e = torch.exp(shifted)
         out[tile_m, :] = (e / torch.sum(e, dim=-1, keepdim=True)).to(out.dtype)
     return out
+
+
+# Attached after registration, not passed to the decorator: the decorator's text is part of
+# the hashed kernel source (rk.source_hash(), Helion's cache key), which stored presets pin.
+softmax.shapes_for = shapes_for

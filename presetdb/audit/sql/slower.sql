@@ -1,7 +1,9 @@
 -- title: Presets slower than the default config or PyTorch
 -- purpose: Active presets whose stored config ran slower than Helion's default config
---   or than the PyTorch reference on the tuning machine. Such a preset costs time:
---   retune it, or drop it so the default (or PyTorch) serves the key. Worst first.
+--   or than the PyTorch reference, all three timed by the same run with the same method
+--   (benchmark_method: an L2-flush do_bench, a CUDA-graph replay, ...), so the ratios
+--   compare like with like. Such a preset costs time on every call: refine or retune it
+--   (presetdb refine / tune), or drop it so the default (or PyTorch) serves the key. Worst first.
 -- params: none
 -- columns:
 --   preset_id: presets.id
@@ -14,15 +16,19 @@
 --   vs_default: latency_ms / default_ms (above 1 = slower than the default)
 --   vs_reference: latency_ms / reference_ms (above 1 = slower than PyTorch)
 --   slower_than: "default", "reference" or "default+reference"
+--   benchmark_method: how the tuning run timed all three (tuning_runs.benchmark_method)
 -- highlight: {kernel} on {platform} {shape_key}: {vs_default}x default, {vs_reference}x PyTorch
-SELECT preset_id, kernel, platform, shape_key, latency_ms, default_ms, reference_ms,
-       ROUND(latency_ms / default_ms, 3) AS vs_default,
-       ROUND(latency_ms / reference_ms, 3) AS vs_reference,
+SELECT v.preset_id, v.kernel, v.platform, v.shape_key, v.latency_ms, v.default_ms, v.reference_ms,
+       ROUND(v.latency_ms / v.default_ms, 3) AS vs_default,
+       ROUND(v.latency_ms / v.reference_ms, 3) AS vs_reference,
        ltrim(
-           CASE WHEN latency_ms > default_ms THEN '+default' ELSE '' END ||
-           CASE WHEN latency_ms > reference_ms THEN '+reference' ELSE '' END,
-           '+') AS slower_than
-FROM v_active_presets
-WHERE latency_ms > default_ms OR latency_ms > reference_ms
-ORDER BY MAX(COALESCE(latency_ms / default_ms, 0), COALESCE(latency_ms / reference_ms, 0)) DESC,
-         preset_id
+           CASE WHEN v.latency_ms > v.default_ms THEN '+default' ELSE '' END ||
+           CASE WHEN v.latency_ms > v.reference_ms THEN '+reference' ELSE '' END,
+           '+') AS slower_than,
+       r.benchmark_method
+FROM v_active_presets v
+JOIN presets p ON p.id = v.preset_id
+JOIN tuning_runs r ON r.id = p.run_id
+WHERE v.latency_ms > v.default_ms OR v.latency_ms > v.reference_ms
+ORDER BY MAX(COALESCE(v.latency_ms / v.default_ms, 0), COALESCE(v.latency_ms / v.reference_ms, 0)) DESC,
+         v.preset_id

@@ -1,0 +1,92 @@
+"""`presetdb refine`: re-rank the nearest stored configs on new shapes (seconds per shape)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from presetdb.cli.common import DbOption, console, db_path, err_console
+
+
+def refine_cmd(
+    kernel: Annotated[str, typer.Argument(help="Registered kernel name, e.g. matmul.", show_default=False)],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Results file (resumed if it exists).", show_default=False)
+    ],
+    shapes: Annotated[
+        Path | None,
+        typer.Option(
+            "--shapes", help="Shape keys: a JSON array, one key per line, or {kernel: [keys]} (e.g. from `presetdb shapes`)."
+        ),
+    ] = None,
+    grid: Annotated[
+        str | None, typer.Option("--grid", help="e.g. 'dtype=bfloat16;n=4096;k=14336;m=1,16,37'.")
+    ] = None,
+    db: DbOption = None,
+    k: Annotated[int, typer.Option("--k", help="Distinct stored configs to try per shape (nearest keys first).")] = 8,
+    timing: Annotated[
+        str,
+        typer.Option("--timing", help="graph: CUDA-graph replay (as served); flush: do_bench with an L2 flush."),
+    ] = "graph",
+    platform: Annotated[
+        str | None, typer.Option("--platform", "-p", help="Canonical platform of the results (default: from the device).")
+    ] = None,
+    candidates_from: Annotated[
+        str | None,
+        typer.Option("--candidates-from", help="Take the stored configs of this platform (default: --platform)."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="cuda (default) or cpu (TRITON_INTERPRET=1).")] = "cuda",
+    check: Annotated[
+        bool, typer.Option("--check/--no-check", help="Compare the winner's output with the PyTorch reference.")
+    ] = True,
+    module: Annotated[
+        list[str] | None,
+        typer.Option("--module", help="Import this module first (it registers your kernel); repeatable."),
+    ] = None,
+) -> None:
+    """Time the k nearest stored configs and Helion's default on each shape; keep the fastest (GPU).
+
+    Writes presetdb-results/1 (run source refine; every candidate's time kept as a runner-up) for `presetdb import` or `presetdb new-migration`.
+
+    The file is rewritten after every shape: rerunning skips finished shapes, and Ctrl-C keeps them.
+
+    Example: presetdb refine matmul --shapes matmul_llama3.json --db presets.db --k 8 --out matmul_refined_h100.json
+    """
+    from presetdb.offline import refine as refining
+    from presetdb.offline import tune as tuning
+
+    if module:
+        from presetdb.helion.registry import load_kernel_modules
+
+        load_kernel_modules(module)
+    if (shapes is None) == (grid is None):
+        raise typer.BadParameter("give exactly one of --shapes FILE or --grid SPEC")
+    keys = refining.shapes_for_kernel(shapes, kernel) if shapes is not None else tuning.parse_grid(grid or "")
+    refiner = refining.Refiner(
+        kernel,
+        out,
+        db=db_path(db),
+        k=k,
+        timing=timing,
+        device=device,
+        platform=platform,
+        candidates_from=candidates_from,
+        check=check,
+    )
+    summary = refiner.run(keys)
+    console.print(
+        f"{summary.path}: {summary.done} refined, {summary.skipped} already there, "
+        f"{len(summary.failed)} failed, of {summary.total} shape(s)",
+        markup=False,
+    )
+    if summary.interrupted:
+        err_console.print("interrupted: finished shapes are kept; run the same command again to resume")
+        raise typer.Exit(130)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("refine")(refine_cmd)

@@ -1,0 +1,514 @@
+"""``presetdb refine``: re-rank stored configs on shapes nobody tuned, in seconds per shape.
+
+A search tries hundreds of configs for minutes; a new shape is usually well served by a
+config already tuned for a neighbouring key. For each shape, refine times the k distinct
+configs stored for the nearest keys of the same kernel (ranked by the key spec's log2
+distance, exact fields first) plus Helion's default config, on that exact shape, with one
+timer, and keeps the fastest as a preset. Every candidate's time is kept as a runner-up,
+so an auditor sees what the winner beat. Candidates are compiled once each (on a GPU
+through Helion's own batch compiler, which precompiles in parallel processes).
+
+`refine_shape` is the per-shape work: it takes plain data (kernel name or object, shape
+key, candidate configs, timing name) so a Ray executor can run it on another machine;
+`Refiner` is the local loop around it: it reads the candidates from a database, writes a
+presetdb-results/1 file (run source ``refine``) after every shape, resumes a file it
+finds, and keeps finished shapes on Ctrl-C. The timer is injectable: on a CPU
+(``TRITON_INTERPRET=1``) `presetdb.offline.tune.cpu_timer` stands in for the GPU timers.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from presetdb.errors import PresetDBError
+from presetdb.keys import KeyIndex, KeySpec, canonical_key
+from presetdb.offline.importers import presetdb_results
+from presetdb.offline.tune import (
+    DO_BENCH_METHOD,
+    FINAL_ROUNDS,
+    Timer,
+    TuneSummary,
+    _check_close,
+    capture_provenance,
+    cpu_timer,
+    do_bench_timer,
+    plain_kernel,
+    utc_now,
+)
+from presetdb.runtime.platforms import derive_platform_name
+
+TIMINGS = ("graph", "flush")
+DEFAULT_K = 8
+DEFAULT_ORIGIN = "helion-default"
+GRAPH_METHOD = (
+    "triton.testing.do_bench_cudagraph median (rep=100 ms; CUDA-graph replay: warm L2, no host "
+    "time), after one warm-up call; the 3 fastest and the default re-timed 3 more times, round robin, median"
+)
+CPU_METHOD = "median of wall time, 3 calls after one warm-up (CPU)"
+
+
+class RefineError(PresetDBError):
+    """A refine run cannot start or a shape cannot be refined."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A config to time on a shape, and where it came from (a stored key, or Helion's default)."""
+
+    config: dict[str, Any]
+    origin: str
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    entry: dict[str, Any]  # a presetdb-results/1 entry
+    winner_origin: str
+    failed: tuple[tuple[str, str], ...] = ()  # (origin, why) of candidates that did not run
+
+
+class TimedCall:
+    """One candidate bound to the shape's arguments: what a timer calls. `config` and
+    `origin` let an injected timer (tests) tell the candidates apart."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], config: dict[str, Any] | None, origin: str) -> None:
+        self.fn, self.args, self.config, self.origin = fn, args, config, origin
+
+    def __call__(self) -> Any:
+        return self.fn(*self.args)
+
+
+# ---------------------------------------------------------------- timers
+
+
+def graph_timer(fn: Callable[[], object]) -> float:
+    """Milliseconds per call as a CUDA-graph replay: the serving condition (warm L2, no host time)."""
+    import torch
+    import triton.testing
+
+    fn()
+    torch.cuda.synchronize()
+    return float(triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median"))
+
+
+def timer_for(timing: str, device: str) -> tuple[Timer, str]:
+    """(timer, benchmark_method text) for --timing on `device`."""
+    if timing not in TIMINGS:
+        raise RefineError(f"--timing {timing!r}: use one of {', '.join(TIMINGS)}")
+    if not device.startswith("cuda"):
+        return cpu_timer(), CPU_METHOD
+    return (graph_timer, GRAPH_METHOD) if timing == "graph" else (do_bench_timer, DO_BENCH_METHOD)
+
+
+# ---------------------------------------------------------------- candidates from a db
+
+
+@dataclass
+class StoredConfigs:
+    """Active presets of one kernel on one platform, ranked per shape by key distance."""
+
+    spec: KeySpec
+    platform: str
+    entries: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (key text, config)
+    _index: KeyIndex[dict[str, Any]] | None = None
+
+    @classmethod
+    def load(cls, db: Path, kernel: str, spec: KeySpec, platform: str) -> StoredConfigs:
+        from presetdb.store import migrate
+        from presetdb.store.repository import Repository
+
+        store = migrate.open_store(db, "ro")
+        try:
+            with store.read() as session:
+                presets = Repository(session).active_presets(kernel, platform)
+        finally:
+            store.dispose()
+        found = cls(spec, platform, [(p.shape_key, p.config) for p in presets])
+        keyed = [(json.loads(text), config) for text, config in found.entries if text != "{}"]
+        found._index = KeyIndex(spec, [(k, c) for k, c in keyed if not spec.check_key(k)])
+        return found
+
+    def nearest(self, key: Mapping[str, Any], k: int) -> list[Candidate]:
+        """The configs of the nearest stored keys, `k` distinct ones at most."""
+        if self._index is None or not len(self._index):
+            return []
+        by_key = dict(self.entries)
+        features = tuple(key[name] for name in self.spec.names)
+        out: list[Candidate] = []
+        seen: set[str] = set()
+        for text in self._index.nearest_keys(features, limit=len(self._index)):
+            config = by_key[text]
+            marker = json.dumps(config, sort_keys=True)
+            if marker in seen:
+                continue
+            seen.add(marker)
+            out.append(Candidate(config, text))
+            if len(out) >= k:
+                break
+        return out
+
+
+# ---------------------------------------------------------------- one shape
+
+_PLAIN: dict[int, Any] = {}  # id(registered kernel) -> its hook-free Helion kernel
+
+
+def _plain(rk: Any) -> Any:
+    plain = _PLAIN.get(id(rk))
+    if plain is None:
+        plain = _PLAIN[id(rk)] = plain_kernel(rk, effort=rk.autotune_effort, seed=None, budget_seconds=None)
+    return plain
+
+
+def _normalized(bound: Any, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Helion's normalized form of a stored config for this shape (raises if it does not fit)."""
+    import helion
+
+    from presetdb.helion.hooks import split_device_keys
+
+    portable, device_only = split_device_keys(bound.config_spec, config)
+    normalized = bound.config_spec.normalized_config(helion.Config(**portable))
+    return {**dict(normalized.config), **device_only}
+
+
+def _compile(bound: Any, kargs: tuple[Any, ...], configs: list[dict[str, Any]], parallel: bool) -> list[Any]:
+    """A compiled function (or the exception) per config. On a GPU Helion's benchmark
+    provider compiles the batch with its parallel precompile; anywhere else, or if that
+    fails, each config is compiled in turn."""
+    import helion
+
+    if parallel:
+        try:
+            from presetdb.offline.tune import _helion_search_object
+
+            search = _helion_search_object(bound, kargs)
+            results = search.benchmark_batch(
+                [helion.Config(**c) for c in configs], desc="refine", raise_if_no_viable_config=False
+            )
+            return [r.fn if r.status == "ok" else RuntimeError(f"Helion: {r.status}") for r in results]
+        except Exception:  # noqa: BLE001, S110  (fall back to compiling one by one)
+            pass
+    out: list[Any] = []
+    for config in configs:
+        try:
+            out.append(bound.compile_config(helion.Config(**config), allow_print=False))
+        except Exception as exc:  # noqa: BLE001  (a candidate that fails is left out, with its reason)
+            out.append(exc)
+    return out
+
+
+def refine_shape(
+    kernel: Any,
+    key: Mapping[str, Any],
+    candidates: Sequence[Candidate],
+    *,
+    device: str = "cuda",
+    timing: str = "graph",
+    timer: Timer | None = None,
+    check: bool = True,
+    parallel_compile: bool | None = None,
+) -> RefineResult:
+    """Time `candidates` and Helion's default config on the exact shape `key`; the
+    fastest (after the 3 fastest and the default are re-timed round robin) is the entry.
+
+    `kernel` is a registered kernel or its name (Ray workers load the kernel modules).
+    Raises RefineError when no candidate runs and computes what the reference does."""
+    if isinstance(kernel, str):
+        from presetdb.helion.registry import get_kernel, load_kernel_modules
+
+        load_kernel_modules()
+        kernel = get_kernel(kernel)
+    rk = kernel
+    clock = timer or timer_for(timing, device)[0]
+    started = time.perf_counter()
+    args = tuple(rk.example_inputs(dict(key), device))
+    kargs, restore = rk.adapt_args(args)
+    kargs = tuple(kargs)
+    bound = _plain(rk).bind(kargs)
+    failed: list[tuple[str, str]] = []
+    chosen: list[Candidate] = [Candidate(dict(bound.config_spec.default_config()), DEFAULT_ORIGIN)]
+    seen = {json.dumps(chosen[0].config, sort_keys=True)}
+    for cand in candidates:
+        try:
+            config = _normalized(bound, cand.config)
+        except Exception as exc:  # noqa: BLE001  (a stored config that does not fit this shape)
+            failed.append((cand.origin, f"invalid here: {type(exc).__name__}: {exc}"[:300]))
+            continue
+        marker = json.dumps(config, sort_keys=True)
+        if marker not in seen:
+            seen.add(marker)
+            chosen.append(Candidate(config, cand.origin))
+    parallel = device.startswith("cuda") if parallel_compile is None else parallel_compile
+    compiled = _compile(bound, kargs, [c.config for c in chosen], parallel)
+    calls: list[TimedCall] = []
+    times: list[float] = []
+    for cand, fn in zip(chosen, compiled, strict=True):
+        if isinstance(fn, BaseException):
+            failed.append((cand.origin, f"compile: {type(fn).__name__}: {fn}"[:300]))
+            continue
+        call = TimedCall(fn, kargs, cand.config, cand.origin)
+        try:
+            ms = clock(call)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            failed.append((cand.origin, f"run: {type(exc).__name__}: {exc}"[:300]))
+            continue
+        calls.append(call)
+        times.append(ms)
+    if not calls:
+        raise RefineError(f"shape {canonical_key(key)}: none of {len(chosen)} candidate(s) ran: {failed}")
+    # One timing each is noisy: the 3 fastest and Helion's default are timed again, round
+    # robin, and ranked by median (as `presetdb tune` does).
+    order = sorted(range(len(calls)), key=lambda i: times[i])
+    default_index = next((i for i, c in enumerate(calls) if c.origin == DEFAULT_ORIGIN), None)
+    finalists = list(dict.fromkeys([*order[:3], *([] if default_index is None else [default_index])]))
+    rounds = {i: [times[i]] for i in finalists}
+    for _ in range(FINAL_ROUNDS):
+        for i in finalists:
+            rounds[i].append(clock(calls[i]))
+    for i in finalists:
+        times[i] = statistics.median(rounds[i])
+    order = sorted(range(len(calls)), key=lambda i: (i not in rounds, times[i]))
+    winner = None
+    wrong: set[int] = set()
+    expected = rk.reference(*args) if check else None
+    for i in order:
+        if check:
+            try:
+                out = calls[i]()
+                _check_close(out if restore is None else restore(out), expected, key)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:  # noqa: BLE001  (TuneError: wrong values; anything else: it broke)
+                failed.append((calls[i].origin, f"wrong result: {exc}"[:300]))
+                wrong.add(i)
+                continue
+        winner = i
+        break
+    if winner is None:
+        raise RefineError(f"shape {canonical_key(key)}: no candidate computed what the reference does: {failed}")
+    config = rk.validate_config(dict(calls[winner].config or {}), dict(key) or None)
+    runners = [{"config": calls[i].config, "latency_ms": times[i]} for i in order if i != winner and i not in wrong]
+    reference = TimedCall(lambda *a: rk.baseline(*a), args, None, "reference")
+    entry: dict[str, Any] = {
+        "key": dict(key),
+        "config": config,
+        "latency_ms": times[winner],
+        "default_ms": None if default_index is None else times[default_index],
+        "reference_ms": clock(reference),
+        "configs_tried": len(calls),
+        "tuning_seconds": round(time.perf_counter() - started, 3),
+    }
+    if runners:
+        entry["runners_up"] = runners
+    entry = {k: v for k, v in entry.items() if v is not None}
+    return RefineResult(entry, calls[winner].origin, tuple(failed))
+
+
+# ---------------------------------------------------------------- shapes files
+
+
+def shapes_for_kernel(path: Path, kernel: str) -> list[dict[str, Any]]:
+    """A `tune --shapes` file, or a ``{kernel: [keys]}`` file (held-out sets) for `kernel`."""
+    from presetdb.offline.tune import load_shapes
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = None
+    except OSError as exc:
+        raise RefineError(f"{path}: cannot read ({exc})") from None
+    if isinstance(data, dict) and "shapes" not in data:
+        if kernel not in data:
+            raise RefineError(f"{path}: no {kernel!r} member; it has {', '.join(sorted(data)) or 'none'}")
+        keys = data[kernel]
+        if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
+            raise RefineError(f"{path}: {kernel!r} must be a JSON array of shape keys")
+        return keys
+    return load_shapes(path)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class Refiner:
+    """Refines one kernel over shape keys into one results file (resumable)."""
+
+    def __init__(
+        self,
+        kernel: Any,
+        out: Path,
+        *,
+        db: Path,
+        k: int = DEFAULT_K,
+        timing: str = "graph",
+        timer: Timer | None = None,
+        benchmark_method: str | None = None,
+        device: str = "cuda",
+        platform: str | None = None,
+        candidates_from: str | None = None,
+        check: bool = True,
+        parallel_compile: bool | None = None,
+        console: Console | None = None,
+        progress: bool = True,
+    ) -> None:
+        if k < 0:
+            raise RefineError(f"--k {k}: give 0 or more stored configs to try")
+        if isinstance(kernel, str):
+            from presetdb.helion.registry import get_kernel, load_kernel_modules
+
+            load_kernel_modules()
+            kernel = get_kernel(kernel)
+        self.rk = kernel
+        self.out = Path(out)
+        self.db = Path(db)
+        self.k = k
+        self.timing = timing
+        chosen, method = timer_for(timing, device)
+        self.timer = timer or chosen
+        self.device = device
+        self.platform = platform
+        self.candidates_from = candidates_from
+        self.check = check
+        self.parallel_compile = parallel_compile
+        self.console = console or Console(stderr=True)
+        self.progress = progress
+        self._method = benchmark_method or (method if timer is None else "injected timer")
+        self.stored: StoredConfigs | None = None
+
+    def benchmark_method(self, source_platform: str) -> str:
+        return (
+            f"refine: the {self.k} nearest stored configs ({self.rk.name} on {source_platform}, "
+            f"{self.db.name}) and Helion's default, timed on the exact shape; {self._method}"
+        )
+
+    def _start_document(self) -> dict[str, Any]:
+        run = capture_provenance(self.device, effort="none", seed=0, benchmark_method="")
+        run.pop("seed", None)  # nothing random in a refine run
+        run["source"] = "refine"
+        platform = self.platform or derive_platform_name(run["device_name"])
+        self.platform = platform
+        source_platform = self.candidates_from or platform
+        run["benchmark_method"] = self.benchmark_method(source_platform)
+        self.stored = StoredConfigs.load(self.db, self.rk.name, self.rk.key_spec, source_platform)
+        if not self.stored.entries:
+            self.console.print(
+                f"[yellow]warning:[/] {escape(str(self.db))} has no active {self.rk.name} presets on "
+                f"{escape(source_platform)}: only Helion's default config will be timed",
+                highlight=False,
+            )
+        if self.out.exists():
+            doc = presetdb_results.load(self.out)
+            old = doc["run"]
+            if doc["kernel"]["name"] != self.rk.name or doc["platform"] != platform:
+                raise RefineError(
+                    f"{self.out}: holds {doc['kernel']['name']} on {doc['platform']}, not "
+                    f"{self.rk.name} on {platform}; use another --out file"
+                )
+            if old.get("source") != "refine":
+                raise RefineError(f"{self.out}: is a {old.get('source')} run, not refine; use another --out file")
+            if doc["kernel"].get("source_hash") not in (None, self.rk.source_hash()):
+                raise RefineError(
+                    f"{self.out}: was started for another version of {self.rk.name}'s source; use another --out file"
+                )
+            if old.get("device_name") not in (None, run["device_name"]):
+                raise RefineError(
+                    f"{self.out}: was refined on {old['device_name']!r}, this is {run['device_name']!r}; "
+                    "results of two devices do not go in one file"
+                )
+            if old.get("benchmark_method") not in (None, run["benchmark_method"]):
+                raise RefineError(
+                    f"{self.out}: was refined with other settings ({old['benchmark_method']!r}); "
+                    "resume with the same --k, --timing and db, or use another --out file"
+                )
+            run["started_at"] = old.get("started_at") or utc_now()
+            doc["run"] = run
+            doc.pop("failures", None)  # failed shapes are tried again
+            return doc
+        run["started_at"] = utc_now()
+        return presetdb_results.document(
+            run=run,
+            kernel={"name": self.rk.name, "source_hash": self.rk.source_hash(), "key_schema": self.rk.key_spec.to_schema()},
+            platform=platform,
+            entries=[],
+        )
+
+    def _save(self, doc: dict[str, Any], failures: list[dict[str, Any]]) -> None:
+        doc["run"]["finished_at"] = utc_now()
+        presetdb_results.write(
+            self.out,
+            presetdb_results.document(
+                run=doc["run"], kernel=doc["kernel"], platform=doc["platform"], entries=doc["entries"], failures=failures
+            ),
+        )
+
+    def refine(self, key: Mapping[str, Any]) -> RefineResult:
+        assert self.stored is not None
+        return refine_shape(
+            self.rk, key, self.stored.nearest(key, self.k), device=self.device, timing=self.timing,
+            timer=self.timer, check=self.check, parallel_compile=self.parallel_compile,
+        )
+
+    def run(self, shapes: Sequence[Mapping[str, Any]]) -> TuneSummary:
+        keys = []
+        for shape in shapes:
+            problems = self.rk.key_spec.check_key(shape) if shape else ["the default entry {} has no shape to time"]
+            if problems:
+                raise RefineError(f"shape {canonical_key(shape)}: " + "; ".join(problems))
+            keys.append(dict(shape))
+        doc = self._start_document()
+        done = {canonical_key(e["key"]) for e in doc["entries"]}
+        todo = [k for k in keys if canonical_key(k) not in done]
+        summary = TuneSummary(self.out, total=len(keys), skipped=len(keys) - len(todo))
+        failures: list[dict[str, Any]] = []
+        self._save(doc, failures)
+        columns = (
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(),
+        )
+        bar = Progress(*columns, console=self.console) if self.progress else nullcontext()
+        with bar as progress:
+            task = progress.add_task(f"refine {self.rk.name}", total=len(todo)) if progress is not None else None
+            try:
+                for key in todo:
+                    text = canonical_key(key)
+                    if progress is not None and task is not None:
+                        progress.update(task, description=f"{self.rk.name} {escape(text)}")
+                    try:
+                        result = self.refine(key)
+                    except KeyboardInterrupt:
+                        raise
+                    except Exception as exc:  # noqa: BLE001  (one shape's failure must not end the run)
+                        message = f"{type(exc).__name__}: {exc}"[:2000]
+                        failures.append({"key": key, "error": message})
+                        summary.failed.append((text, message))
+                        self.console.print(f"[red]failed[/] {escape(text)}: {escape(message)}", highlight=False)
+                    else:
+                        entry = result.entry
+                        doc["entries"].append(entry)
+                        summary.done += 1
+                        default = entry.get("default_ms")
+                        self.console.print(
+                            f"[green]refined[/] {escape(text)}: {entry['latency_ms']:.4f} ms from "
+                            f"{escape(result.winner_origin)} ({entry['configs_tried']} timed; Helion default "
+                            f"{'-' if default is None else f'{default:.4f}'} ms, PyTorch "
+                            f"{entry['reference_ms']:.4f} ms) in {entry['tuning_seconds']:.1f} s",
+                            highlight=False,
+                        )
+                    self._save(doc, failures)
+                    if progress is not None and task is not None:
+                        progress.advance(task)
+            except KeyboardInterrupt:
+                summary.interrupted = True
+        return summary
