@@ -261,10 +261,19 @@ def autotune_miss() -> dict[str, Any]:
         torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         detail = _compare(out, rk.reference(*args), "float16")
-        writer = get_picker().writer
-        assert writer is not None, "no writable overlay"
-        with writer.read() as session:
-            rows = [p for p in Repository(session).all_presets() if p.kernel == "rms_norm" and p.source == "autotune"]
+        picker = get_picker()
+        assert picker.overlay_path is not None, "no writable overlay"
+        picker.flush_misses()  # the ledger's thread has written the result (store_result waited for it)
+        from presetdb.store import migrate
+
+        store = migrate.open_store(picker.overlay_path, "ro")
+        try:
+            with store.read() as session:
+                rows = [
+                    p for p in Repository(session).all_presets() if p.kernel == "rms_norm" and p.source == "autotune"
+                ]
+        finally:
+            store.dispose()
         assert rows, "the autotuned config was not stored"
         os.environ["PRESETDB_ON_MISS"] = "strict"
         reset_picker()  # "the next process"
