@@ -151,14 +151,9 @@ class PresetRows:
     CONFIG_SHA256 = 3
 
     def record(self, row: Sequence[Any]) -> PresetRecord:
-        (pid, shape_key, config_json, sha, latency, default, reference, tried, tuning,
-         source_hash, run_id, created_at, reason, superseded_by) = row
-        source, device_name, helion_version, finished_at, revision = self.runs[run_id]
-        return PresetRecord(
-            pid, self.kernel, self.platform, shape_key, config_json, sha, "active", latency,
-            default, reference, tried, tuning, source_hash, run_id, source, device_name,
-            helion_version, finished_at, revision, created_at, reason, superseded_by,
-        )
+        fields = dict(zip(ROW_FIELDS, row, strict=True))
+        fields.update(zip(RUN_FIELDS_SHARED, self.runs[fields["run_id"]], strict=True))
+        return PresetRecord(kernel=self.kernel, platform=self.platform, status="active", **fields)
 
     def records(self) -> list[PresetRecord]:
         return [self.record(row) for row in self.rows]
@@ -439,7 +434,7 @@ class Repository:
         query = _preset_query().where(
             Kernel.name == kernel, Platform.name == platform, Preset.status == "active"
         )
-        return [PresetRecord(*row) for row in self.session.execute(query)]
+        return [_preset(row) for row in self.session.execute(query)]
 
     def active_preset_rows(self, kernel: str, platform: str) -> PresetRows:
         """`active_presets` without building a record per row: what the picker loads.
@@ -481,7 +476,7 @@ class Repository:
         query = _preset_query()
         if status is not None:
             query = query.where(Preset.status == status)
-        return [PresetRecord(*row) for row in self.session.execute(query.order_by(Preset.id))]
+        return [_preset(row) for row in self.session.execute(query.order_by(Preset.id))]
 
     def find_preset(self, kernel: str, platform: str, shape_key: Mapping[str, Any] | str) -> PresetRecord | None:
         key = canonical_key(parse_key(shape_key) if isinstance(shape_key, str) else shape_key)
@@ -492,13 +487,13 @@ class Repository:
             Preset.status == "active",
         )
         row = self.session.execute(query).first()
-        return None if row is None else PresetRecord(*row)
+        return None if row is None else _preset(row)
 
     def get_preset(self, preset_id: int) -> PresetRecord:
         row = self.session.execute(_preset_query().where(Preset.id == preset_id)).first()
         if row is None:
             raise LookupError(f"no preset with id {preset_id}")
-        return PresetRecord(*row)
+        return _preset(row)
 
     def history(self, kernel: str, platform: str, shape_key: Mapping[str, Any] | str) -> list[PresetRecord]:
         """Every row ever stored for one key, oldest first."""
@@ -506,16 +501,19 @@ class Repository:
         query = _preset_query().where(
             Kernel.name == kernel, Platform.name == platform, Preset.shape_key == key
         )
-        return [PresetRecord(*row) for row in self.session.execute(query.order_by(Preset.id))]
+        return [_preset(row) for row in self.session.execute(query.order_by(Preset.id))]
 
     def candidates(self, preset_id: int) -> list[CandidateRecord]:
         query = (
-            select(PresetCandidate.rank, Config.config_json, PresetCandidate.latency_ms)
+            select(
+                PresetCandidate.rank.label("rank"), Config.config_json.label("config_json"),
+                PresetCandidate.latency_ms.label("latency_ms"),
+            )
             .join(Config, Config.id == PresetCandidate.config_id)
             .where(PresetCandidate.preset_id == preset_id)
             .order_by(PresetCandidate.rank)
         )
-        return [CandidateRecord(*row) for row in self.session.execute(query)]
+        return [CandidateRecord(**row._mapping) for row in self.session.execute(query)]
 
     def quarantine(self, preset_id: int, reason: str) -> None:
         self.session.execute(
@@ -562,12 +560,14 @@ class Repository:
 
     def misses(self, kernel: str | None = None) -> list[MissRecord]:
         query = select(
-            PresetMiss.kernel, PresetMiss.platform, PresetMiss.features, PresetMiss.reason,
-            PresetMiss.count, PresetMiss.first_seen_at, PresetMiss.last_seen_at,
+            PresetMiss.kernel.label("kernel"), PresetMiss.platform.label("platform"),
+            PresetMiss.features.label("features"), PresetMiss.reason.label("reason"),
+            PresetMiss.count.label("count"), PresetMiss.first_seen_at.label("first_seen_at"),
+            PresetMiss.last_seen_at.label("last_seen_at"),
         ).order_by(PresetMiss.count.desc(), PresetMiss.id)
         if kernel is not None:
             query = query.where(PresetMiss.kernel == kernel)
-        return [MissRecord(*row) for row in self.session.execute(query)]
+        return [MissRecord(**row._mapping) for row in self.session.execute(query)]
 
 
 # ---------------------------------------------------------------- helpers
@@ -597,14 +597,20 @@ def check_lengths(table: Table | Any, values: Mapping[str, Any], what: str) -> N
 
 
 def _preset_query() -> Any:
+    """Every PresetRecord field, each column labelled with its field name."""
     return (
         select(
-            Preset.id, Kernel.name, Platform.name, Preset.shape_key, Config.config_json,
-            Config.sha256, Preset.status, Preset.latency_ms, Preset.default_ms,
-            Preset.reference_ms, Preset.configs_tried, Preset.tuning_seconds,
-            Preset.kernel_source_hash, Preset.run_id, TuningRun.source, TuningRun.device_name,
-            TuningRun.helion_version, TuningRun.finished_at, TuningRun.revision,
-            Preset.created_at, Preset.status_reason, Preset.superseded_by,
+            Preset.id.label("id"), Kernel.name.label("kernel"), Platform.name.label("platform"),
+            Preset.shape_key.label("shape_key"), Config.config_json.label("config_json"),
+            Config.sha256.label("config_sha256"), Preset.status.label("status"),
+            Preset.latency_ms.label("latency_ms"), Preset.default_ms.label("default_ms"),
+            Preset.reference_ms.label("reference_ms"), Preset.configs_tried.label("configs_tried"),
+            Preset.tuning_seconds.label("tuning_seconds"), Preset.kernel_source_hash.label("kernel_source_hash"),
+            Preset.run_id.label("run_id"), TuningRun.source.label("source"),
+            TuningRun.device_name.label("device_name"), TuningRun.helion_version.label("helion_version"),
+            TuningRun.finished_at.label("tuned_at"), TuningRun.revision.label("revision"),
+            Preset.created_at.label("created_at"), Preset.status_reason.label("status_reason"),
+            Preset.superseded_by.label("superseded_by"),
         )
         .select_from(Preset)
         .join(Kernel, Kernel.id == Preset.kernel_id)
@@ -614,18 +620,33 @@ def _preset_query() -> Any:
     )
 
 
-# PresetRows: per-preset columns (kernel, platform and status are the same for a slice) ...
-_ROW_COLUMNS = (
-    Preset.id, Preset.shape_key, Config.config_json, Config.sha256, Preset.latency_ms,
-    Preset.default_ms, Preset.reference_ms, Preset.configs_tried, Preset.tuning_seconds,
-    Preset.kernel_source_hash, Preset.run_id, Preset.created_at, Preset.status_reason,
-    Preset.superseded_by,
-)
+def _preset(row: Any) -> PresetRecord:
+    return PresetRecord(**row._mapping)
+
+
+# PresetRows: per-preset columns (kernel, platform and status are the same for a slice),
+# as plain tuples for the picker's load, with the PresetRecord field each one fills ...
+_ROW = {
+    "id": Preset.id, "shape_key": Preset.shape_key, "config_json": Config.config_json,
+    "config_sha256": Config.sha256, "latency_ms": Preset.latency_ms, "default_ms": Preset.default_ms,
+    "reference_ms": Preset.reference_ms, "configs_tried": Preset.configs_tried,
+    "tuning_seconds": Preset.tuning_seconds, "kernel_source_hash": Preset.kernel_source_hash,
+    "run_id": Preset.run_id, "created_at": Preset.created_at, "status_reason": Preset.status_reason,
+    "superseded_by": Preset.superseded_by,
+}
+ROW_FIELDS = tuple(_ROW)
+_ROW_COLUMNS = tuple(_ROW.values())
 # ... and the provenance columns of PresetRecord, which the presets of one run share.
-_RUN_COLUMNS = (
-    TuningRun.id, TuningRun.source, TuningRun.device_name, TuningRun.helion_version,
-    TuningRun.finished_at, TuningRun.revision,
-)
+_RUN = {
+    "source": TuningRun.source, "device_name": TuningRun.device_name,
+    "helion_version": TuningRun.helion_version, "tuned_at": TuningRun.finished_at,
+    "revision": TuningRun.revision,
+}
+RUN_FIELDS_SHARED = tuple(_RUN)
+_RUN_COLUMNS = (TuningRun.id, *_RUN.values())
+# The positions readers use without building a record (PresetRows.SHAPE_KEY, CONFIG_SHA256).
+if (ROW_FIELDS.index("shape_key"), ROW_FIELDS.index("config_sha256")) != (PresetRows.SHAPE_KEY, PresetRows.CONFIG_SHA256):
+    raise ImportError("PresetRows' field positions disagree with _ROW")  # a development mistake
 
 
 def _field_policies(schema: Mapping[str, Any]) -> list[tuple[str, str]]:
