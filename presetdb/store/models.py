@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     Float,
     ForeignKey,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -133,6 +135,9 @@ class TuningRun(Base):
     started_at: Mapped[str | None] = mapped_column(String(32))
     finished_at: Mapped[str | None] = mapped_column(String(32))
     imported_at: Mapped[str] = mapped_column(String(32), default=utc_now)
+    # path of the imported file inside its repository, e.g. configs/rms_norm/nvidia_h100.json
+    source_path: Mapped[str | None] = mapped_column(Text)
+    source_rev: Mapped[str | None] = mapped_column(String(64))  # the repository's commit (--source-rev)
 
 
 class Config(Base):
@@ -157,6 +162,8 @@ class Preset(Base):
     __tablename__ = "presets"
     __table_args__ = (
         CheckConstraint("json_valid(shape_key)", name="shape_key_json"),
+        CheckConstraint("source_key IS NULL OR json_valid(source_key)", name="source_key_json"),
+        CheckConstraint("source_config IS NULL OR json_valid(source_config)", name="source_config_json"),
         CheckConstraint(
             "status IN (" + ", ".join(f"'{s}'" for s in PRESET_STATUSES) + ")", name="status_known"
         ),
@@ -192,6 +199,13 @@ class Preset(Base):
     status_reason: Mapped[str | None] = mapped_column(Text)  # why quarantined / superseded
     superseded_by: Mapped[int | None] = mapped_column(ForeignKey("presets.id"))
     created_at: Mapped[str] = mapped_column(String(32), default=utc_now)
+    # 0: imported for a kernel no registered module provided (config syntax checked, never
+    # compiled); served only once its kernel is registered and the config passes there
+    verified: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    source_position: Mapped[int | None] = mapped_column(Integer)  # entry index in the source file, 0-based
+    # the key and config as the source file wrote them (field order kept), for byte-faithful export
+    source_key: Mapped[str | None] = mapped_column(Text)
+    source_config: Mapped[str | None] = mapped_column(Text)
 
 
 class PresetCandidate(Base):

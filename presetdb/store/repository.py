@@ -91,6 +91,8 @@ class RunRecord:
     started_at: str | None
     finished_at: str | None
     imported_at: str
+    source_path: str | None = None
+    source_rev: str | None = None
 
 
 RUN_FIELDS = tuple(f for f in RunRecord.__dataclass_fields__ if f not in ("id", "imported_at"))
@@ -122,6 +124,12 @@ class PresetRecord:
     created_at: str
     status_reason: str | None = None
     superseded_by: int | None = None
+    verified: bool = True
+    source_position: int | None = None
+    source_key: str | None = None  # key and config as the source file wrote them
+    source_config: str | None = None
+    source_path: str | None = None
+    source_rev: str | None = None
 
     @cached_property
     def config(self) -> dict[str, Any]:
@@ -147,15 +155,17 @@ class PresetRows:
     # Positions in a row, for readers that need a field without a record.
     SHAPE_KEY = 1
     CONFIG_SHA256 = 3
+    VERIFIED = 14
 
     def record(self, row: Sequence[Any]) -> PresetRecord:
         (pid, shape_key, config_json, sha, latency, default, reference, tried, tuning,
-         source_hash, run_id, created_at, reason, superseded_by) = row
+         source_hash, run_id, created_at, reason, superseded_by, verified) = row
         source, device_name, helion_version, finished_at, revision = self.runs[run_id]
         return PresetRecord(
             pid, self.kernel, self.platform, shape_key, config_json, sha, "active", latency,
             default, reference, tried, tuning, source_hash, run_id, source, device_name,
             helion_version, finished_at, revision, created_at, reason, superseded_by,
+            bool(verified),
         )
 
     def records(self) -> list[PresetRecord]:
@@ -203,6 +213,13 @@ class PresetInput:
     tuning_seconds: float | None = None
     kernel_source_hash: str | None = None
     candidates: Sequence[tuple[Mapping[str, Any], float | None]] = field(default_factory=tuple)
+    # False: the kernel was not registered at import (config syntax checked, not compiled)
+    verified: bool = True
+    # Where the row stood in its source file and its key/config text with the file's
+    # field order (compact JSON), for byte-faithful export; None when not from such a file.
+    source_position: int | None = None
+    source_key: str | None = None
+    source_config: str | None = None
 
 
 # ---------------------------------------------------------------- repository
@@ -387,6 +404,11 @@ class Repository:
             )
         )
         if current is not None and current.config_id == cid:
+            # Same config: at most its file layout moves, and a row verified now stays so.
+            self._relayout(current, item)
+            if item.verified and not current.verified:
+                current.verified = True
+            self.session.flush()
             return UpsertResult("unchanged", current.id)
         if current is not None:
             # Retire first: the partial unique index allows one active row per key.
@@ -406,6 +428,10 @@ class Repository:
             configs_tried=item.configs_tried,
             tuning_seconds=item.tuning_seconds,
             status="active",
+            verified=item.verified,
+            source_position=item.source_position,
+            source_key=item.source_key,
+            source_config=item.source_config,
         )
         self.session.add(row)
         self.session.flush()
@@ -420,6 +446,34 @@ class Repository:
             self.session.flush()
             return UpsertResult("superseded", row.id, current.id)
         return UpsertResult("added", row.id)
+
+    @staticmethod
+    def _relayout(row: Preset, item: PresetInput) -> None:
+        if item.source_key is None and item.source_config is None and item.source_position is None:
+            return
+        for name in ("source_position", "source_key", "source_config"):
+            value = getattr(item, name)
+            if getattr(row, name) != value:
+                setattr(row, name, value)
+
+    def set_verified(self, preset_id: int) -> None:
+        self.session.execute(update(Preset).where(Preset.id == preset_id).values(verified=True))
+
+    def unverified_presets(self, kernel: str | None = None) -> list[PresetRecord]:
+        """Active rows not yet verified against a registered kernel, by kernel then id."""
+        query = _preset_query().where(Preset.status == "active", Preset.verified.is_(False))
+        if kernel is not None:
+            query = query.where(Kernel.name == kernel)
+        return [PresetRecord(*row) for row in self.session.execute(query.order_by(Kernel.name, Preset.id))]
+
+    def replace_key_schema(self, name: str, key_schema: Mapping[str, Any]) -> None:
+        """Adopt a registered kernel's key schema for a kernel first stored unverified
+        (its schema was inferred from a file); `verify` checks the keys fit first."""
+        row = self.session.scalar(select(Kernel).where(Kernel.name == name))
+        if row is None:
+            raise UnknownKernelError(f"unknown kernel {name!r}")
+        row.key_schema = json.dumps(dict(key_schema), sort_keys=True)
+        self.session.flush()
 
     def active_presets(self, kernel: str, platform: str) -> list[PresetRecord]:
         """All active presets of one (kernel, platform), in one query."""
@@ -563,7 +617,9 @@ def _preset_query() -> Any:
             Preset.reference_ms, Preset.configs_tried, Preset.tuning_seconds,
             Preset.kernel_source_hash, Preset.run_id, TuningRun.source, TuningRun.device_name,
             TuningRun.helion_version, TuningRun.finished_at, TuningRun.revision,
-            Preset.created_at, Preset.status_reason, Preset.superseded_by,
+            Preset.created_at, Preset.status_reason, Preset.superseded_by, Preset.verified,
+            Preset.source_position, Preset.source_key, Preset.source_config,
+            TuningRun.source_path, TuningRun.source_rev,
         )
         .select_from(Preset)
         .join(Kernel, Kernel.id == Preset.kernel_id)
@@ -578,7 +634,7 @@ _ROW_COLUMNS = (
     Preset.id, Preset.shape_key, Config.config_json, Config.sha256, Preset.latency_ms,
     Preset.default_ms, Preset.reference_ms, Preset.configs_tried, Preset.tuning_seconds,
     Preset.kernel_source_hash, Preset.run_id, Preset.created_at, Preset.status_reason,
-    Preset.superseded_by,
+    Preset.superseded_by, Preset.verified,
 )
 # ... and the provenance columns of PresetRecord, which the presets of one run share.
 _RUN_COLUMNS = (
