@@ -141,6 +141,64 @@ def export_cmd(
         console.print(f"wrote {safe(path)}", highlight=False)
 
 
+def verify_cmd(
+    module: Annotated[
+        list[str],
+        typer.Option("--module", help="Module that registers the kernel(s); repeatable.", show_default=False),
+    ],
+    kernel: Annotated[
+        str | None, typer.Option("--kernel", "-k", help="Only this kernel (default: all with unverified rows).")
+    ] = None,
+    db: DbOption = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu (Triton interpreter) or cuda; default: cuda when present.")
+    ] = None,
+) -> None:
+    """Check unverified rows (kernels imported before any module registered them) against the registered kernel.
+
+    Each row's key must fit the kernel's key spec, Helion's ConfigSpec must accept its config and Helion must compile it (the Triton interpreter on a CPU: set TRITON_INTERPRET=1). A row that passes is marked verified; one that fails is quarantined with the reason.
+
+    Example: presetdb verify --module myproject.kernels --kernel fused_qk_norm_rope --db presets.db
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from presetdb.offline.verify import verify
+
+    with Progress(
+        TextColumn("verify"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(), console=err_console, transient=True,
+    ) as progress:
+        task = progress.add_task("verify", total=None)
+        report = verify(
+            db_path(db, for_write=True),
+            modules=module,
+            kernel=kernel,
+            device=device,
+            on_start=lambda n: progress.update(task, total=n),
+            on_row=lambda _: progress.advance(task),
+        )
+    for o in report.outcomes:
+        if o.outcome == "quarantined":
+            console.print(
+                f"[red]quarantined[/] {safe(o.kernel)} {safe(o.platform)} {safe(o.shape_key)} "
+                f"(preset {o.preset_id}): {safe(o.reason)}",
+                highlight=False,
+            )
+    for name in report.adopted_schemas:
+        console.print(f"{safe(name)}: key schema inferred from a file replaced by the registered kernel's", highlight=False)
+    for name, n in sorted(report.not_registered.items()):
+        err_console.print(
+            f"[yellow]warning:[/] {safe(name)}: not registered by these modules; {n} row(s) stay unverified",
+            highlight=False,
+        )
+    for problem in report.problems:
+        err_console.print(f"[red]problem:[/] {safe(problem)}", highlight=False)
+    c = report.counts()
+    console.print(f"{c['verified']} verified, {c['quarantined']} quarantined, {c['unchecked']} left unverified")
+    if report.problems:
+        raise typer.Exit(1)
+
+
 def new_migration_cmd(
     files: Annotated[list[Path], typer.Argument(help="presetdb-results/1 files.", show_default=False)],
     message: Annotated[str, typer.Option("--message", "-m", help="What the data is.", show_default=False)],
@@ -250,5 +308,6 @@ def tune_cmd(
 def register(app: typer.Typer) -> None:
     app.command("import")(import_cmd)
     app.command("export")(export_cmd)
+    app.command("verify")(verify_cmd)
     app.command("new-migration")(new_migration_cmd)
     app.command("tune")(tune_cmd)

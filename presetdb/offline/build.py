@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from presetdb import __version__
@@ -33,6 +33,8 @@ class Manifest:
     presetdb_version: str
     bytes: int
     counts: dict[str, int]  # "kernel/platform" -> active presets
+    # "kernel/platform" -> active presets still unverified (kernel not registered at import)
+    unverified: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -78,6 +80,20 @@ def active_counts(path: Path) -> dict[str, int]:
     return {k: int(v) for k, v in rows}
 
 
+def unverified_counts(path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT kernel || '/' || platform, COUNT(*) FROM v_active_presets "
+            "WHERE verified = 0 GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    except sqlite3.OperationalError:  # built at a revision before 0007: no unverified rows
+        return {}
+    finally:
+        conn.close()
+    return {k: int(v) for k, v in rows}
+
+
 def build_database(out: Path, *, target: str = "head") -> Manifest:
     """Build `out` from the packaged migrations; replaces it atomically."""
     out = Path(out).expanduser().resolve()
@@ -109,6 +125,7 @@ def build_database(out: Path, *, target: str = "head") -> Manifest:
         presetdb_version=__version__,
         bytes=out.stat().st_size,
         counts=active_counts(out),
+        unverified=unverified_counts(out),
     )
     write_atomic(out.with_name(out.name + ".manifest.json"), manifest.to_json())
     return manifest
