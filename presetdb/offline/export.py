@@ -17,10 +17,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
+from presetdb.keys import canonical_key
 from presetdb.offline.importers import presetdb_results, vllm
 from presetdb.offline.importers.records import PROVENANCE_FIELDS
 from presetdb.store import migrate
-from presetdb.keys import canonical_key
 from presetdb.store.repository import PresetRecord, Repository, RunRecord, config_sha256
 
 ExportFormat = Literal["vllm", "presetdb"]

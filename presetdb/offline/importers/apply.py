@@ -24,8 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 from presetdb.errors import ImportValidationError, UnknownKernelError, UnknownPlatformError
-from presetdb.keys import canonical_key
-from presetdb.keys import KeySpec
+from presetdb.keys import KeySpec, canonical_key
 from presetdb.offline.importers import vllm
 from presetdb.offline.importers.detect import parse_paths
 from presetdb.offline.importers.records import ParsedFile, Row

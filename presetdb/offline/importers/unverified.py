@@ -78,22 +78,16 @@ class UnverifiedChecker:
 
     def __init__(self, name: str, key_spec: KeySpec | None, overrides: Mapping[str, str]) -> None:
         self.name = name
-        self._spec = key_spec
+        # Before any key is seen only the default entry can be checked; it fits any spec.
+        self.key_spec: KeySpec = key_spec if key_spec is not None else KeySpec(())
+        self.has_spec = key_spec is not None
         self.overrides = dict(overrides)
         self.inferred_from: str | None = None
 
-    @property
-    def key_spec(self) -> KeySpec:
-        # Before any key is seen only the default entry can be checked; it fits any spec.
-        return self._spec if self._spec is not None else KeySpec(())
-
-    @property
-    def has_spec(self) -> bool:
-        return self._spec is not None
-
     def learn(self, key: Mapping[str, Any], source: str) -> None:
-        if self._spec is None and key:
-            self._spec = infer_key_spec(key, self.overrides)
+        if not self.has_spec and key:
+            self.key_spec = infer_key_spec(key, self.overrides)
+            self.has_spec = True
             self.inferred_from = source
 
     def schema(self) -> dict[str, Any]:
