@@ -53,7 +53,7 @@ def upgrade() -> None:
         else:
             op.add_column("presets", sa.Column(name, sa.Text(), nullable=True))
             op.create_check_constraint(
-                check, "presets", f"{name} IS NULL OR ({name})::json IS NOT NULL"
+                op.f(check), "presets", f"{name} IS NULL OR ({name})::json IS NOT NULL"
             )
     op.add_column("tuning_runs", sa.Column("source_path", sa.Text(), nullable=True))
     op.add_column("tuning_runs", sa.Column("source_rev", sa.String(length=64), nullable=True))
@@ -69,7 +69,7 @@ def downgrade() -> None:
     op.drop_column("tuning_runs", "source_path")
     for name in reversed(_PRESET_TEXT):
         if dialect != "sqlite":
-            op.drop_constraint(f"ck_presets_{name}_json", "presets", type_="check")
+            op.drop_constraint(op.f(f"ck_presets_{name}_json"), "presets", type_="check")
         op.drop_column("presets", name)
     op.drop_column("presets", "source_position")
     op.drop_column("presets", "verified")
