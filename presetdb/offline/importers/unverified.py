@@ -17,6 +17,7 @@ rows are still worth keeping in an audited db, but nothing can compile them here
 from __future__ import annotations
 
 import functools
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -140,6 +141,9 @@ def config_syntax_problems(config: Mapping[str, Any]) -> list[str]:
             "Helion, or a typo)"
         )
     for name, value in config.items():
+        if not _finite(value):
+            problems.append(f"{name}: {value!r} holds a non-finite number (NaN or infinity)")
+            continue
         hint = typed.get(name)
         if hint is not None and not _matches(value, hint):
             problems.append(f"{name}: {value!r} is not {_describe(hint)}")
@@ -153,6 +157,16 @@ def config_syntax_problems(config: Mapping[str, Any]) -> list[str]:
                 if isinstance(order, list) and sorted(order) != list(range(len(order))):
                     problems.append(f"loop_orders: {order!r} is not a permutation of 0..{len(order) - 1}")
     return problems
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(_finite(v) for v in value.values())
+    return True
 
 
 def _ints(value: Any) -> list[int]:
