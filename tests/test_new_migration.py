@@ -10,8 +10,8 @@ files are the ones found, not the editable install's.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,7 +73,7 @@ def tree(tmp_path: Path) -> Path:
         if parent in dropped:
             while parent in dropped:
                 parent = dropped[parent]
-            text = re.sub(r"^down_revision = .*$", f"down_revision = {parent!r}", text, count=1, flags=re.M)
+            text = re.sub(r"^down_revision = .*$", f"down_revision = {parent!r}", text, count=1, flags=re.MULTILINE)
             script.write_text(text)
     for seed in (root / "seed_data").glob("*.json"):
         seed.unlink()
@@ -83,7 +83,7 @@ def tree(tmp_path: Path) -> Path:
 
 
 def _revision_field(text: str, name: str) -> str | None:
-    found = re.search(rf"^{name} = ['\"]?([^'\"\n]*)['\"]?$", text, flags=re.M)
+    found = re.search(rf"^{name} = ['\"]?([^'\"\n]*)['\"]?$", text, flags=re.MULTILINE)
     return None if found is None or found.group(1) == "None" else found.group(1)
 
 
