@@ -44,6 +44,7 @@ EXPECTED_AUDITS = {
     "most_wanted",
     "history",
     "tuning_cost",
+    "unverified",
 }
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from import_fixtures import VLLM, active, count, load, registry, rows
 
-from presetdb.errors import ImportValidationError, UnknownKernelError, UnknownPlatformError
+from presetdb.errors import ImportValidationError, UnknownPlatformError
 from presetdb.offline.importers import detect_format, import_files
 
 
@@ -56,16 +56,20 @@ def test_unknown_platform_file_name(fresh_db: Path, resolver: Any, tmp_path: Pat
     assert {p for (_, p, _) in active(fresh_db)} == {"nvidia_h200"}
 
 
-def test_unknown_kernel_directory_lists_registered_kernels(
+def test_unknown_kernel_directory_is_imported_unverified(
     fresh_db: Path, resolver: Any, tmp_path: Path
 ) -> None:
     odd = tmp_path / "configs" / "fused_moe" / "nvidia_h100.json"
     odd.parent.mkdir(parents=True)
     shutil.copy(VLLM, odd)
-    with pytest.raises(UnknownKernelError, match="fused_moe.*rms_norm"):
-        import_files(fresh_db, [odd], resolver=resolver)
+    report = import_files(fresh_db, [odd], resolver=resolver)
+    [part] = report.file_summaries
+    assert (part.kernel, part.verified, part.counts["added"]) == ("fused_moe", False, 5)
+    assert rows(fresh_db, "SELECT DISTINCT verified FROM v_active_presets WHERE kernel = 'fused_moe'") == [(0,)]
+    # --kernel names a registered kernel: validated against it, stored verified
     report = import_files(fresh_db, [odd], kernel="rms_norm", resolver=resolver)
     assert report.counts["added"] == 5
+    assert rows(fresh_db, "SELECT DISTINCT verified FROM v_active_presets WHERE kernel = 'rms_norm'") == [(1,)]
 
 
 def test_invalid_vllm_rows_are_reported_by_position(fresh_db: Path, resolver: Any, tmp_path: Path) -> None:
@@ -88,12 +92,14 @@ def test_invalid_vllm_rows_are_reported_by_position(fresh_db: Path, resolver: An
     assert count(fresh_db, "presets") == 0
 
 
-def test_old_string_keyed_layout_is_refused(fresh_db: Path, resolver: Any, tmp_path: Path) -> None:
+def test_old_string_keyed_layout_is_read(fresh_db: Path, resolver: Any, tmp_path: Path) -> None:
     old = tmp_path / "configs" / "rms_norm" / "nvidia_h100.json"
     old.parent.mkdir(parents=True)
-    old.write_text(json.dumps({"default": load(VLLM)[0]["config"]}))
-    with pytest.raises(ImportValidationError, match="older string-keyed layout"):
-        import_files(fresh_db, [old], fmt="vllm", resolver=resolver)
+    config = load(VLLM)[0]["config"]
+    old.write_text(json.dumps({"default": config}))
+    report = import_files(fresh_db, [old], resolver=resolver)
+    assert report.counts["added"] == 1
+    assert ("rms_norm", "nvidia_h100", "{}") in active(fresh_db)
 
 
 def test_big_files_are_read_a_row_at_a_time(tmp_path: Path) -> None:

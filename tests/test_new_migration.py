@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,13 +60,31 @@ def tree(tmp_path: Path) -> Path:
     shutil.copy(MAIN / "pyproject.toml", root / "pyproject.toml")
     # Start from the schema-only head: the shipped data migrations (and their seed files)
     # are left out so each test counts exactly the rows its own migrations add.
-    for script in (root / "migrations" / "versions").glob("*_data_*.py"):
+    versions = root / "migrations" / "versions"
+    dropped = {}
+    for script in versions.glob("*_data_*.py"):
+        text = script.read_text()
+        dropped[_revision_field(text, "revision")] = _revision_field(text, "down_revision")
         script.unlink()
+    # A schema revision that came after a data revision now follows that one's parent.
+    for script in versions.glob("*.py"):
+        text = script.read_text()
+        parent = _revision_field(text, "down_revision")
+        if parent in dropped:
+            while parent in dropped:
+                parent = dropped[parent]
+            text = re.sub(r"^down_revision = .*$", f"down_revision = {parent!r}", text, count=1, flags=re.MULTILINE)
+            script.write_text(text)
     for seed in (root / "seed_data").glob("*.json"):
         seed.unlink()
     (root / "presetdb" / "migrations").symlink_to(root / "migrations", target_is_directory=True)
     (root / "presetdb" / "seed_data").symlink_to(root / "seed_data", target_is_directory=True)
     return root
+
+
+def _revision_field(text: str, name: str) -> str | None:
+    found = re.search(rf"^{name} = ['\"]?([^'\"\n]*)['\"]?$", text, flags=re.MULTILINE)
+    return None if found is None or found.group(1) == "None" else found.group(1)
 
 
 def migrate_in(tree: Path, *steps: tuple[str, Path, str, bool]) -> list[dict[str, Any]]:

@@ -84,7 +84,7 @@ ALLOWED = {
     "VALUES (1, 'a')": [(1, "a")],
     "SELECT ';' AS semi -- DELETE FROM presets; still one statement": [(";",)],
     "/* DROP TABLE presets; */ SELECT 'UPDATE presets SET x = 1'": [("UPDATE presets SET x = 1",)],
-    "SELECT COUNT(*) FROM pragma_table_info('presets')": [(16,)],
+    "SELECT COUNT(*) FROM pragma_table_info('presets')": [(20,)],
     "SELECT COUNT(*) FROM json_each((SELECT config FROM v_active_presets WHERE preset_id = 1))": [
         (3,)
     ],

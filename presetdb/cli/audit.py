@@ -180,16 +180,32 @@ def diff(
     old: Annotated[str, typer.Argument(help="The older db file (or a registry URL).")],
     new: Annotated[str, typer.Argument(help="The newer db file (or a registry URL).")],
     fmt: FormatOption = OutputFormat.table,
+    per_pair: Annotated[
+        bool,
+        typer.Option("--per-pair", help="One line per kernel x platform: added, removed, changed, unchanged."),
+    ] = False,
 ) -> None:
     """Active presets added, removed and changed (another config) between two dbs, with
-    latency deltas (ms, and ratio new/old: below 1 is faster).
+    latency deltas (ms, and ratio new/old: below 1 is faster). --per-pair sums them per
+    kernel x platform: what a vLLM release changed, given imports of two vLLM trees.
 
-    Example: presetdb diff presets-1.0.db presets-1.1.db
+    Example: presetdb diff vllm-0.11.db vllm-0.12.db --per-pair
     """
     old_target, new_target = parse_target(old), parse_target(new)
     result = audits_mod.diff_databases(old_target, new_target)
     counts = result.counts()
     old, new = db_label(old_target), db_label(new_target)  # never print a password
+    revs = f"source revisions: {', '.join(result.old_revs) or '-'} -> {', '.join(result.new_revs) or '-'}"
+    if per_pair:
+        pairs = result.by_pair()
+        columns = ["kernel", "platform", "added", "removed", "changed", "unchanged"]
+        if fmt is OutputFormat.json:
+            payload = {"old": str(old), "new": str(new), "old_revs": list(result.old_revs),
+                       "new_revs": list(result.new_revs), "summary": counts, "pairs": pairs}
+            typer.echo(json.dumps(payload, indent=2))
+            return
+        emit(columns, [[p[c] for c in columns] for p in pairs], fmt, title=f"{escape(old)} -> {escape(new)}", caption=revs)
+        return
     if fmt is OutputFormat.json:
         payload = {
             "old": old,

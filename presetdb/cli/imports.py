@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from presetdb.cli.common import DbOption, console, db_path, err_console
@@ -14,11 +15,21 @@ from presetdb.keys import parse_key
 
 # Rows printed by a dry run before "... and N more".
 MAX_PRINTED_ROWS = 200
+_CONTROL = dict.fromkeys(c for c in range(32) if c not in (9, 10))
+
+
+def safe(text: object) -> str:
+    """File and db text for Rich: control characters dropped, markup escaped."""
+    return escape(str(text).translate(_CONTROL))
 
 
 def import_cmd(
     files: Annotated[
-        list[Path], typer.Argument(help="Results files (any supported format).", show_default=False)
+        list[Path],
+        typer.Argument(
+            help="Results files (any supported format), or a vLLM configs/ tree (a directory).",
+            show_default=False,
+        ),
     ],
     db: DbOption = None,
     fmt: Annotated[
@@ -37,16 +48,28 @@ def import_cmd(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Report added/superseded/unchanged/invalid rows; write nothing.")
     ] = False,
+    key_policy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--key-policy",
+            help="FIELD=POLICY (exact|nearest|ceil|floor) for kernels imported unverified; repeatable.",
+        ),
+    ] = None,
+    source_rev: Annotated[
+        str | None,
+        typer.Option("--source-rev", help="Commit of the repository the files come from (kept in tuning_runs)."),
+    ] = None,
 ) -> None:
     """Import tuning results: validated row by row, written in one transaction (all or nothing).
 
-    Formats: presetdb-results/1, vLLM configs/<kernel>/<platform>.json, Helion *.best_config, Helion AOT tuned_configs_*.json.
+    Formats: presetdb-results/1, vLLM configs/<kernel>/<platform>.json (all three of vLLM's layouts, or a whole configs/ tree), Helion *.best_config, Helion AOT tuned_configs_*.json.
 
-    Configs are checked against the kernel's Helion ConfigSpec, keys against its key spec. A changed config supersedes the stored one (history kept); the same file again changes nothing.
+    Configs are checked against the kernel's Helion ConfigSpec, keys against its key spec. A vLLM kernel no registered module provides is imported unverified (key schema from the file, config syntax checked, not compiled); `presetdb verify` checks it later. A changed config supersedes the stored one (history kept); the same file again changes nothing.
 
-    Example: presetdb import results/rms_norm_h100.json --db presets.db --dry-run
+    Example: presetdb import ~/vllm/vllm/kernels/helion/configs --db presets.db --source-rev 460aa5a --dry-run
     """
     from presetdb.offline.importers import import_files
+    from presetdb.offline.importers.unverified import parse_key_policies
 
     shape_key = None
     if key is not None:
@@ -62,13 +85,17 @@ def import_cmd(
         kernel=kernel,
         key=shape_key,
         dry_run=dry_run,
+        key_policies=parse_key_policies(key_policy or []),
+        source_rev=source_rev,
     )
     for warning in report.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {safe(warning)}", highlight=False)
     if dry_run:
         _print_rows(report)
         for problem in report.problems:
-            console.print(f"[red]invalid[/] {problem}", highlight=False)
+            console.print(f"[red]invalid[/] {safe(problem)}", highlight=False)
+    for part in report.file_summaries:
+        console.print(safe(part.line()), highlight=False)
     verb = "would be" if dry_run else "were"
     console.print(
         f"{len(report.files)} file(s): {report.summary()} ({verb} written{'; nothing written' if dry_run else ''})"
@@ -83,33 +110,93 @@ def _print_rows(report: object) -> None:
     for col in ("file", "row", "kernel", "platform", "shape key", "outcome"):
         table.add_column(col, overflow="fold")
     for r in rows[:MAX_PRINTED_ROWS]:
-        table.add_row(r.file, str(r.row), r.kernel, r.platform, r.shape_key, r.outcome)
+        table.add_row(*(safe(v) for v in (r.file, str(r.row), r.kernel, r.platform, r.shape_key, r.outcome)))
     console.print(table)
     if len(rows) > MAX_PRINTED_ROWS:
         console.print(f"... and {len(rows) - MAX_PRINTED_ROWS} more row(s)")
 
 
 def export_cmd(
-    kernel: Annotated[str, typer.Option("--kernel", "-k", help="Kernel to export.", show_default=False)],
+    kernel: Annotated[
+        str, typer.Option("--kernel", "-k", help="Kernel to export, or all.", show_default=False)
+    ],
     platform: Annotated[
-        str, typer.Option("--platform", "-p", help="Platform to export.", show_default=False)
+        str, typer.Option("--platform", "-p", help="Platform to export, or all.", show_default=False)
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.", show_default=False)],
     fmt: Annotated[str, typer.Option("--format", help="vllm | presetdb")] = "presetdb",
     db: DbOption = None,
 ) -> None:
-    """Export the active presets of one kernel x platform; `presetdb import` reads them back.
+    """Export the active presets of a kernel x platform (or all of them); `presetdb import` reads them back.
 
-    vllm: OUT/<kernel>/<platform>.json in vLLM's layout (keys and configs). presetdb: presetdb-results/1 with timings, runners-up and provenance.
+    vllm: OUT/<kernel>/<platform>.json in vLLM's current layout (keys and configs); a vLLM file imported and exported unchanged comes out byte for byte. presetdb: presetdb-results/1 with timings, runners-up and provenance.
 
-    Example: presetdb export --kernel rms_norm --platform nvidia_h100 --format vllm --out configs/
+    Example: presetdb export --kernel all --platform all --format vllm --out configs/ --db presets.db
     """
     from presetdb.offline.export import export
 
     if fmt not in ("vllm", "presetdb"):
         raise typer.BadParameter("use vllm or presetdb", param_hint="--format")
     for path in export(db_path(db), kernel, platform, fmt, out):  # type: ignore[arg-type]
-        console.print(f"wrote {path}")
+        console.print(f"wrote {safe(path)}", highlight=False)
+
+
+def verify_cmd(
+    module: Annotated[
+        list[str],
+        typer.Option("--module", help="Module that registers the kernel(s); repeatable.", show_default=False),
+    ],
+    kernel: Annotated[
+        str | None, typer.Option("--kernel", "-k", help="Only this kernel (default: all with unverified rows).")
+    ] = None,
+    db: DbOption = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu (Triton interpreter) or cuda; default: cuda when present.")
+    ] = None,
+) -> None:
+    """Check unverified rows (kernels imported before any module registered them) against the registered kernel.
+
+    Each row's key must fit the kernel's key spec, Helion's ConfigSpec must accept its config and Helion must compile it (the Triton interpreter on a CPU: set TRITON_INTERPRET=1). A row that passes is marked verified; one that fails is quarantined with the reason.
+
+    Example: presetdb verify --module myproject.kernels --kernel fused_qk_norm_rope --db presets.db
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from presetdb.offline.verify import verify
+
+    with Progress(
+        TextColumn("verify"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(), console=err_console, transient=True,
+    ) as progress:
+        task = progress.add_task("verify", total=None)
+        report = verify(
+            db_path(db, for_write=True),
+            modules=module,
+            kernel=kernel,
+            device=device,
+            on_start=lambda n: progress.update(task, total=n),
+            on_row=lambda _: progress.advance(task),
+        )
+    for o in report.outcomes:
+        if o.outcome == "quarantined":
+            console.print(
+                f"[red]quarantined[/] {safe(o.kernel)} {safe(o.platform)} {safe(o.shape_key)} "
+                f"(preset {o.preset_id}): {safe(o.reason)}",
+                highlight=False,
+            )
+    for name in report.adopted_schemas:
+        console.print(f"{safe(name)}: key schema inferred from a file replaced by the registered kernel's", highlight=False)
+    for name, n in sorted(report.not_registered.items()):
+        err_console.print(
+            f"[yellow]warning:[/] {safe(name)}: not registered by these modules; {n} row(s) stay unverified",
+            highlight=False,
+        )
+    for problem in report.problems:
+        err_console.print(f"[red]problem:[/] {safe(problem)}", highlight=False)
+    c = report.counts()
+    console.print(f"{c['verified']} verified, {c['quarantined']} quarantined, {c['unchecked']} left unverified")
+    if report.problems:
+        raise typer.Exit(1)
 
 
 def new_migration_cmd(
@@ -221,5 +308,6 @@ def tune_cmd(
 def register(app: typer.Typer) -> None:
     app.command("import")(import_cmd)
     app.command("export")(export_cmd)
+    app.command("verify")(verify_cmd)
     app.command("new-migration")(new_migration_cmd)
     app.command("tune")(tune_cmd)

@@ -19,6 +19,7 @@ from rich.table import Table
 from presetdb.cli.common import DbOption, console, db_path
 from presetdb.errors import KeySpecError, UnknownKernelError, UnknownPlatformError
 from presetdb.keys import KeySpec, KeyValue, parse_key
+from presetdb.runtime.verification import refusal
 from presetdb.store import migrate
 from presetdb.store.engine import parse_target
 from presetdb.store.repository import Repository
@@ -48,14 +49,20 @@ def list_presets(
             if (kernel is None or p.kernel == kernel) and (platform is None or p.platform == platform)
         ]
     table = Table(title=f"{len(rows)} active preset(s) in {escape(store.label)}")
-    for col in ("id", "kernel", "platform", "shape key", "latency ms", "default ms", "torch ms", "source", "tuned at"):
+    for col in ("id", "kernel", "platform", "shape key", "latency ms", "default ms", "torch ms", "source", "tuned at", "verified"):
         table.add_column(col, overflow="fold")
     for p in rows:
         table.add_row(
             str(p.id), p.kernel, p.platform, p.shape_key, _ms(p.latency_ms), _ms(p.default_ms),
-            _ms(p.reference_ms), p.source, (p.tuned_at or "")[:19],
+            _ms(p.reference_ms), p.source, (p.tuned_at or "")[:19], "yes" if p.verified else "UNVERIFIED",
         )
     console.print(table)
+    unverified = sum(not p.verified for p in rows)
+    if unverified:
+        console.print(
+            f"{unverified} unverified row(s): imported for kernels no registered module provided; "
+            "served only once the kernel is registered (`presetdb verify --module MODULE`)"
+        )
     store.dispose()
 
 
@@ -81,7 +88,12 @@ def show(
         run = repo.get_run(preset.run_id)
         candidates = repo.candidates(preset_id)
         history = repo.history(preset.kernel, preset.platform, preset.shape_key)
-    console.print(f"[bold]preset {preset.id}[/]: {preset.kernel} on {preset.platform}, key {preset.shape_key} ({preset.status})")
+    state = preset.status if preset.verified else f"{preset.status}, UNVERIFIED: kernel not registered at import, config syntax checked only"
+    console.print(
+        f"[bold]preset {preset.id}[/]: {escape(preset.kernel)} on {escape(preset.platform)}, "
+        f"key {escape(preset.shape_key)} ({state})",
+        highlight=False,
+    )
     console.print_json(json.dumps(preset.config))
     console.print(
         f"latency {_ms(preset.latency_ms)} ms | Helion default {_ms(preset.default_ms)} ms | "
@@ -172,6 +184,10 @@ def pick(
         features = _features(kernel, spec, wanted)
         choice = picker.resolve(kernel, spec, features)
         head = f"{kernel} on {platform} for {json.dumps(spec.key_of(features), separators=(',', ':'))}"
+        if choice is not None and not choice.preset.verified and not _registered(kernel):
+            p = choice.preset
+            typer.echo(refusal(kernel, p.shape_key, choice.platform, p.id), err=True)
+            raise typer.Exit(1)
         if choice is None:
             nearest = picker.nearest_keys(kernel, spec, features, limit=5)
             typer.echo(
@@ -188,6 +204,14 @@ def pick(
         _print_choice(picker, choice, spec, features, head)
     finally:
         picker.close()
+
+
+def _registered(kernel: str) -> bool:
+    """Whether a module registers `kernel` (imports torch: asked for unverified rows only)."""
+    from presetdb.helion.registry import load_kernel_modules, registered_kernels
+
+    load_kernel_modules()
+    return kernel in registered_kernels()
 
 
 def _picker_for(db: str | None, platform: str) -> Any:

@@ -18,7 +18,7 @@ import json
 import os
 import sqlite3
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from presetdb import __version__
@@ -41,6 +41,8 @@ class Manifest:
     bytes: int
     counts: dict[str, int]  # "kernel/platform" -> active presets
     source: str = "migrations"  # or the database built from (a registry URL without password)
+    # "kernel/platform" -> active presets still unverified (kernel not registered at import)
+    unverified: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -86,6 +88,20 @@ def active_counts(path: Path) -> dict[str, int]:
     return {k: int(v) for k, v in rows}
 
 
+def unverified_counts(path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT kernel || '/' || platform, COUNT(*) FROM v_active_presets "
+            "WHERE verified = 0 GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    except sqlite3.OperationalError:  # built at a revision before 0007: no unverified rows
+        return {}
+    finally:
+        conn.close()
+    return {k: int(v) for k, v in rows}
+
+
 def build_database(out: Path, *, target: str = "head", source: Path | str | Target | None = None) -> Manifest:
     """Build `out` from the packaged migrations, or from `source` (a registry URL or a
     SQLite file, which must be at this package's schema); replaces `out` atomically."""
@@ -123,6 +139,7 @@ def build_database(out: Path, *, target: str = "head", source: Path | str | Targ
         bytes=out.stat().st_size,
         counts=active_counts(out),
         source="migrations" if origin is None else describe(origin),
+        unverified=unverified_counts(out),
     )
     write_atomic(out.with_name(out.name + ".manifest.json"), manifest.to_json())
     return manifest

@@ -1,6 +1,9 @@
 """Writing a database's active presets back out as files that `import` reads again.
 
-- ``vllm``: ``DIR/<kernel>/<platform>.json`` in vLLM's layout (keys and configs only).
+- ``vllm``: ``DIR/<kernel>/<platform>.json`` in vLLM's current layout (keys and configs
+  only). Rows imported from a vLLM file keep that file's entry order and key/config field
+  order, so a file imported and exported unchanged comes out byte for byte; other rows
+  follow, the default entry first, then keys in canonical order.
 - ``presetdb``: ``DIR/<kernel>/<platform>.json`` in presetdb-results/1 with timings and
   runners-up. The format holds one run's provenance, so presets that came from several
   runs go to one file per run (``<platform>.run<ID>.json``); importing those files in
@@ -14,55 +17,94 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
+from presetdb.keys import canonical_key
 from presetdb.offline.importers import presetdb_results, vllm
 from presetdb.offline.importers.records import PROVENANCE_FIELDS
 from presetdb.store import migrate
-from presetdb.store.repository import PresetRecord, Repository, RunRecord
+from presetdb.store.repository import PresetRecord, Repository, RunRecord, config_sha256
 
 ExportFormat = Literal["vllm", "presetdb"]
 _RUN_KEYS = ("source", *PROVENANCE_FIELDS)
+ALL = "all"
 
 
 def _sorted(presets: list[PresetRecord]) -> list[PresetRecord]:
-    # The default entry first, then keys in their canonical text order: stable diffs.
-    return sorted(presets, key=lambda p: (p.shape_key != "{}", p.shape_key))
+    # Rows from a vLLM file where the file had them; then the default entry first, then
+    # keys in their canonical text order: stable diffs.
+    return sorted(
+        presets,
+        key=lambda p: (
+            p.source_position is None,
+            p.source_position or 0,
+            p.shape_key != "{}",
+            p.shape_key,
+        ),
+    )
+
+
+def vllm_entry(p: PresetRecord) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(key, config) with the field order of the file the row came from, if any."""
+    key = json.loads(p.source_key) if p.source_key else p.key
+    config = p.config
+    if p.source_config:
+        written = json.loads(p.source_config)
+        if config_sha256(written) == p.config_sha256:  # the layout of this very config
+            config = written
+    if canonical_key(key) != p.shape_key:
+        key = p.key
+    return key, config
 
 
 def export(db: Path, kernel: str, platform: str, fmt: ExportFormat, out_dir: Path) -> list[Path]:
-    """Write the active presets of (kernel, platform); returns the files written."""
+    """Write the active presets of (kernel, platform); "all" for either means every kernel
+    or platform with active presets. Returns the files written."""
     store = migrate.open_store(db, "ro")
     try:
         with store.read() as session:
             repo = Repository(session)
-            record = repo.get_kernel(kernel)  # unknown names list the known ones
-            repo.get_platform(platform)
-            presets = _sorted(repo.active_presets(kernel, platform))
-            if fmt == "vllm":
-                pairs = [(p.key, p.config) for p in presets]
-                return [vllm.write(out_dir, kernel, platform, pairs)]
-            by_run: dict[int, list[PresetRecord]] = defaultdict(list)
-            for p in presets:
-                by_run[p.run_id].append(p)
-            written = []
-            # An empty export still writes one (empty) file.
-            groups: list[tuple[int | None, list[PresetRecord]]] = [
-                (r, by_run[r]) for r in sorted(by_run)
-            ] or [(None, [])]
-            for run_id, rows in groups:
-                run = repo.get_run(run_id) if run_id is not None else None
-                doc = presetdb_results.document(
-                    run=_run(run),
-                    kernel=_kernel(record.key_schema, kernel, rows),
-                    platform=platform,
-                    entries=[_entry(repo, p) for p in rows],
-                )
-                name = f"{platform}.json" if len(groups) == 1 else f"{platform}.run{run_id}.json"
-                path = out_dir / kernel / name
-                presetdb_results.write(path, doc)
-                written.append(path)
+            if kernel != ALL:
+                repo.get_kernel(kernel)  # unknown names list the known ones
+            if platform != ALL:
+                repo.get_platform(platform)
+            if ALL not in (kernel, platform):
+                return _export_one(repo, kernel, platform, fmt, out_dir)
+            pairs = sorted({(p.kernel, p.platform) for p in repo.all_presets()})
+            written: list[Path] = []
+            for k, pl in pairs:
+                if kernel in (ALL, k) and platform in (ALL, pl):
+                    written += _export_one(repo, k, pl, fmt, out_dir)
             return written
     finally:
         store.dispose()
+
+
+def _export_one(repo: Repository, kernel: str, platform: str, fmt: ExportFormat, out_dir: Path) -> list[Path]:
+    record = repo.get_kernel(kernel)
+    presets = _sorted(repo.active_presets(kernel, platform))
+    if fmt == "vllm":
+        pairs = [vllm_entry(p) for p in presets]
+        return [vllm.write(out_dir, kernel, platform, pairs)]
+    by_run: dict[int, list[PresetRecord]] = defaultdict(list)
+    for p in presets:
+        by_run[p.run_id].append(p)
+    written = []
+    # An empty export still writes one (empty) file.
+    groups: list[tuple[int | None, list[PresetRecord]]] = [
+        (r, by_run[r]) for r in sorted(by_run)
+    ] or [(None, [])]
+    for run_id, rows in groups:
+        run = repo.get_run(run_id) if run_id is not None else None
+        doc = presetdb_results.document(
+            run=_run(run),
+            kernel=_kernel(record.key_schema, kernel, rows),
+            platform=platform,
+            entries=[_entry(repo, p) for p in rows],
+        )
+        name = f"{platform}.json" if len(groups) == 1 else f"{platform}.run{run_id}.json"
+        path = out_dir / kernel / name
+        presetdb_results.write(path, doc)
+        written.append(path)
+    return written
 
 
 def _run(run: RunRecord | None) -> dict[str, Any]:

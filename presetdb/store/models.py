@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Float,
     ForeignKey,
@@ -26,11 +27,11 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     text,
+    true,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.expression import ColumnElement
-from sqlalchemy.types import Boolean
 
 from presetdb._util import utc_now
 
@@ -62,18 +63,21 @@ class JsonValid(ColumnElement[bool]):
     inherit_cache = True
     type = Boolean()
 
-    def __init__(self, column: str) -> None:
+    def __init__(self, column: str, *, nullable: bool = False) -> None:
         self.column = column
+        self.nullable = nullable  # NULL passes too (columns added in 0007)
 
 
 @compiles(JsonValid)
 def _json_valid_sqlite(element: JsonValid, _compiler: Any, **_kw: Any) -> str:
-    return f"json_valid({element.column})"
+    check = f"json_valid({element.column})"
+    return f"{element.column} IS NULL OR {check}" if element.nullable else check
 
 
 @compiles(JsonValid, "postgresql")
 def _json_valid_postgresql(element: JsonValid, _compiler: Any, **_kw: Any) -> str:
-    return f"({element.column}::jsonb IS NOT NULL)"
+    check = f"({element.column}::jsonb IS NOT NULL)"
+    return f"{element.column} IS NULL OR {check}" if element.nullable else check
 
 
 ACTIVE_ONLY = text("status = 'active'")
@@ -165,6 +169,9 @@ class TuningRun(Base):
     started_at: Mapped[str | None] = mapped_column(String(32))
     finished_at: Mapped[str | None] = mapped_column(String(32))
     imported_at: Mapped[str] = mapped_column(String(32), default=utc_now)
+    # path of the imported file inside its repository, e.g. configs/rms_norm/nvidia_h100.json
+    source_path: Mapped[str | None] = mapped_column(Text)
+    source_rev: Mapped[str | None] = mapped_column(String(64))  # the repository's commit (--source-rev)
 
 
 class Config(Base):
@@ -189,6 +196,8 @@ class Preset(Base):
     __tablename__ = "presets"
     __table_args__ = (
         CheckConstraint(JsonValid("shape_key"), name="shape_key_json"),
+        CheckConstraint(JsonValid("source_key", nullable=True), name="source_key_json"),
+        CheckConstraint(JsonValid("source_config", nullable=True), name="source_config_json"),
         CheckConstraint(
             "status IN (" + ", ".join(f"'{s}'" for s in PRESET_STATUSES) + ")", name="status_known"
         ),
@@ -225,6 +234,13 @@ class Preset(Base):
     status_reason: Mapped[str | None] = mapped_column(Text)  # why quarantined / superseded
     superseded_by: Mapped[int | None] = mapped_column(ForeignKey("presets.id"))
     created_at: Mapped[str] = mapped_column(String(32), default=utc_now)
+    # 0: imported for a kernel no registered module provided (config syntax checked, never
+    # compiled); served only once its kernel is registered and the config passes there
+    verified: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    source_position: Mapped[int | None] = mapped_column(Integer)  # entry index in the source file, 0-based
+    # the key and config as the source file wrote them (field order kept), for byte-faithful export
+    source_key: Mapped[str | None] = mapped_column(Text)
+    source_config: Mapped[str | None] = mapped_column(Text)
 
 
 class PresetCandidate(Base):

@@ -93,6 +93,8 @@ class RunRecord:
     started_at: str | None
     finished_at: str | None
     imported_at: str
+    source_path: str | None = None
+    source_rev: str | None = None
 
 
 RUN_FIELDS = tuple(f for f in RunRecord.__dataclass_fields__ if f not in ("id", "imported_at"))
@@ -124,6 +126,12 @@ class PresetRecord:
     created_at: str
     status_reason: str | None = None
     superseded_by: int | None = None
+    verified: bool = True
+    source_position: int | None = None
+    source_key: str | None = None  # key and config as the source file wrote them
+    source_config: str | None = None
+    source_path: str | None = None
+    source_rev: str | None = None
 
     @cached_property
     def config(self) -> dict[str, Any]:
@@ -149,10 +157,12 @@ class PresetRows:
     # Positions in a row, for readers that need a field without a record.
     SHAPE_KEY = 1
     CONFIG_SHA256 = 3
+    VERIFIED = 14
 
     def record(self, row: Sequence[Any]) -> PresetRecord:
         fields = dict(zip(ROW_FIELDS, row, strict=True))
         fields.update(zip(RUN_FIELDS_SHARED, self.runs[fields["run_id"]], strict=True))
+        fields["verified"] = bool(fields["verified"])
         return PresetRecord(kernel=self.kernel, platform=self.platform, status="active", **fields)
 
     def records(self) -> list[PresetRecord]:
@@ -200,6 +210,13 @@ class PresetInput:
     tuning_seconds: float | None = None
     kernel_source_hash: str | None = None
     candidates: Sequence[tuple[Mapping[str, Any], float | None]] = field(default_factory=tuple)
+    # False: the kernel was not registered at import (config syntax checked, not compiled)
+    verified: bool = True
+    # Where the row stood in its source file and its key/config text with the file's
+    # field order (compact JSON), for byte-faithful export; None when not from such a file.
+    source_position: int | None = None
+    source_key: str | None = None
+    source_config: str | None = None
 
 
 # ---------------------------------------------------------------- repository
@@ -395,6 +412,11 @@ class Repository:
             )
         )
         if current is not None and current.config_id == cid:
+            # Same config: at most its file layout moves, and a row verified now stays so.
+            self._relayout(current, item)
+            if item.verified and not current.verified:
+                current.verified = True
+            self.session.flush()
             return UpsertResult("unchanged", current.id)
         if current is not None:
             # Retire first: the partial unique index allows one active row per key.
@@ -414,6 +436,10 @@ class Repository:
             configs_tried=item.configs_tried,
             tuning_seconds=item.tuning_seconds,
             status="active",
+            verified=item.verified,
+            source_position=item.source_position,
+            source_key=item.source_key,
+            source_config=item.source_config,
         )
         self.session.add(row)
         self.session.flush()
@@ -428,6 +454,34 @@ class Repository:
             self.session.flush()
             return UpsertResult("superseded", row.id, current.id)
         return UpsertResult("added", row.id)
+
+    @staticmethod
+    def _relayout(row: Preset, item: PresetInput) -> None:
+        if item.source_key is None and item.source_config is None and item.source_position is None:
+            return
+        for name in ("source_position", "source_key", "source_config"):
+            value = getattr(item, name)
+            if getattr(row, name) != value:
+                setattr(row, name, value)
+
+    def set_verified(self, preset_id: int) -> None:
+        self.session.execute(update(Preset).where(Preset.id == preset_id).values(verified=True))
+
+    def unverified_presets(self, kernel: str | None = None) -> list[PresetRecord]:
+        """Active rows not yet verified against a registered kernel, by kernel then id."""
+        query = _preset_query().where(Preset.status == "active", Preset.verified.is_(False))
+        if kernel is not None:
+            query = query.where(Kernel.name == kernel)
+        return [PresetRecord(*row) for row in self.session.execute(query.order_by(Kernel.name, Preset.id))]
+
+    def replace_key_schema(self, name: str, key_schema: Mapping[str, Any]) -> None:
+        """Adopt a registered kernel's key schema for a kernel first stored unverified
+        (its schema was inferred from a file); `verify` checks the keys fit first."""
+        row = self.session.scalar(select(Kernel).where(Kernel.name == name))
+        if row is None:
+            raise UnknownKernelError(f"unknown kernel {name!r}")
+        row.key_schema = json.dumps(dict(key_schema), sort_keys=True)
+        self.session.flush()
 
     def active_presets(self, kernel: str, platform: str) -> list[PresetRecord]:
         """All active presets of one (kernel, platform), in one query."""
@@ -610,7 +664,10 @@ def _preset_query() -> Any:
             TuningRun.device_name.label("device_name"), TuningRun.helion_version.label("helion_version"),
             TuningRun.finished_at.label("tuned_at"), TuningRun.revision.label("revision"),
             Preset.created_at.label("created_at"), Preset.status_reason.label("status_reason"),
-            Preset.superseded_by.label("superseded_by"),
+            Preset.superseded_by.label("superseded_by"), Preset.verified.label("verified"),
+            Preset.source_position.label("source_position"), Preset.source_key.label("source_key"),
+            Preset.source_config.label("source_config"), TuningRun.source_path.label("source_path"),
+            TuningRun.source_rev.label("source_rev"),
         )
         .select_from(Preset)
         .join(Kernel, Kernel.id == Preset.kernel_id)
@@ -632,7 +689,7 @@ _ROW = {
     "reference_ms": Preset.reference_ms, "configs_tried": Preset.configs_tried,
     "tuning_seconds": Preset.tuning_seconds, "kernel_source_hash": Preset.kernel_source_hash,
     "run_id": Preset.run_id, "created_at": Preset.created_at, "status_reason": Preset.status_reason,
-    "superseded_by": Preset.superseded_by,
+    "superseded_by": Preset.superseded_by, "verified": Preset.verified,
 }
 ROW_FIELDS = tuple(_ROW)
 _ROW_COLUMNS = tuple(_ROW.values())
@@ -645,7 +702,8 @@ _RUN = {
 RUN_FIELDS_SHARED = tuple(_RUN)
 _RUN_COLUMNS = (TuningRun.id, *_RUN.values())
 # The positions readers use without building a record (PresetRows.SHAPE_KEY, CONFIG_SHA256).
-if (ROW_FIELDS.index("shape_key"), ROW_FIELDS.index("config_sha256")) != (PresetRows.SHAPE_KEY, PresetRows.CONFIG_SHA256):
+_POSITIONS = (ROW_FIELDS.index("shape_key"), ROW_FIELDS.index("config_sha256"), ROW_FIELDS.index("verified"))
+if _POSITIONS != (PresetRows.SHAPE_KEY, PresetRows.CONFIG_SHA256, PresetRows.VERIFIED):
     raise ImportError("PresetRows' field positions disagree with _ROW")  # a development mistake
 
 

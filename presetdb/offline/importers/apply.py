@@ -1,15 +1,19 @@
 """Writing parsed, validated rows into a database: one transaction, all or nothing.
 
 Rows stream from the parsers through `validate` into `Repository.upsert_preset` inside a
-single write transaction. Once any row is invalid nothing more is written, the remaining
-rows are still checked (so every problem is reported at once) and the transaction is
-rolled back. A file whose rows are all unchanged leaves no tuning run behind, so
-re-importing a file is a no-op. ``dry_run`` works on a private copy of a SQLite file, so
-the file itself is never opened for writing; on a registry it runs in a transaction that
-is rolled back.
+single write transaction (every file of a vLLM tree included). Once any row is invalid
+nothing more is written, the remaining rows are still checked (so every problem is
+reported at once) and the transaction is rolled back. A file whose rows are all
+unchanged leaves no tuning run behind, so re-importing a file is a no-op. ``dry_run``
+works on a private copy of a SQLite file, so the file itself is never opened for
+writing; on a registry it runs in a transaction that is rolled back.
 
 Into a registry, concurrent imports queue on the registry's writer lock (see
 `presetdb.store.engine`): overlapping files never collide on a unique index.
+
+A vLLM file of a kernel no registered module provides is imported *unverified*
+(see `unverified`); vLLM rows keep their file layout (position, key and config field
+order) so `export` can write the file back byte for byte.
 """
 
 from __future__ import annotations
@@ -17,16 +21,18 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from presetdb.errors import ImportValidationError, UnknownKernelError, UnknownPlatformError
-from presetdb.keys import canonical_key
-from presetdb.offline.importers.detect import parse_file
-from presetdb.offline.importers.records import ParsedFile
+from presetdb.keys import KeySpec, canonical_key
+from presetdb.offline.importers import vllm
+from presetdb.offline.importers.detect import parse_paths
+from presetdb.offline.importers.records import ParsedFile, Row
+from presetdb.offline.importers.unverified import UnverifiedChecker
 from presetdb.offline.importers.validate import (
     KernelChecker,
     RegistryResolver,
@@ -38,7 +44,7 @@ from presetdb.offline.importers.validate import (
 from presetdb.runtime.platforms import derive_platform_name
 from presetdb.store import migrate
 from presetdb.store.engine import Target, parse_target
-from presetdb.store.repository import Repository, config_sha256
+from presetdb.store.repository import PresetInput, Repository, config_sha256
 
 # Rows kept in a report for printing; counts are always complete.
 MAX_REPORT_ROWS = 10_000
@@ -57,6 +63,31 @@ class RowOutcome:
 
 
 @dataclass
+class FileSummary:
+    """What one kernel x platform part of a file did."""
+
+    file: str  # the file's path in its repository (per-kernel vLLM files: and the member)
+    kernel: str
+    platform: str
+    platform_from: str  # how the platform was found, e.g. "file name nvidia_h100.json"
+    verified: bool  # False: the kernel is not registered; rows stored unverified
+    layout: str | None = None  # vLLM layout: current | string-keyed | per-kernel
+    counts: dict[str, int] = field(
+        default_factory=lambda: {"added": 0, "superseded": 0, "unchanged": 0, "invalid": 0}
+    )
+
+    def line(self) -> str:
+        c = self.counts
+        state = "" if self.verified else ", UNVERIFIED (kernel not registered; `presetdb verify` checks it)"
+        layout = f", {self.layout} layout" if self.layout and self.layout != vllm.LAYOUT_CURRENT else ""
+        return (
+            f"{self.file}: {self.kernel} on {self.platform} (platform from {self.platform_from}"
+            f"{layout}{state}): {c['added']} added, {c['superseded']} superseded, "
+            f"{c['unchanged']} unchanged, {c['invalid']} invalid"
+        )
+
+
+@dataclass
 class ImportReport:
     dry_run: bool
     files: list[str] = field(default_factory=list)
@@ -67,6 +98,7 @@ class ImportReport:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     run_ids: list[int] = field(default_factory=list)
+    file_summaries: list[FileSummary] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -74,6 +106,9 @@ class ImportReport:
 
     def record(self, outcome: RowOutcome) -> None:
         self.counts[outcome.outcome] = self.counts.get(outcome.outcome, 0) + 1
+        if self.file_summaries:
+            current = self.file_summaries[-1].counts
+            current[outcome.outcome] = current.get(outcome.outcome, 0) + 1
         if len(self.rows) < MAX_REPORT_ROWS:
             self.rows.append(outcome)
 
@@ -92,26 +127,40 @@ class _Abort(Exception):
 def resolve_platform(repo: Repository, parsed: ParsedFile, override: str | None) -> str:
     """Canonical platform for a file: --platform, the file's name for it, or its device
     string through the db's aliases (vLLM SKU slugs like nvidia_h100_80gb_hbm3 too)."""
+    return platform_and_origin(repo, parsed, override)[0]
+
+
+def platform_and_origin(repo: Repository, parsed: ParsedFile, override: str | None) -> tuple[str, str]:
+    """(canonical platform, how it was found). A name is taken from a file only when it
+    is a known platform or one of its device-string aliases; anything else needs
+    --platform (the error lists the known ones)."""
     if override is not None:
         if parsed.format == "presetdb" and parsed.platform not in (None, override):
             raise ImportValidationError(
                 f"{parsed.name}: --platform {override} contradicts the file's platform {parsed.platform!r}"
             )
-        return _known(repo, parsed, override)
+        return _known(repo, parsed, override), "--platform"
+    where = _origin_word(parsed)
     for candidate in (parsed.platform, parsed.platform_hint):
         if not candidate:
             continue
         if repo.find_platform(candidate) is not None:
-            return candidate
+            return candidate, f"{where} {candidate!r}"
         spaced = candidate.replace("_", " ")
         for name in (repo.platform_for_alias(candidate), repo.platform_for_alias(spaced)):
             if name:
-                return name
+                return name, f"{where} {candidate!r}, a device alias of {name}"
         derived = derive_platform_name(spaced)
         if repo.find_platform(derived) is not None:
-            return derived
+            return derived, f"{where} {candidate!r}, read as {derived}"
     hint = parsed.platform or parsed.platform_hint or "(none)"
-    return _known(repo, parsed, hint)
+    return _known(repo, parsed, hint), where
+
+
+def _origin_word(parsed: ParsedFile) -> str:
+    if parsed.format != "vllm":
+        return "the file"
+    return "member" if parsed.member is not None else "file name"
 
 
 def _known(repo: Repository, parsed: ParsedFile, name: str) -> str:
@@ -132,19 +181,27 @@ def import_files(
     dry_run: bool = False,
     resolver: Resolver | None = None,
     on_row: Callable[[RowOutcome], None] | None = None,
+    key_policies: Mapping[str, str] | None = None,
+    source_rev: str | None = None,
 ) -> ImportReport:
-    """Import `paths` into the db at `db`. Raises ImportValidationError (nothing written)
-    when a row is invalid; with `dry_run` returns the report and writes nothing."""
+    """Import `paths` (files, or vLLM configs/ trees) into the db at `db`. Raises
+    ImportValidationError (nothing written) when a row is invalid; with `dry_run` returns
+    the report and writes nothing. `key_policies` (field -> policy) override the
+    inferred key policies of unregistered kernels; `source_rev` is the source
+    repository's commit, kept in tuning_runs."""
     report = ImportReport(dry_run=dry_run)
     resolver = resolver or RegistryResolver()
-    parsed_files = [parse_file(Path(p), fmt, kernel=kernel, key=key) for p in paths]
+    parsed_files = parse_paths([Path(p) for p in paths], fmt, kernel=kernel, key=key)
+    _refuse_ambiguous_platform(parsed_files, platform)
+    options = _Options(platform, kernel, dict(key_policies or {}), source_rev)
     with _target(parse_target(db), dry_run) as target:
         store = migrate.open_store(target, "rw")
         try:
             with store.transaction() as session:
                 repo = Repository(session)
                 for parsed in parsed_files:
-                    _import_one(repo, parsed, report, resolver, platform, kernel, on_row)
+                    _import_one(repo, parsed, report, resolver, options, on_row)
+                _check_key_policies_used(options, report)
                 if dry_run or report.problems:
                     raise _Abort
         except _Abort:
@@ -158,6 +215,36 @@ def import_files(
             report.problems,
         )
     return report
+
+
+@dataclass
+class _Options:
+    platform: str | None
+    kernel: str | None
+    key_policies: dict[str, str]
+    source_rev: str | None
+    policies_used: set[str] = field(default_factory=set)
+
+
+def _refuse_ambiguous_platform(parsed_files: Sequence[ParsedFile], platform: str | None) -> None:
+    """--platform names one platform: refused when the files name several (a tree)."""
+    if platform is None:
+        return
+    named = {p.platform for p in parsed_files if p.format == "vllm"}
+    if len(named) > 1:
+        raise ImportValidationError(
+            f"--platform {platform}: the files name {len(named)} platforms ({', '.join(sorted(map(str, named)))}); "
+            "import a tree without --platform (each file's name says its platform)"
+        )
+
+
+def _check_key_policies_used(options: _Options, report: ImportReport) -> None:
+    unused = sorted(set(options.key_policies) - options.policies_used)
+    if unused:
+        report.problems.append(
+            f"--key-policy {', '.join(unused)}: no unregistered kernel imported here has such "
+            "a key field (registered kernels keep their own key spec)"
+        )
 
 
 class _target:
@@ -193,13 +280,13 @@ def _import_one(
     parsed: ParsedFile,
     report: ImportReport,
     resolver: Resolver,
-    platform_override: str | None,
-    kernel_override: str | None,
+    options: _Options,
     on_row: Callable[[RowOutcome], None] | None,
 ) -> None:
     report.files.append(str(parsed.path))
     report.warnings.extend(parsed.warnings)
-    platform = resolve_platform(repo, parsed, platform_override)
+    platform, platform_from = platform_and_origin(repo, parsed, options.platform)
+    source_path = vllm.repository_path(parsed.path) if parsed.format == "vllm" else None
     run_id: int | None = None
     seen: dict[tuple[str, str], int] = {}  # (kernel, key) -> first row number
     kernels_ready: set[str] = set()
@@ -213,21 +300,36 @@ def _import_one(
             on_row(item)
 
     file_checker: KernelChecker | None = None
+    rows: Iterable[Row] = parsed.rows
     if parsed.format != "helion-aot":
-        # One kernel per file: an unknown one is a file-level error, named once.
-        name = kernel_override or parsed.kernel
+        # One kernel per file: an unknown one is a file-level error, named once, except
+        # in vLLM files, whose unknown kernels are imported unverified.
+        name = options.kernel or parsed.kernel
         try:
             file_checker = find_checker(resolver, name, helion_hash=parsed.kernel_source_hash)
         except UnknownKernelError as exc:
-            raise UnknownKernelError(f"{parsed.name}: {exc}") from None
+            if parsed.format != "vllm" or not name:
+                raise UnknownKernelError(f"{parsed.name}: {exc}") from None
+            rows = list(parsed.rows)  # vLLM files are small; the key schema needs a key first
+            file_checker = _unverified_checker(repo, name, rows, source_path or parsed.name, options)
+    label = source_path or parsed.name
+    if parsed.member is not None:
+        label += f" [{parsed.member}]"
+    if file_checker is not None:
+        report.file_summaries.append(
+            FileSummary(
+                label, file_checker.name, platform, platform_from,
+                not isinstance(file_checker, UnverifiedChecker), parsed.layout,
+            )
+        )
     by_name: dict[str | None, KernelChecker | None | Exception] = {}
 
-    for row in parsed.rows:
+    for row in rows:
         row_no = row.index + 1
         if file_checker is None:
             if row.kernel not in by_name:
                 try:
-                    by_name[row.kernel] = _aot_checker(resolver, row.kernel, kernel_override)
+                    by_name[row.kernel] = _aot_checker(resolver, row.kernel, options.kernel)
                 except UnknownKernelError as exc:
                     by_name[row.kernel] = exc
             found = by_name[row.kernel]
@@ -256,23 +358,76 @@ def _import_one(
             report.problems.extend(problem_line(parsed.name, row, f, r) for f, r in checked.problems)
             outcome(row_no, row.where, checker.name, key_text, "invalid")
             continue
-        sha = config_sha256(checked.item.config)
+        item = checked.item
+        if parsed.format == "vllm":
+            item = _with_layout(item, row, verified=not isinstance(checker, UnverifiedChecker))
+        sha = config_sha256(item.config)
         if report.problems:
             # Already doomed: keep checking, stop writing.
             outcome(row_no, row.where, checker.name, key_text, "skipped", sha)
             continue
-        current = repo.find_preset(checker.name, platform, checked.item.shape_key)
+        current = repo.find_preset(checker.name, platform, item.shape_key)
         if current is not None and current.config_sha256 == sha:
+            # Unchanged; its file layout (and a verification now possible) may move.
+            repo.upsert_preset(checker.name, platform, current.run_id, item)
             outcome(row_no, row.where, checker.name, key_text, "unchanged", sha)
             continue
         if run_id is None:
             run = repo.add_run(
-                parsed.source, source_file=parsed.name, source_sha256=parsed.sha256, **parsed.provenance
+                parsed.source,
+                source_file=parsed.name,
+                source_sha256=parsed.sha256,
+                source_path=source_path,
+                source_rev=options.source_rev,
+                **parsed.provenance,
             )
             run_id = run.id
             report.run_ids.append(run_id)
-        result = repo.upsert_preset(checker.name, platform, run_id, checked.item)
+        result = repo.upsert_preset(checker.name, platform, run_id, item)
         outcome(row_no, row.where, checker.name, key_text, result.outcome, sha)
+
+
+def _with_layout(item: PresetInput, row: Row, *, verified: bool) -> PresetInput:
+    """The row's place in its vLLM file and the file's field order: the stored config
+    (normalized when its kernel is registered) with the file's fields first, in order."""
+    config = dict(item.config)
+    written = row.config if isinstance(row.config, Mapping) else {}
+    ordered = {k: config[k] for k in written if k in config}
+    ordered.update((k, v) for k, v in config.items() if k not in ordered)
+    key = row.key if isinstance(row.key, Mapping) else item.shape_key
+    return replace(
+        item,
+        verified=verified,
+        source_position=row.index,
+        source_key=vllm.compact(key),
+        source_config=vllm.compact(ordered),
+    )
+
+
+def _unverified_checker(
+    repo: Repository, name: str, rows: list[Row], source: str, options: _Options
+) -> UnverifiedChecker:
+    """The checker of a kernel no module registers: the stored kernel's key spec when the
+    db has it, else one inferred from the file's first non-default key."""
+    stored = repo.find_kernel(name)
+    spec = KeySpec.from_schema(stored.key_schema) if stored is not None else None
+    checker = UnverifiedChecker(name, spec, options.key_policies)
+    if spec is None:
+        first = next((r.key for r in rows if isinstance(r.key, Mapping) and r.key), None)
+        if first is not None:
+            checker.learn(first, source)
+    names = set(checker.key_spec.names)
+    for field_name, policy in options.key_policies.items():
+        if field_name not in names:
+            continue
+        options.policies_used.add(field_name)
+        have = next(f.policy for f in checker.key_spec.fields if f.name == field_name)
+        if have != policy:
+            raise ImportValidationError(
+                f"{source}: --key-policy {field_name}={policy}: kernel {name!r} is already stored "
+                f"with {field_name}={have}; a changed key spec needs a new kernel name"
+            )
+    return checker
 
 
 def _aot_checker(resolver: Resolver, row_kernel: str | None, override: str | None) -> KernelChecker | None:
@@ -285,8 +440,22 @@ def _aot_checker(resolver: Resolver, row_kernel: str | None, override: str | Non
 
 
 def _prepare_kernel(repo: Repository, parsed: ParsedFile, checker: KernelChecker) -> str | None:
-    """Create the kernel row (or check it); a results file's key schema must agree."""
+    """Create the kernel row (or check it); a results file's key schema must agree. A
+    kernel first stored unverified (its schema inferred from a file) adopts the registered
+    kernel's key spec when the field names agree."""
+    if isinstance(checker, UnverifiedChecker):
+        repo.ensure_kernel(checker.name, checker.schema())
+        return None
     schema = checker.key_spec.to_schema()
+    stored = repo.find_kernel(checker.name)
+    if stored is not None and "inferred_from" in stored.key_schema:
+        if sorted(f["name"] for f in stored.key_schema.get("fields", [])) != sorted(checker.key_spec.names):
+            return (
+                f"{parsed.name}: kernel {checker.name!r} was stored unverified with key fields "
+                f"{[f['name'] for f in stored.key_schema.get('fields', [])]}; the registered kernel "
+                f"has {list(checker.key_spec.names)}"
+            )
+        repo.replace_key_schema(checker.name, schema)
     if parsed.key_schema is not None:
 
         def fields(s: Mapping[str, Any]) -> list[tuple[str, str]]:

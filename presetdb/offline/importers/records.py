@@ -77,6 +77,8 @@ class ParsedFile:
     provenance: dict[str, Any] = field(default_factory=dict)
     rows: Iterator[Row] = field(default_factory=lambda: iter(()))
     warnings: list[str] = field(default_factory=list)
+    layout: str | None = None  # vLLM files: current | string-keyed | per-kernel
+    member: str | None = None  # per-kernel vLLM files: the platform member this part is
 
     @property
     def source(self) -> str:
