@@ -56,8 +56,11 @@ def sample(pythonpath: str | None) -> dict[str, float]:
         env.update(PRESETDB_CACHE_DIR=str(Path(tmp) / "cache"), PRESETDB_USER_DB=str(Path(tmp) / "overlay.db"))
         env.setdefault("TRITON_INTERPRET", "0" if _has_cuda() else "1")
         if pythonpath:
-            env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-        out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
+            env["PYTHONPATH"] = str(Path(pythonpath).resolve()) + os.pathsep + env.get("PYTHONPATH", "")
+        # cwd: a temp dir, so `python -c` never imports presetdb from a checkout by accident
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True, cwd=tmp
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
 

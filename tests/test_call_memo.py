@@ -23,7 +23,7 @@ install_interpreter_shims()
 import torch
 
 import presetdb.kernels  # noqa: F401  (registers the kernels)
-from presetdb.helion import call
+from presetdb.helion import call, memo
 from presetdb.helion._accel import dispatch
 from presetdb.helion._accel.dispatch import exact_key
 from presetdb.helion.registry import get_kernel
@@ -62,7 +62,7 @@ def _rms_with_two_rows(store: Any) -> Any:
 def _served_blocks(rms: Any, *args: Any) -> list[int]:
     """Block sizes of the runner the call memo holds for these arguments."""
     hit = rms.memo.calls[exact_key(args)]
-    return block_sizes_of(hit[2].bound)
+    return block_sizes_of(hit[3].bound)
 
 
 def test_repeated_calls_are_served_by_the_memo(preset_store, monkeypatch) -> None:
@@ -175,7 +175,7 @@ def test_exact_key_separates_what_can_change_a_call() -> None:
 
 
 def test_the_memo_is_bounded_and_starts_over(preset_store, monkeypatch) -> None:
-    monkeypatch.setattr(dispatch, "CALL_MEMO_LIMIT", 2)
+    monkeypatch.setattr(memo, "CALL_MEMO_LIMIT", 2)
     rms = _rms_with_two_rows(preset_store)
     w = torch.randn(16, device=DEVICE)
     for rows in (3, 4, 5, 6, 7):  # five exact shapes, one bucketed runner

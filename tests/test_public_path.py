@@ -29,6 +29,7 @@ from presetdb.helion import call
 from presetdb.helion._accel import dispatch
 from presetdb.helion.hooks import PresetMissWarning, QuarantineWarning
 from presetdb.helion.registry import get_kernel
+from presetdb.runtime.picker import get_picker
 
 EPS = 1e-6
 
@@ -54,7 +55,18 @@ def test_stored_configs_are_served_without_the_fast_path(rms, preset_store, monk
             assert_close(torch.ops.presetdb.rms_norm(x, w, EPS), rms.reference(x, w, EPS), torch.float32)
         assert block_sizes_of(rms.bound(x, w, EPS)) == blocks
         assert rms.entry_for(x, w, EPS) is None  # no runner of presetdb's own
-    assert rms.memo is None and published == []
+    assert not rms.accel and published == []
+    # the call memo serves repeated metadata on the public path too: no picker, no policy
+    x = torch.randn(40, 16, device=DEVICE)
+    rms(x, w, EPS)
+    resolved: list[object] = []
+    picker = get_picker()
+    real = picker.resolve
+    monkeypatch.setattr(picker, "resolve", lambda *a: resolved.append(a) or real(*a))
+    for _ in range(3):
+        xi = torch.randn(40, 16, device=DEVICE)  # new data, same metadata
+        assert_close(rms(xi, w, EPS), rms.reference(xi, w, EPS), torch.float32)
+    assert resolved == [] and len(rms.memo.calls) >= 1
     # one plain Helion kernel per stored config served, built once each
     assert {k for k in rms.config_kernels if isinstance(k, str)} == {
         rms.resolution(torch.randn(2, 16), w, EPS).token, rms.resolution(torch.randn(40, 16), w, EPS).token
@@ -91,7 +103,7 @@ def test_presetdb_accel_0_turns_the_fast_path_off_in_a_new_process() -> None:
         "import presetdb.kernels\n"
         "from presetdb.helion.registry import get_kernel\n"
         "rk = get_kernel('rms_norm')\n"
-        "print(rk.memo is None, rk.accel_status.reason)\n"
+        "print(not rk.accel, rk.accel_status.reason)\n"
     )
     env = {**os.environ, "PRESETDB_ACCEL": "0", "TRITON_INTERPRET": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

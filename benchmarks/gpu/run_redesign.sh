@@ -13,15 +13,12 @@ set -uo pipefail
 OUT=${OUT:-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-python3 - <<'EOF' | tee "$OUT/versions.txt"
-import torch, triton, helion
-print("torch", torch.__version__, "triton", triton.__version__, "helion", helion.__version__)
-print("device", torch.cuda.get_device_name())
-EOF
-python3 -m presetdb platform | tee "$OUT/platform.txt"
+# -P: never import presetdb from the checkout (its migrations map in only when installed)
+python3 -P -c 'from importlib.metadata import version; import torch; print({p: version(p) for p in ("torch", "triton", "helion", "presetdb")}, torch.cuda.get_device_name())' | tee "$OUT/versions.txt"
+python3 -P -m presetdb platform | tee "$OUT/platform.txt"
 OUT="$OUT/check" timeout 300 python3 benchmarks/gpu_check_helion.py > "$OUT/check.log" 2>&1
 echo "gpu_check_helion exit $?"; tail -5 "$OUT/check.log"
-timeout 240 python3 -m pytest -q -p no:cacheprovider -x tests/test_helion_gpu.py tests/test_accel_tripwire.py \
+timeout 240 python3 -P -m pytest -q -p no:cacheprovider -x tests/test_helion_gpu.py tests/test_accel_tripwire.py \
   tests/test_call_memo.py tests/test_public_path.py tests/test_helion_dispatch.py > "$OUT/pytest_gpu.log" 2>&1
 echo "pytest exit $?"; tail -3 "$OUT/pytest_gpu.log"
 timeout 200 python3 benchmarks/bench_dispatch.py --out "$OUT/dispatch" > "$OUT/dispatch.log" 2>&1

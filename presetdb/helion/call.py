@@ -12,9 +12,10 @@ applies the miss/far policy (`presetdb.helion.hooks.serve`), and runs a plain He
 kernel built for exactly that config (`RegisteredKernel.config_kernel`; ``config=`` pinned,
 so ``HELION_AUTOTUNE_EFFORT`` or ``HELION_FORCE_AUTOTUNE`` cannot route around the store).
 Where the fast path is on (`presetdb.helion._accel`: verified Helion/Triton versions),
-the compiled host function is called directly and its Triton kernel launched directly;
-a call whose exact metadata was seen before skips even the key and the picker (the call
-memo, valid while the picker's epoch and Helion's specialization state stand).
+the compiled host function is called directly and its Triton kernel launched directly.
+On either path a call whose exact metadata was seen before skips the key, the picker and
+the policy (`presetdb.helion.memo`, valid while the picker's epoch stands and, on the
+fast path, Helion's specialization state).
 
 A stored config that fails to compile or launch is the row's fault only if Helion's
 default config runs the same call; then it is quarantined (in memory at once, in the
@@ -27,7 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from presetdb.helion import hooks
-from presetdb.helion._accel.dispatch import exact_key
+from presetdb.helion.memo import exact_key
 from presetdb.runtime.picker import get_picker
 
 if TYPE_CHECKING:
@@ -40,15 +41,12 @@ def call(rk: RegisteredKernel, args: tuple[Any, ...]) -> Any:
         args, restore = rk.adapt(*args)
     picker = get_picker()
     epoch = picker.epoch()
-    memo = rk.memo  # None: the public path (fast path off for these versions)
-    exact = None
-    if memo is not None:
-        exact = exact_key(args, rk.scalars_by_value)
-        hit = None if exact is None else memo.get(exact, epoch)
-        if hit is not None:
-            rk.last_choice = hit[1]
-            out = hit[2].run(*args)
-            return out if restore is None else restore(out)
+    exact = exact_key(args, rk.scalars_by_value)
+    hit = None if exact is None else rk.memo.get(exact, epoch)
+    if hit is not None:
+        rk.last_choice = hit[1]
+        out = hit[2](*args)
+        return out if restore is None else restore(out)
     features = rk.features_of_kernel_args(args)
     served = hooks.serve(rk, picker, features, picker.resolve(rk.name, rk.key_spec, features), args=args)
     try:
@@ -95,14 +93,17 @@ def run(rk: RegisteredKernel, served: hooks.Served, args: tuple[Any, ...], exact
     config = served.choice.config if served.choice is not None else served.config
     target = rk.config_kernel(served.token, config, args)
     runners = target.runners
-    if runners is None:
-        return target.kernel(*args)
+    if runners is None:  # the public path: Helion's own call of the config kernel
+        out = target.kernel(*args)
+        if exact is not None and served.choice is not None:
+            rk.memo.remember(exact, (epoch, served.choice, target.kernel, None))
+        return out
     meta = runners.key(args)
     entry = None if meta is None else runners.lookup(meta, args)
     if entry is None:
         return through_helion(target, args, meta)
-    if exact is not None and served.choice is not None and entry.memoizable and rk.memo is not None:
-        rk.memo.remember(exact, (epoch, served.choice, entry))  # misses are not: each is counted
+    if exact is not None and served.choice is not None and entry.memoizable:
+        rk.memo.remember(exact, (epoch, served.choice, entry.run, entry))  # misses are not: each is counted
     return entry.run(*args)
 
 

@@ -24,7 +24,8 @@ from presetdb._util import canonical_json
 from presetdb.errors import InvalidConfigError, KernelRegistrationError, UnknownKernelError
 from presetdb.helion import call, hooks, interpreter, ops
 from presetdb.helion._accel import internals
-from presetdb.helion._accel.dispatch import CallMemo, Entry, RunnerCache, runner_launcher
+from presetdb.helion._accel.dispatch import Entry, RunnerCache, runner_launcher
+from presetdb.helion.memo import CallMemo
 from presetdb.helion.args import Adapter, flatten_leading, key_fields
 from presetdb.keys import KeySpec, KeyValue, canonical_key
 from presetdb.runtime.picker import Choice, get_picker
@@ -117,10 +118,11 @@ class RegisteredKernel:
         )
         self._shape_kernel: Any = None
         # The call path's state: one plain Helion kernel per served config (token ->
-        # ConfigKernel), and the fast path's call memo when it is on.
+        # ConfigKernel), the call memo, and whether the fast path (_accel) is on.
         self.config_kernels: dict[Hashable, ConfigKernel] = {}
         self.accel_status = internals.status(Settings.from_env().accel)
-        self.memo: CallMemo | None = CallMemo() if self.accel_status.on else None
+        self.accel = self.accel_status.on
+        self.memo = CallMemo()
         self.scalars_by_value = internals.has_constexpr_params(self.helion_kernel)
         self.launcher: Callable[..., Any] | None = None  # benchmarks: a no-op launcher (set_launcher)
         self.last_choice: Choice | None = None  # what served the latest call (demo, CLI)
@@ -156,7 +158,7 @@ class RegisteredKernel:
             force_autotune=False, ref_mode=RefMode.OFF, autotune_handoff=False, **self._helion_settings,
         )
         runners = None
-        if self.memo is not None:
+        if self.accel:
             launcher = self.launcher if self.launcher is not None else runner_launcher()
             runners = RunnerCache(kernel, launcher, scalars_by_value=self.scalars_by_value)
         made = self.config_kernels[token] = ConfigKernel(kernel, normalized, runners)
@@ -165,14 +167,13 @@ class RegisteredKernel:
     def use_accel(self, on: bool) -> None:
         """Turn the fast path on or off for this kernel (tests, diagnostics); the default
         comes from PRESETDB_ACCEL and the installed versions (`internals.status`)."""
-        self.memo = CallMemo() if on else None
-        self.config_kernels = {}
+        self.accel = on
+        self.reset_runtime()
 
     def forget_config(self, token: Hashable) -> None:
         """Drop the kernel of a quarantined config (and every memoized call)."""
         self.config_kernels.pop(token, None)
-        if self.memo is not None:
-            self.memo.clear()
+        self.memo.clear()
 
     # ------------------------------------------------------------------ introspection
     def adapt_args(self, args: tuple[Any, ...]) -> tuple[tuple[Any, ...], Callable[[Any], Any] | None]:
@@ -267,8 +268,7 @@ class RegisteredKernel:
     def reset_runtime(self) -> None:
         """Forget every config kernel and memoized call (tests, benchmarks)."""
         self.config_kernels = {}
-        if self.memo is not None:
-            self.memo.clear()
+        self.memo.clear()
 
     # ------------------------------------------------------------------ Helion hooks
     def _key_hook(self, *args: Any) -> Hashable:

@@ -43,11 +43,9 @@ from typing import Any
 import torch
 
 from presetdb.helion._accel import internals
+from presetdb.helion.memo import exact_key  # noqa: F401  (re-exported: the fast path's callers used it here)
 
 INT32_INDEX_LIMIT = 2**31 - 1  # numel above this needs 64-bit indexing (Helion's rule)
-# Exact call signatures remembered per kernel: a serving engine sees one per distinct token
-# count; beyond the limit the memo starts over.
-CALL_MEMO_LIMIT = 16384
 # Module constants: the hot path reads them without attribute lookups on `torch`.
 _TENSOR, _PARAMETER, _DTYPE = torch.Tensor, torch.nn.Parameter, torch.dtype
 
@@ -90,36 +88,6 @@ def dispatch_key(args: Sequence[object], scalars_by_value: bool = False) -> tupl
         else:
             return None  # tensor subclasses (FakeTensor), containers, objects
     return tuple(key)
-
-
-def exact_key(args: Sequence[object], floats_by_value: bool = False) -> tuple[Hashable, ...] | None:
-    """The call memo's key: exact tensor metadata, scalars by value (floats by type, so
-    a per-call float such as a scale does not defeat the memo, unless the kernel has
-    constexpr parameters); None when only the bucketed path is safe (aliasing, tensor
-    subclasses, unknown argument types).
-
-    A kernel's features may read tensor metadata and non-float scalars, never a float's
-    value (docs/CONTRACTS.md)."""
-    key: tuple[Hashable, ...] = ()  # grown by concatenation: cheaper than a list for a few args
-    previous = None
-    tensors = 0
-    for a in args:
-        t = type(a)
-        if t is _TENSOR or t is _PARAMETER:
-            if a is previous:
-                return None  # aliasing: Helion keys it; leave it to the bucketed path
-            previous = a
-            tensors += 1
-            key += (a.shape, a.stride(), a.dtype, a.device)  # type: ignore[attr-defined]
-        elif t is float and not floats_by_value:
-            key += (t,)
-        elif t is int or t is bool or t is float or t is str or t is _DTYPE or a is None:
-            key += (t, a)  # the type too: 1, 1.0 and True hash alike
-        else:
-            return None
-    if tensors > 2 and len({id(a) for a in args if isinstance(a, torch.Tensor)}) < tensors:
-        return None  # a tensor passed twice, not side by side
-    return key
 
 
 def fast_guard(extractor: Any, nargs: int) -> Callable[[Sequence[object]], Hashable] | None:
@@ -302,31 +270,6 @@ class RunnerCache:
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._by_meta.values())
-
-
-class CallMemo:
-    """The call memo of one registered kernel: exact call metadata -> (picker epoch, the
-    choice that served it, the runner entry). Bounded: a stream of new shapes starts it over."""
-
-    __slots__ = ("calls",)
-
-    def __init__(self) -> None:
-        self.calls: dict[tuple[Hashable, ...], tuple[object, Any, Entry]] = {}
-
-    def get(self, exact: tuple[Hashable, ...], epoch: object) -> tuple[object, Any, Entry] | None:
-        hit = self.calls.get(exact)
-        if hit is not None and hit[0] is epoch and hit[2].current():
-            return hit
-        return None
-
-    def remember(self, exact: tuple[Hashable, ...], hit: tuple[object, Any, Entry]) -> None:
-        calls = self.calls
-        if len(calls) >= CALL_MEMO_LIMIT:
-            calls.clear()
-        calls[exact] = hit
-
-    def clear(self) -> None:
-        self.calls = {}
 
 
 def runner_launcher() -> Callable[..., Any] | None:
