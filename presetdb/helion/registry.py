@@ -25,8 +25,8 @@ from presetdb.errors import InvalidConfigError, KernelRegistrationError, Unknown
 from presetdb.helion import call, hooks, interpreter, ops
 from presetdb.helion._accel import internals
 from presetdb.helion._accel.dispatch import Entry, RunnerCache, runner_launcher
-from presetdb.helion.memo import CallMemo
 from presetdb.helion.args import Adapter, flatten_leading, key_fields
+from presetdb.helion.memo import CallMemo
 from presetdb.keys import KeySpec, KeyValue, canonical_key
 from presetdb.runtime.picker import Choice, get_picker
 from presetdb.settings import Settings
