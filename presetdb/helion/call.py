@@ -94,7 +94,7 @@ def run(rk: RegisteredKernel, served: hooks.Served, args: tuple[Any, ...], exact
     target = rk.config_kernel(served.token, config, args)
     runners = target.runners
     if runners is None:  # the public path: Helion's own call of the config kernel
-        out = target.kernel(*args)
+        out = target(*args)
         if exact is not None and served.choice is not None:
             rk.memo.remember(exact, (epoch, served.choice, target.kernel, None))
         return out
@@ -110,7 +110,7 @@ def run(rk: RegisteredKernel, served: hooks.Served, args: tuple[Any, ...], exact
 def through_helion(target: Any, args: tuple[Any, ...], meta: Any) -> Any:
     """Helion's own call of a config kernel (compiling on first use), then publish the
     runner it used so the next call of this class skips Helion."""
-    out = target.kernel(*args)
+    out = target(*args)
     if meta is not None:
         try:
             target.runners.publish(meta, args)

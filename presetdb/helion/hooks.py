@@ -186,9 +186,36 @@ def quarantine(rk: RegisteredKernel, picker: Picker, choice: Choice, reason: str
 def default_output(rk: RegisteredKernel, args: tuple[Any, ...]) -> Any:
     """Run the call with Helion's default config; NOTHING if that fails too."""
     try:
-        return rk.config_kernel(DEFAULT_TOKEN, None, args).kernel(*args)
+        return rk.config_kernel(DEFAULT_TOKEN, None, args)(*args)
     except Exception:  # noqa: BLE001  (the caller re-raises the stored config's error)
         return NOTHING
+
+
+class _DefaultConfig(BaseAutotuner):
+    """``autotuner_fn=`` of the default-config kernel: Helion's default config for each
+    specialization, no search."""
+
+    def __init__(self, bound: Any) -> None:
+        self.bound = bound
+
+    def autotune(self, *, skip_cache: bool = False) -> helion.Config:
+        return self.bound.config_spec.default_config()
+
+
+def default_config_search(bound: Any, args: Any, **kwargs: object) -> _DefaultConfig:
+    return _DefaultConfig(bound)
+
+
+def run_default(kernel: Any, args: tuple[Any, ...]) -> Any:
+    """Call the default-config kernel. ``HELION_DISALLOW_AUTOTUNING`` blocks any
+    ``autotuner_fn``, though this one does not search: then configure the bound kernel
+    with the default config directly (later calls of that specialization reuse it)."""
+    try:
+        return kernel(*args)
+    except helion.exc.AutotuningDisallowedInEnvironment:
+        bound = kernel.bind(args)
+        bound.set_config(bound.config_spec.default_config())
+        return kernel(*args)
 
 
 def split_device_keys(spec: Any, config: Any) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -48,7 +48,13 @@ class ConfigKernel:
 
     __slots__ = ("config", "kernel", "runners")
 
-    def __init__(self, kernel: Any, config: helion.Config, runners: RunnerCache | None) -> None:
+    def __call__(self, *args: Any) -> Any:
+        """Helion's own call (compiles on first use of a specialization)."""
+        if self.config is None:
+            return hooks.run_default(self.kernel, args)
+        return self.kernel(*args)
+
+    def __init__(self, kernel: Any, config: helion.Config | None, runners: RunnerCache | None) -> None:
         self.kernel = kernel
         self.config = config
         self.runners = runners
@@ -142,21 +148,24 @@ class RegisteredKernel:
         return call.call(self, args)
 
     def config_kernel(self, token: Hashable, config: dict[str, Any] | None, kargs: tuple[Any, ...]) -> ConfigKernel:
-        """The plain Helion kernel serving `config` (None: Helion's default config) under
-        `token`, built on first use. Raises if the config is invalid for these arguments."""
+        """The plain Helion kernel serving `config` under `token`, built on first use;
+        None: Helion's default config, chosen per specialization as Helion would. Raises
+        if a stored config is invalid for these arguments."""
         found = self.config_kernels.get(token)
         if found is not None:
             return found
-        spec = self.shape_kernel.bind(kargs).config_spec
+        settings = dict(
+            static_shapes=False, autotune_effort=self.autotune_effort, force_autotune=False,
+            ref_mode=RefMode.OFF, autotune_handoff=False, **self._helion_settings,
+        )
+        normalized = None
         if config is None:
-            normalized = spec.default_config()
+            kernel = helion.kernel(self.body, autotuner_fn=hooks.default_config_search, **settings)
         else:
+            spec = self.shape_kernel.bind(kargs).config_spec
             portable, _ = hooks.split_device_keys(spec, config)
             normalized = spec.normalized_config(helion.Config(**portable))
-        kernel = helion.kernel(
-            self.body, config=normalized, static_shapes=False, autotune_effort=self.autotune_effort,
-            force_autotune=False, ref_mode=RefMode.OFF, autotune_handoff=False, **self._helion_settings,
-        )
+            kernel = helion.kernel(self.body, config=normalized, **settings)
         runners = None
         if self.accel:
             launcher = self.launcher if self.launcher is not None else runner_launcher()
