@@ -10,6 +10,7 @@ the file itself is never opened for writing.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import tempfile
@@ -195,7 +196,7 @@ def _import_one(
     report.files.append(str(parsed.path))
     report.warnings.extend(parsed.warnings)
     platform = resolve_platform(repo, parsed, platform_override)
-    run_id: int | None = None
+    run_ids: dict[str, int] = {}  # a row's provenance (canonical JSON) -> its tuning run
     seen: dict[tuple[str, str], int] = {}  # (kernel, key) -> first row number
     kernels_ready: set[str] = set()
 
@@ -260,11 +261,15 @@ def _import_one(
         if current is not None and current.config_sha256 == sha:
             outcome(row_no, row.where, checker.name, key_text, "unchanged", sha)
             continue
+        # Rows made on other machines (a tuning farm) carry their own provenance: one run each.
+        provenance = {**parsed.provenance, **(row.provenance or {})}
+        run_key = json.dumps(provenance, sort_keys=True, default=str)
+        run_id = run_ids.get(run_key)
         if run_id is None:
             run = repo.add_run(
-                parsed.source, source_file=parsed.name, source_sha256=parsed.sha256, **parsed.provenance
+                parsed.source, source_file=parsed.name, source_sha256=parsed.sha256, **provenance
             )
-            run_id = run.id
+            run_id = run_ids[run_key] = run.id
             report.run_ids.append(run_id)
         result = repo.upsert_preset(checker.name, platform, run_id, checked.item)
         outcome(row_no, row.where, checker.name, key_text, result.outcome, sha)
