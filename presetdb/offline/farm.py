@@ -645,7 +645,7 @@ class RayExecutor:
             self.platform if self.device.startswith("cuda") else None,
             self.precompile_jobs,
         )
-        remote = ray.remote(_worker_main).options(**options)  # type: ignore[call-overload]
+        remote = ray.remote(**options)(_worker_main)  # max_calls is not an .options() option
         board = ray.remote(num_cpus=0)(_Board).remote()
         slots = max(1, int(resources.get("GPU", 0) // self.gpus_per_task)) if self.gpus_per_task else 1
         limit = self.in_flight or 2 * slots + 2  # queued a little ahead of the free GPUs
