@@ -60,17 +60,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from presetdb.errors import FarmError, TuneError
 from presetdb.keys import canonical_key
@@ -296,9 +299,9 @@ class Monitor:
         text = escape(f"  {worker.label}: {canonical_key(key)}")
         line = self.lines.get(worker.label)
         if line is None:
-            self.lines[worker.label] = self.progress.add_task(text, total=None)
+            self.lines[worker.label] = self.progress.add_task(text, total=None, worker=True)
         else:
-            self.progress.reset(line, description=text, total=None)
+            self.progress.reset(line, description=text, total=None, start=True)
 
     def finished(self, outcome: ShapeOutcome) -> None:
         text = canonical_key(outcome.key)
@@ -317,9 +320,20 @@ class Monitor:
         if self.progress is not None and self.bar is not None:
             self.progress.advance(self.bar)
             if outcome.worker is not None and outcome.worker.label in self.lines:
-                self.progress.update(
-                    self.lines[outcome.worker.label], description=escape(f"  {outcome.worker.label}: idle")
-                )
+                line = self.lines[outcome.worker.label]
+                self.progress.update(line, description=escape(f"  {outcome.worker.label}: idle"))
+                self.progress.stop_task(line)
+
+
+class _BarOnly(ProgressColumn):
+    """A column shown on the overall bar only, blank on the per-worker lines."""
+
+    def __init__(self, inner: ProgressColumn) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def render(self, task: Task) -> RenderableType:
+        return Text("") if task.fields.get("worker") else self.inner.render(task)
 
 
 class Executor(Protocol):
@@ -370,18 +384,18 @@ def _run(
     tasks = [ShapeTask(kernel, k, tuple(dict(c) for c in (configs_for(k) if configs_for else ()))) for k in todo]
     console = console or Console(stderr=True)
     columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        _BarOnly(BarColumn()),
+        _BarOnly(MofNCompleteColumn()),
+        TimeElapsedColumn(),  # a worker's line: how long its current shape has run
+        _BarOnly(TextColumn("eta")),
+        _BarOnly(TimeRemainingColumn()),
     )
     bar = Progress(*columns, console=console, transient=False) if progress else None
     monitor = Monitor(out, summary, bar, console, describe or (lambda o: "ok"))
     with bar if bar is not None else nullcontext():
         if bar is not None:
-            monitor.bar = bar.add_task(escape(f"{kernel}: {len(todo)} shape(s)"), total=len(todo))
+            monitor.bar = bar.add_task(f"[bold]{escape(kernel)}[/]: {len(todo)} shape(s)", total=len(todo))
         if tasks:
             summary.interrupted = executor.execute(tasks, work, monitor)
     return summary
@@ -571,14 +585,11 @@ class RayExecutor:
         if ray.is_initialized():
             return ray, False
         env = forwarded_env()
+        options: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
+        if self.address is None:
+            options["include_dashboard"] = False  # a new local cluster: no web UI needed
         try:
-            ray.init(
-                address=self.address,
-                runtime_env={"env_vars": env} if env else None,
-                include_dashboard=False,
-                log_to_driver=True,
-                logging_level="warning",
-            )
+            ray.init(address=self.address, **options)
         except Exception as exc:
             raise FarmError(
                 f"cannot reach a Ray cluster at {self.address or '(new local cluster)'}: "

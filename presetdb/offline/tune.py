@@ -450,14 +450,15 @@ class ShapeTuner:
 
 def describe_entry(outcome: ShapeOutcome) -> str:
     entry = outcome.entry or {}
-    parts = [f"{entry.get('latency_ms', math.nan):.4f} ms"]
-    if entry.get("default_ms") is not None:
-        parts.append(f"(Helion default {entry['default_ms']:.4f} ms")
-        parts.append(
-            f"PyTorch {entry['reference_ms']:.4f} ms)" if entry.get("reference_ms") is not None else "PyTorch -)"
-        )
+    def ms(name: str) -> str:
+        value = entry.get(name)
+        return "-" if value is None else f"{value:.4f} ms"
+
     where = f" on {outcome.worker.label}" if outcome.worker is not None else ""
-    return " ".join(parts) + f" in {entry.get('tuning_seconds', 0):.1f} s{where}"
+    return (
+        f"{ms('latency_ms')} (Helion default {ms('default_ms')}, PyTorch {ms('reference_ms')}) "
+        f"in {entry.get('tuning_seconds', 0):.1f} s{where}"
+    )
 
 
 # ---------------------------------------------------------------- the tuner
