@@ -544,9 +544,10 @@ def _worker_main(work: ShapeWork, task: ShapeTask, setup: WorkerSetup, board: An
 
 
 class RayExecutor:
-    """One Ray task per shape on the cluster at `address` (None: the cluster this process
-    is already connected to, else a new local one; "auto": the one `ray start` made
-    here; "ray://HOST:PORT": Ray Client)."""
+    """One Ray task per shape on the cluster at `address`: None, the cluster this process
+    is already connected to, else a new private one on this machine (stopped at the end);
+    "auto", the one `ray start` made here; "HOST:PORT", a cluster this host is a node of;
+    "ray://HOST:PORT", any cluster through Ray Client."""
 
     POLL_SECONDS = 0.5
 
@@ -587,9 +588,13 @@ class RayExecutor:
         env = forwarded_env()
         options: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
         if self.address is None:
-            options["include_dashboard"] = False  # a new local cluster: no web UI needed
+            # A new private cluster on this machine ("local"), never one Ray's address file
+            # names: that may be stale, and Ray then retries it for minutes.
+            options.update(address="local", include_dashboard=False)
+        else:
+            options["address"] = self.address
         try:
-            ray.init(address=self.address, **options)
+            ray.init(**options)
         except Exception as exc:
             raise FarmError(
                 f"cannot reach a Ray cluster at {self.address or '(new local cluster)'}: "
