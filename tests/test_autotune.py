@@ -29,7 +29,7 @@ import helion
 import torch
 
 import presetdb
-import presetdb.kernels  # noqa: F401  (registers the kernels)
+import presetdb.kernels
 from presetdb.cli import app
 from presetdb.errors import FarmError, SettingsError
 from presetdb.helion import autotune
@@ -148,7 +148,7 @@ def test_warm_start_seeds_the_real_bound_kernel_with_the_neighbours_configs(tmp_
 
 
 def test_tune_cli_warm_starts_from_db_unless_told_not_to(tmp_path: Path) -> None:
-    db, near, _ = _stored_db(tmp_path)
+    db, _, _ = _stored_db(tmp_path)
     base = ["tune", "rms_norm", "--grid", "dtype=float32;hidden=128;num_tokens=4", "--device", "cpu",
             "--search", "sample", "--db", str(db)]
     warm = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "w.json")])

@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - depends on the install
         pytest.fail(f"CI must run the farm tests: Ray is missing ({farm.FARM_INSTALL})", pytrace=False)
     pytest.skip(f"Ray is not installed: {farm.FARM_INSTALL}", allow_module_level=True)
 
-import farm_work  # noqa: E402  (after the Ray check: it is only for these tests)
+import farm_work
 
 TESTS = Path(__file__).resolve().parent
 SHAPES = [

@@ -18,6 +18,7 @@ About 5-7 minutes on an H100 with the defaults (8 rms_norm shapes, 8 s search bu
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -94,7 +95,7 @@ def remeasure(
         samples: dict[str, list[float]] = {"local": [], "ray": []}
         for _ in range(rounds):
             for name, fn in runs.items():
-                samples[name].append(timer(lambda fn=fn: fn(*args)))
+                samples[name].append(timer(functools.partial(fn, *args)))
         local_ms, ray_ms = (statistics.median(samples[n]) for n in ("local", "ray"))
         rows.append({
             "key": key,
@@ -163,8 +164,11 @@ def main() -> int:
         f"# farm vs local, {result['device']}, {opts.kernel}, {result['shapes']} shapes, budget {opts.budget_seconds} s",
         "",
         f"wall: local {wall['local']:.1f} s, ray {wall['ray']:.1f} s, ratio {result['wall_ratio_ray_over_local']:.3f} (target <= 1.1)",
-        f"chosen configs re-measured side by side (ray/local, >1 = farm slower): geomean "
-        f"{result['config_timing_geomean_ray_over_local']:.3f}, worst {result['config_timing_worst_ray_over_local']:.3f}",
+        (
+            "chosen configs re-measured side by side (ray/local, >1 = farm slower): geomean "
+            f"{result['config_timing_geomean_ray_over_local']:.3f}, "
+            f"worst {result['config_timing_worst_ray_over_local']:.3f}"
+        ),
         "",
         "| key | local ms | ray ms | ray/local | same config | tuning s local / ray |",
         "|---|---|---|---|---|---|",

@@ -49,7 +49,6 @@ Executors:
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -490,15 +489,15 @@ class _Board:
     def start(self, index: int, key: dict[str, Any], worker: WorkerInfo) -> None:
         self.started[index] = (key, worker)
 
-    def take(self) -> list[tuple[dict[str, Any], WorkerInfo]]:
-        news, self.started = list(self.started.values()), {}
+    def take(self) -> list[tuple[int, dict[str, Any], WorkerInfo]]:
+        news, self.started = [(i, key, worker) for i, (key, worker) in self.started.items()], {}
         return news
 
 
 def _slots_on_this_node(ray: Any, setup: WorkerSetup) -> int:
     """How many of these tasks this worker's node runs at once."""
     node = ray.get_runtime_context().get_node_id()
-    resources = next((n["Resources"] for n in ray.nodes() if n["NodeID"] == node), {})
+    resources: dict[str, float] = next((n["Resources"] for n in ray.nodes() if n["NodeID"] == node), {})
     slots = [resources.get("GPU", 0) // setup.gpus_per_task] if setup.gpus_per_task else []
     if setup.cpus_per_task:
         slots.append(resources.get("CPU", 0) // setup.cpus_per_task)
@@ -667,20 +666,23 @@ class RayExecutor:
         limit = self.in_flight or 2 * slots + 2  # queued a little ahead of the free GPUs
         work_ref = ray.put(work)
         queue = list(enumerate(tasks))
-        pending: dict[Any, ShapeTask] = {}
+        pending: dict[Any, tuple[int, ShapeTask]] = {}
+        finished: set[int] = set()
         news = board.take.remote()
         try:
             while queue or pending:
                 while queue and len(pending) < limit:
                     index, task = queue.pop(0)
-                    pending[remote.remote(work_ref, task, setup, board, index)] = task
+                    pending[remote.remote(work_ref, task, setup, board, index)] = (index, task)
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.POLL_SECONDS)
                 if ray.wait([news], timeout=0)[0]:
-                    for key, worker in ray.get(news):
-                        monitor.started(key, worker)
+                    for index, key, worker in ray.get(news):
+                        if index not in finished:  # news of a start can come after its end
+                            monitor.started(key, worker)
                     news = board.take.remote()
                 for ref in ready:
-                    task = pending.pop(ref)
+                    index, task = pending.pop(ref)
+                    finished.add(index)
                     monitor.finished(self._outcome(ray, ref, task))
         except KeyboardInterrupt:
             for ref in pending:
