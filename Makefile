@@ -18,14 +18,14 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,registry]' "helion==$(HELION)"
+	$(PY) -m pip install -q -e '.[dev,registry,farm]' "helion==$(HELION)"
 	touch $(STAMP)
 
 $(STAMP_2): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV_2)
 	$(PY_2) -m pip install -q --upgrade pip
 	$(PY_2) -m pip install -q torch==2.13.0
-	$(PY_2) -m pip install -q -e '.[dev,registry]' "helion==$(HELION_2)"
+	$(PY_2) -m pip install -q -e '.[dev,registry,farm]' "helion==$(HELION_2)"
 	touch $(STAMP_2)
 
 # The whole suite on CPU (Helion kernels in the Triton interpreter), once per Helion version.

@@ -2,7 +2,7 @@
 build time so that the images never drift from the package's declared dependencies.
 
     python docker/app_requirements.py pyproject.toml        # app image: no GPU stack
-    python docker/app_requirements.py --gpu pyproject.toml  # tune image: the GPU stack
+    python docker/app_requirements.py --gpu pyproject.toml  # tune image: the GPU stack + the farm extra
 
 The app image (build, audit, datasette) leaves out torch, triton and helion: the store,
 build and audit layers never import them (tests/test_compose.py checks that). It adds
@@ -18,6 +18,7 @@ from pathlib import Path
 
 GPU_STACK = {"torch", "triton", "helion"}
 APP_EXTRAS = {"datasette"}
+GPU_EXTRAS = ("farm",)  # the tune image is also a tuning-farm node (Ray; docs/farm.md)
 
 
 def _name(requirement: str) -> str:
@@ -28,7 +29,8 @@ def requirements(pyproject: Path, *, gpu: bool) -> list[str]:
     project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
     deps = list(project["dependencies"])
     if gpu:
-        return [d for d in deps if _name(d) in GPU_STACK]
+        extras = project.get("optional-dependencies", {})
+        return [d for d in deps if _name(d) in GPU_STACK] + [d for e in GPU_EXTRAS for d in extras.get(e, [])]
     extras = project.get("optional-dependencies", {}).get("dev", [])
     return [d for d in deps if _name(d) not in GPU_STACK] + [
         d for d in extras if _name(d) in APP_EXTRAS

@@ -103,3 +103,12 @@ class SeedDataTamperedError(PresetDBError):
 
 class ReadOnlySQLError(PresetDBError):
     """`presetdb sql` was given a statement that could write or escape the file."""
+
+
+class TuneError(PresetDBError):
+    """A tune (or refine) run cannot start: bad shapes, a results file for another kernel,
+    platform or effort, ..."""
+
+
+class FarmError(TuneError):
+    """The Ray executor cannot run: ray missing, no cluster, no GPU of the platform asked for."""

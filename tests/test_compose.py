@@ -193,3 +193,34 @@ for argv in (['build', '--out', {str(db)!r}],
         ]
 
     assert asyncio.run(serve()) == [200] * len(audit.audits())
+
+
+def test_farm_profile_has_a_head_one_worker_per_gpu_and_a_driver(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    farm = {name: s for name, s in services.items() if "farm" in s.get("profiles", [])}
+    head = farm["ray-head"]
+    assert head["command"][:3] == ["ray", "start", "--head"] and "--port=6379" in head["command"]
+    workers = {name: s for name, s in farm.items() if name.startswith("ray-gpu")}
+    assert len(workers) >= 2
+    gpus = []
+    for worker in workers.values():
+        assert worker["command"][:3] == ["ray", "start", "--address=ray-head:6379"]
+        assert "--num-gpus=1" in worker["command"] and "ray-head" in worker["depends_on"]
+        (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and len(device["device_ids"]) == 1
+        gpus += device["device_ids"]
+    assert len(set(gpus)) == len(gpus), "one worker per GPU"
+    driver = farm["farm-tune"]["command"]
+    assert driver[:2] == ["presetdb", "tune"]
+    assert driver[driver.index("--executor") + 1] == "ray"
+    assert driver[driver.index("--address") + 1] == "ray://ray-head:10001"
+    for service in farm.values():  # Ray >= 2.60: every node and the driver share one token
+        assert service["environment"]["RAY_AUTH_MODE"] == "token" and "RAY_AUTH_TOKEN" in service["environment"]
+        assert service["image"] == head["image"]
+    assert head["build"]["target"] == "tune"
+    # The tune image carries Ray: the farm extra is in its requirements.
+    gpu = subprocess.run(
+        [sys.executable, str(ROOT / "docker/app_requirements.py"), "--gpu", str(ROOT / "pyproject.toml")],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert any(r.startswith("ray") for r in gpu)

@@ -4,8 +4,8 @@ timer. Checks the file, provenance, resume, Ctrl-C and failures."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -85,11 +85,16 @@ def test_tune_writes_a_valid_file_with_timings_and_provenance(rk: Any, resolver:
         assert len(entry.get("runners_up", [])) <= 1
     run = doc["run"]
     assert run["source"] == "tune" and run["device_name"] == "cpu" and "@" in run["tuned_by"]
-    assert run["helion_version"] == version("helion") and run["presetdb_version"] and run["torch_version"]
+    assert run["helion_version"] == importlib.metadata.version("helion")
+    assert run["presetdb_version"] and run["torch_version"]
     assert run["triton_version"] and run["host"]
     assert (run["autotune_effort"], run["seed"], run["benchmark_method"]) == ("quick", 7, "cpu timer (tests)")
     assert STAMP.match(run["started_at"]) and STAMP.match(run["finished_at"])
     assert run["started_at"] <= run["finished_at"]
+    # Per-row provenance: the machine that tuned each row and how it timed.
+    for entry in doc["entries"]:
+        assert entry["run"]["host"] == run["host"] and entry["run"]["device_name"] == "cpu"
+        assert entry["run"]["benchmark_method"] == "cpu timer (tests)"
     # What tune writes, import reads.
     db = tmp_path / "t.db"
     migrate.upgrade(db, seed_data=False)
@@ -125,7 +130,10 @@ def test_a_failing_shape_is_recorded_and_retried(rk: Any, tmp_path: Path) -> Non
     summary = make_tuner(rk, out, Counting(fail_on=1, fail_with=RuntimeError("out of registers"))).run(SHAPES)
     assert summary.done == 1 and summary.failed[0][1] == "RuntimeError: out of registers"
     doc = load(out)
-    assert doc["failures"] == [{"key": SHAPES[0], "error": "RuntimeError: out of registers"}]
+    (failure,) = doc["failures"]
+    assert (failure["key"], failure["error"]) == (SHAPES[0], "RuntimeError: out of registers")
+    # the traceback's tail, ending with the error
+    assert failure["traceback"].rstrip().endswith("RuntimeError: out of registers")
     retry = Counting()
     make_tuner(rk, out, retry).run(SHAPES)
     assert retry.calls == [SHAPES[0]]

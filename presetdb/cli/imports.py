@@ -241,7 +241,12 @@ def tune_cmd(
         int | None, typer.Option("--seed", help="Search seed (default: random, recorded).")
     ] = None,
     platform: Annotated[
-        str | None, typer.Option("--platform", "-p", help="Canonical platform (default: from the device).")
+        str | None,
+        typer.Option(
+            "--platform", "-p",
+            help="Canonical platform (default: from the device, or the Ray cluster's one platform). "
+            "With --executor ray, tasks go only to GPUs of this platform.",
+        ),
     ] = None,
     device: Annotated[
         str, typer.Option("--device", help="cuda (default) or cpu (TRITON_INTERPRET=1).")
@@ -252,20 +257,64 @@ def tune_cmd(
             "--search", help="helion (Helion's autotuner) | sample (a few configs; CPU smoke runs)."
         ),
     ] = "helion",
+    timing: Annotated[
+        str,
+        typer.Option(
+            "--timing",
+            help="graph: CUDA-graph replay (warm L2, no host time; as a server sees it) | "
+            "flush: do_bench with the L2 flushed. Recorded per row as benchmark_method.",
+        ),
+    ] = "graph",
+    warm_start: Annotated[
+        bool,
+        typer.Option(
+            "--warm-start/--no-warm-start",
+            help="Seed Helion's search with the stored configs of the nearest keys and the key's current preset.",
+        ),
+    ] = True,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db", show_default=False,
+            help="Where warm-start configs come from. Default: the run-time layers "
+            "(user overlay > $PRESETDB_PATH > embedded default).",
+        ),
+    ] = None,
     runners_up: Annotated[int, typer.Option("--runners-up", help="Runners-up to re-measure and keep.")] = 3,
     module: Annotated[
         list[str] | None,
         typer.Option("--module", help="Import this module first (it registers your kernel); repeatable."),
     ] = None,
+    executor: Annotated[
+        str, typer.Option("--executor", help="local (this process) | ray (one task per shape on a Ray cluster).")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", help="Ray cluster: auto (the one `ray start` made here) or ray://HOST:PORT. "
+            "Default: a new local Ray cluster on this machine's GPUs.",
+        ),
+    ] = None,
+    gpus_per_task: Annotated[float, typer.Option("--gpus-per-task", help="GPUs per shape (Ray).")] = 1,
+    cpus_per_task: Annotated[float, typer.Option("--cpus-per-task", help="CPUs reserved per shape (Ray).")] = 1,
+    max_retries: Annotated[
+        int, typer.Option("--max-retries", help="Retries of a shape whose worker process died (Ray).")
+    ] = 2,
 ) -> None:
     """Autotune a kernel per shape with Helion and write a presetdb-results/1 file (GPU).
 
-    Times the best config, Helion's default config and the PyTorch reference alike (do_bench median after warm-up).
+    Times the best config, Helion's default config and the PyTorch reference alike (--timing).
 
     The file is rewritten atomically after every shape: rerunning skips finished shapes, and Ctrl-C keeps them.
 
+    --executor ray fans the shapes out over every GPU of a Ray cluster (pip install 'presetdb[farm]'; docs/farm.md).
+
     Example: presetdb tune rms_norm --grid 'dtype=bfloat16;hidden=4096;num_tokens=1,16,128' --effort quick --out rms_norm_h100.json
+
+    Example: presetdb tune rms_norm --shapes shapes.json --executor ray --address auto --platform nvidia_h100 --out rms_norm_h100.json
     """
+    from presetdb.errors import PresetDBError
+    from presetdb.offline import farm
     from presetdb.offline import tune as tuning
 
     if module:
@@ -277,25 +326,49 @@ def tune_cmd(
     keys = tuning.load_shapes(shapes) if shapes is not None else tuning.parse_grid(grid or "")
     if search not in ("helion", "sample"):
         raise typer.BadParameter("use helion or sample", param_hint="--search")
+    if timing not in tuning.TIMINGS:
+        raise typer.BadParameter(f"use {' or '.join(tuning.TIMINGS)}", param_hint="--timing")
+    if executor not in ("local", "ray"):
+        raise typer.BadParameter("use local or ray", param_hint="--executor")
     on_cpu = device == "cpu"
     timer = tuning.cpu_timer() if on_cpu else None
-    chosen = tuning.sample_search(timer=timer) if search == "sample" or on_cpu else tuning.helion_search
-    tuner = tuning.Tuner(
-        kernel,
-        out,
-        effort=effort,
-        search=chosen,
-        timer=timer,
-        device=device,
-        seed=seed,
-        budget_seconds=budget_seconds,
-        platform=platform,
-        runners_up=runners_up,
-        benchmark_method="median of wall time, 3 calls after one warm-up (CPU)" if on_cpu else None,
-    )
-    summary = tuner.run(keys)
+    chosen = tuning.sample_search(timer=timer) if search == "sample" or on_cpu else None
+    runner: farm.LocalExecutor | farm.RayExecutor = farm.LocalExecutor(device)
+    if executor == "ray":
+        runner = farm.RayExecutor(
+            address,
+            gpus_per_task=gpus_per_task,
+            cpus_per_task=cpus_per_task,
+            max_retries=max_retries,
+            platform=platform,
+            device=device,
+            modules=module or (),
+        )
+    try:
+        tuner = tuning.Tuner(
+            kernel,
+            out,
+            effort=effort,
+            search=chosen,
+            timer=timer,
+            timing=timing,
+            device=device,
+            seed=seed,
+            budget_seconds=budget_seconds,
+            platform=platform,
+            runners_up=runners_up,
+            benchmark_method=tuning.CPU_METHOD if on_cpu else None,
+            executor=runner,
+            console=err_console,
+        )
+        if warm_start:
+            tuner.warm_start = tuning.stored_neighbours(tuner.rk, tuner.platform_name(), db=db)
+        summary = tuner.run(keys)
+    except PresetDBError as exc:
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from None
     console.print(
-        f"{summary.path}: {summary.done} tuned, {summary.skipped} already there, "
+        f"{escape(str(summary.path))}: {summary.done} tuned, {summary.skipped} already there, "
         f"{len(summary.failed)} failed, of {summary.total} shape(s)"
     )
     if summary.interrupted:

@@ -17,17 +17,12 @@ they resolve from the call's own arguments, so no state passes between them.
 
 from __future__ import annotations
 
-import getpass
-import inspect
 import math
-import os
-import socket
 import threading
 import time
 import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 import helion
@@ -36,6 +31,7 @@ from helion.autotuner.base_search import BaseAutotuner
 
 from presetdb._util import utc_now
 from presetdb.errors import PresetMissError
+from presetdb.helion import autotune
 from presetdb.helion._accel import internals
 from presetdb.keys import KeyValue, canonical_key
 from presetdb.runtime.picker import Choice, Picker, get_picker
@@ -314,14 +310,7 @@ def set_autotune_search(fn: SearchFn | None) -> SearchFn | None:
 
 def helion_search(bound: Any, args: tuple[object, ...], effort: str) -> SearchResult:
     """Helion's own autotuner (HELION_AUTOTUNER or LFBOTreeSearch) at `effort`."""
-    from helion.autotuner import LFBOTreeSearch, search_algorithms
-    from helion.autotuner.effort_profile import get_effort_profile
-
-    name = os.environ.get("HELION_AUTOTUNER", "").strip()
-    cls: Any = search_algorithms.get(name, LFBOTreeSearch) if name else LFBOTreeSearch
-    accepted = inspect.signature(cls.__init__).parameters
-    options = cls.get_kwargs_from_profile(get_effort_profile(effort), bound.settings)  # type: ignore[arg-type]
-    search = cls(bound, args, **{k: v for k, v in options.items() if k in accepted})
+    search = autotune.build_search(bound, args)
     config = search.autotune(skip_cache=True)
     best = float(getattr(search, "best_perf_so_far", math.inf))
     metrics = getattr(search, "_autotune_metrics", None)
@@ -333,7 +322,7 @@ def helion_search(bound: Any, args: tuple[object, ...], effort: str) -> SearchRe
         latency_ms=best if math.isfinite(best) and best > 0 else None,
         default_ms=default_ms,
         configs_tried=getattr(metrics, "num_configs_tested", None),
-        method=f"helion {cls.__name__}, effort {effort}; default config: triton do_bench median",
+        method=f"helion {type(search).__name__}, effort {effort}; default config: triton do_bench median",
         seed=getattr(bound.settings, "autotune_random_seed", None),
     )
 
@@ -347,41 +336,14 @@ def _bench_ms(fn: Callable[..., Any], args: tuple[object, ...]) -> float | None:
 
 def provenance(bound: Any, effort: str, result: SearchResult, started: str, finished: str) -> dict[str, Any]:
     """tuning_runs fields describing this machine and software."""
-    import torch
-    import triton
-
-    import presetdb
-    from presetdb.runtime.platforms import detect_device
-
-    device = detect_device()
-    host = socket.gethostname()
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001  (containers without a passwd entry)
-        user = "unknown"
-    return {
-        "tuned_by": f"{user}@{host}",
-        "host": host,
-        "device_name": device.device_name,
-        "sm_count": device.sm_count,
-        "cuda_version": torch.version.cuda or getattr(torch.version, "hip", None),
-        "torch_version": torch.__version__,
-        "triton_version": triton.__version__,
-        "helion_version": _version("helion"),
-        "presetdb_version": presetdb.__version__,
-        "autotune_effort": effort,
-        "seed": result.seed,
-        "benchmark_method": result.method or None,
-        "started_at": started,
-        "finished_at": finished,
-    }
-
-
-def _version(package: str) -> str | None:
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
+    return autotune.capture_provenance(
+        bound.env.device.type,
+        autotune_effort=effort,
+        seed=result.seed,
+        benchmark_method=result.method or None,
+        started_at=started,
+        finished_at=finished,
+    )
 
 
 def _positive(value: float | None) -> float | None:
@@ -397,16 +359,16 @@ def autotune_and_store(
     text = canonical_key(key)
     effort = rk.autotune_effort
     search = _search_fn or helion_search
+    if search is helion_search:
+        autotune.search_class()  # an unknown HELION_AUTOTUNER is a setup error: raised, not warned
     started, t0 = utc_now(), time.perf_counter()
     try:
-        from presetdb.offline.tune import plain_kernel  # here: keeps `import presetdb.kernels` light
-
         # Search a hook-free copy of the kernel: Helion's search copies and pickles the
         # bound kernel's settings, and presetdb's key=/autotuner_fn= hooks cannot be.
         if args is None:
             device = "cuda" if picker.info.device.vendor != "cpu" else "cpu"
             args = rk.prepare_args(*rk.example_inputs(key, device=device))
-        searched = plain_kernel(rk, effort=effort, seed=None, budget_seconds=None).bind(args)
+        searched = autotune.plain_kernel(rk, effort=effort, seed=None, budget_seconds=None).bind(args)
         result = search(searched, args, effort)
         config = dict(searched.config_spec.normalized_config(result.config).config)
     except Exception as exc:  # noqa: BLE001  (the call must still run)

@@ -189,9 +189,9 @@ def _compile(bound: Any, kargs: tuple[Any, ...], configs: list[dict[str, Any]], 
 
     if parallel:
         try:
-            from presetdb.offline.tune import _helion_search_object
+            from presetdb.helion.autotune import build_search
 
-            search = _helion_search_object(bound, kargs)
+            search = build_search(bound, kargs)
             results = search.benchmark_batch(
                 [helion.Config(**c) for c in configs], desc="refine", raise_if_no_viable_config=False
             )
@@ -394,7 +394,7 @@ class Refiner:
         )
 
     def _start_document(self) -> dict[str, Any]:
-        run = capture_provenance(self.device, effort="none", seed=0, benchmark_method="")
+        run = capture_provenance(self.device, autotune_effort="none", seed=0, benchmark_method="")
         run.pop("seed", None)  # nothing random in a refine run
         run["source"] = "refine"
         platform = self.platform or derive_platform_name(run["device_name"])

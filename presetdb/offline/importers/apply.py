@@ -18,6 +18,7 @@ order) so `export` can write the file back byte for byte.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import tempfile
@@ -287,7 +288,7 @@ def _import_one(
     report.warnings.extend(parsed.warnings)
     platform, platform_from = platform_and_origin(repo, parsed, options.platform)
     source_path = vllm.repository_path(parsed.path) if parsed.format == "vllm" else None
-    run_id: int | None = None
+    run_ids: dict[str, int] = {}  # a row's provenance (canonical JSON) -> its tuning run
     seen: dict[tuple[str, str], int] = {}  # (kernel, key) -> first row number
     kernels_ready: set[str] = set()
 
@@ -372,6 +373,10 @@ def _import_one(
             repo.upsert_preset(checker.name, platform, current.run_id, item)
             outcome(row_no, row.where, checker.name, key_text, "unchanged", sha)
             continue
+        # Rows made on other machines (a tuning farm) carry their own provenance: one run each.
+        provenance = {**parsed.provenance, **(row.provenance or {})}
+        run_key = json.dumps(provenance, sort_keys=True, default=str)
+        run_id = run_ids.get(run_key)
         if run_id is None:
             run = repo.add_run(
                 parsed.source,
@@ -379,9 +384,9 @@ def _import_one(
                 source_sha256=parsed.sha256,
                 source_path=source_path,
                 source_rev=options.source_rev,
-                **parsed.provenance,
+                **provenance,
             )
-            run_id = run.id
+            run_id = run_ids[run_key] = run.id
             report.run_ids.append(run_id)
         result = repo.upsert_preset(checker.name, platform, run_id, item)
         outcome(row_no, row.where, checker.name, key_text, result.outcome, sha)

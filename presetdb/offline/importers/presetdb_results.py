@@ -144,7 +144,14 @@ def entry_row(index: int, where: str, kernel: str, entry: Any, source_hash: str 
         runners_up=tuple((r.get("config"), r.get("latency_ms")) for r in runners if isinstance(r, Mapping)),
         kernel_source_hash=source_hash,
         problems=problems,
+        provenance=_row_provenance(entry.get("run")),
     )
+
+
+def _row_provenance(run: Any) -> dict[str, Any] | None:
+    if not isinstance(run, Mapping):
+        return None
+    return {k: run[k] for k in PROVENANCE_FIELDS if run.get(k) is not None} or None
 
 
 # ---------------------------------------------------------------- writing

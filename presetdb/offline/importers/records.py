@@ -60,6 +60,7 @@ class Row:
     shape_features: Mapping[str, Any] | None = None  # Helion AOT rows
     kernel_source_hash: str | None = None
     problems: tuple[str, ...] = ()  # found while parsing: "field: reason"
+    provenance: Mapping[str, Any] | None = None  # this row's own run fields (a farm worker's)
 
 
 @dataclass

@@ -1,0 +1,187 @@
+"""One GPU: `presetdb tune --executor ray` vs `--executor local`, same shapes, same budget.
+
+Runs the same tune command twice (each in its own process, as a user would), then
+re-measures both runs' chosen configs side by side on the same GPU (CUDA-graph replay,
+interleaved rounds, median), and writes `farm_vs_local.json` and `farm_vs_local.md` into
+OUT_DIR (plus both results files and their logs).
+
+    HELION_AUTOTUNE_BENCHMARK_SUBPROCESS=0 python benchmarks/gpu/farm_vs_local.py OUT_DIR \
+        [--kernel rms_norm] [--budget-seconds 8] [--rounds 5]
+
+`--device cpu` is a smoke run of this script (Triton interpreter, sampled configs, wall
+time): its figures say nothing about the farm on a GPU.
+
+Targets (issue [farm]): wall-time ratio ray/local <= 1.1; the farm's configs no slower.
+About 5-7 minutes on an H100 with the defaults (8 rms_norm shapes, 8 s search budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SHAPES = {
+    "rms_norm": [
+        {"dtype": "bfloat16", "hidden": hidden, "num_tokens": tokens}
+        for hidden in (2048, 4096, 8192, 16384)
+        for tokens in (1, 256)
+    ],
+    "silu_mul": [
+        {"dtype": "bfloat16", "hidden": hidden, "num_tokens": tokens}
+        for hidden in (4096, 8192, 14336, 28672)
+        for tokens in (1, 256)
+    ],
+}
+
+
+def tune(kernel: str, executor: str, shapes: Path, out: Path, budget: int, log: Path, device: str) -> float:
+    """Wall seconds of one `presetdb tune` process."""
+    command = [
+        sys.executable, "-m", "presetdb", "tune", kernel, "--shapes", str(shapes), "--executor", executor,
+        "--effort", "quick", "--budget-seconds", str(budget), "--seed", "1234", "--no-warm-start",
+        "--timing", "graph", "--device", device, "--out", str(out),
+    ]
+    if executor == "ray" and device == "cpu":
+        command += ["--gpus-per-task", "0"]  # the smoke run's machine has no GPU
+    env = {**os.environ, "HELION_AUTOTUNE_BENCHMARK_SUBPROCESS": os.environ.get("HELION_AUTOTUNE_BENCHMARK_SUBPROCESS", "0")}
+    start = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{executor}: presetdb tune exited {proc.returncode}; see {log}")
+    return seconds
+
+
+def remeasure(
+    kernel: str, local: dict[str, Any], farm: dict[str, Any], rounds: int, device: str
+) -> list[dict[str, Any]]:
+    """Both runs' configs per shape, timed side by side (graph replay, interleaved)."""
+    import helion
+
+    from presetdb.helion.autotune import plain_kernel
+    from presetdb.helion.registry import get_kernel, load_kernel_modules
+    from presetdb.keys import canonical_key
+    from presetdb.offline.tune import cpu_timer, graph_timer
+
+    timer = graph_timer if device == "cuda" else cpu_timer(1)
+
+    load_kernel_modules()
+    rk = get_kernel(kernel)
+    plain = plain_kernel(rk, effort="quick", seed=1, budget_seconds=None)
+    by_key = {canonical_key(e["key"]): e for e in farm["entries"]}
+    rows = []
+    for entry in local["entries"]:
+        key = entry["key"]
+        other = by_key.get(canonical_key(key))
+        if other is None:
+            continue
+        args = tuple(rk.adapt_args(tuple(rk.example_inputs(key, device)))[0])
+        bound = plain.bind(args)
+        runs = {
+            name: bound.compile_config(helion.Config(**cfg))
+            for name, cfg in (("local", entry["config"]), ("ray", other["config"]))
+        }
+        samples: dict[str, list[float]] = {"local": [], "ray": []}
+        for _ in range(rounds):
+            for name, fn in runs.items():
+                samples[name].append(timer(functools.partial(fn, *args)))
+        local_ms, ray_ms = (statistics.median(samples[n]) for n in ("local", "ray"))
+        rows.append({
+            "key": key,
+            "local_ms": local_ms,
+            "ray_ms": ray_ms,
+            "ray_over_local": ray_ms / local_ms,
+            "same_config": entry["config"] == other["config"],
+            "local_tuning_seconds": entry.get("tuning_seconds"),
+            "ray_tuning_seconds": other.get("tuning_seconds"),
+            "local_configs_tried": entry.get("configs_tried"),
+            "ray_configs_tried": other.get("configs_tried"),
+        })
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--kernel", default="rms_norm", choices=sorted(SHAPES))
+    parser.add_argument("--budget-seconds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--shapes", type=int, default=8, help="how many of the kernel's 8 shapes")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    opts = parser.parse_args()
+    out: Path = opts.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    shapes = out / "shapes.json"
+    chosen = SHAPES[opts.kernel][: opts.shapes]
+    if opts.device == "cpu":  # the interpreter: small shapes of the same kernel
+        chosen = [dict(k, dtype="float32", hidden=k["hidden"] // 256) for k in chosen]
+    shapes.write_text(json.dumps(chosen, indent=1))
+    files = {name: out / f"{opts.kernel}_{name}.json" for name in ("local", "ray")}
+    for path in files.values():
+        path.unlink(missing_ok=True)  # a fresh run each, never a resume
+    wall = {}
+    for name in ("local", "ray"):  # local first: the GPU is equally warm for the second
+        wall[name] = tune(opts.kernel, name, shapes, files[name], opts.budget_seconds, out / f"{name}.log", opts.device)
+        print(f"{name}: {wall[name]:.1f} s", flush=True)
+    docs = {name: json.loads(path.read_text()) for name, path in files.items()}
+    rows = remeasure(opts.kernel, docs["local"], docs["ray"], opts.rounds, opts.device)
+
+    import torch
+
+    ratios = [r["ray_over_local"] for r in rows]
+    result = {
+        "device": torch.cuda.get_device_name() if opts.device == "cuda" else "cpu (smoke run)",
+        "host": platform.node(),
+        "versions": {k: v for k, v in docs["local"]["run"].items() if k.endswith("_version")},
+        "ray_version": __import__("ray").__version__,
+        "kernel": opts.kernel,
+        "shapes": len(chosen),
+        "budget_seconds": opts.budget_seconds,
+        "wall_seconds": wall,
+        "wall_ratio_ray_over_local": wall["ray"] / wall["local"],
+        "tuned": {name: len(d["entries"]) for name, d in docs.items()},
+        "failed": {name: len(d.get("failures", [])) for name, d in docs.items()},
+        "config_timing_geomean_ray_over_local": math.exp(statistics.fmean(math.log(r) for r in ratios)) if ratios else None,
+        "config_timing_worst_ray_over_local": max(ratios) if ratios else None,
+        "timing": (
+            "CUDA-graph replay (triton do_bench_cudagraph median)" if opts.device == "cuda" else "CPU wall time"
+        ) + f", {opts.rounds} interleaved rounds, median",
+        "rows": rows,
+    }
+    (out / "farm_vs_local.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"# farm vs local, {result['device']}, {opts.kernel}, {result['shapes']} shapes, budget {opts.budget_seconds} s",
+        "",
+        f"wall: local {wall['local']:.1f} s, ray {wall['ray']:.1f} s, ratio {result['wall_ratio_ray_over_local']:.3f} (target <= 1.1)",
+        (
+            "chosen configs re-measured side by side (ray/local, >1 = farm slower): geomean "
+            f"{result['config_timing_geomean_ray_over_local']:.3f}, "
+            f"worst {result['config_timing_worst_ray_over_local']:.3f}"
+        ),
+        "",
+        "| key | local ms | ray ms | ray/local | same config | tuning s local / ray |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {json.dumps(r['key'], separators=(',', ':'))} | {r['local_ms']:.4f} | {r['ray_ms']:.4f} | "
+            f"{r['ray_over_local']:.3f} | {r['same_config']} | {r['local_tuning_seconds']} / {r['ray_tuning_seconds']} |"
+        )
+    (out / "farm_vs_local.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""The tuning farm on a real local Ray cluster (2 CPUs, 2 fake GPUs, one per module):
+each shape is a Ray task in a fresh worker process that runs the real tuner under the
+Triton interpreter (`sample_search`). Without Ray these tests are skipped with the
+install command, except in CI (CI=true), where a missing Ray fails them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from import_fixtures import load
+from typer.testing import CliRunner
+
+from presetdb.cli import app
+from presetdb.errors import FarmError
+from presetdb.offline import farm
+from presetdb.offline import tune as tuning
+from presetdb.store import migrate
+
+try:
+    import ray
+except ImportError:  # pragma: no cover - depends on the install
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the farm tests: Ray is missing ({farm.FARM_INSTALL})", pytrace=False)
+    pytest.skip(f"Ray is not installed: {farm.FARM_INSTALL}", allow_module_level=True)
+
+import farm_work
+
+TESTS = Path(__file__).resolve().parent
+SHAPES = [
+    {"dtype": "float32", "hidden": 64, "num_tokens": 2},
+    {"dtype": "float32", "hidden": 128, "num_tokens": 2},
+]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[dict[str, float]]:
+    """A real Ray cluster on this machine: 2 CPUs and 2 (fake) H200 GPUs."""
+    ray.init(
+        num_cpus=2,
+        num_gpus=2,
+        resources={"accelerator_type:H200": 2},
+        include_dashboard=False,
+        object_store_memory=80 * 1024 * 1024,
+        logging_level="warning",
+        runtime_env={"env_vars": {"PYTHONPATH": str(TESTS), "TRITON_INTERPRET": "1"}},
+    )
+    try:
+        yield dict(ray.cluster_resources())
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def rk() -> Any:
+    from presetdb.helion.registry import get_kernel, load_kernel_modules
+
+    load_kernel_modules()
+    return get_kernel("rms_norm")
+
+
+def tuner(rk: Any, out: Path, *, work: Any = None, platform: str | None = None) -> tuning.Tuner:
+    made = tuning.Tuner(
+        rk,
+        out,
+        search=tuning.sample_search(count=2, timer=tuning.cpu_timer(1)),
+        timer=tuning.cpu_timer(1),
+        device="cpu",
+        seed=5,
+        platform=platform,
+        executor=farm.RayExecutor(device="cpu", platform=platform, max_retries=2),
+        progress=False,
+    )
+    if work is not None:
+        made.work = lambda: work  # type: ignore[method-assign]
+    return made
+
+
+def shape_tuner(rk: Any, tmp_path: Path) -> tuning.ShapeTuner:
+    return tuner(rk, tmp_path / "unused.json").work()
+
+
+def test_shapes_run_at_once_on_distinct_gpus_resume_submits_nothing_and_the_file_imports(
+    cluster: dict[str, float], rk: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "farm.json"
+    summary = tuner(rk, out).run(SHAPES)
+    assert (summary.done, summary.failed, summary.interrupted) == (2, [], False)
+    first, second = (o.worker for o in summary.outcomes)
+    assert first is not None and second is not None
+    # Both ran at once, each in its own fresh worker process, on its own GPU.
+    ends = [o.finished for o in summary.outcomes]
+    assert max(first.started, second.started) < min(ends)
+    assert first.pid != second.pid and {first.gpus, second.gpus} == {"0", "1"}
+    # Helion's compile jobs: this host's cores shared by the 2 tasks it runs at once.
+    assert first.precompile_jobs == second.precompile_jobs == max(1, (os.cpu_count() or 1) // 2)
+    doc = load(out)
+    assert sorted(e["key"]["hidden"] for e in doc["entries"]) == [64, 128]
+    for entry in doc["entries"]:
+        assert entry["run"]["device_name"] == "cpu" and entry["run"]["host"]
+        assert entry["run"]["benchmark_method"] == "injected timer"
+    assert doc["run"]["host"] == doc["entries"][0]["run"]["host"]  # the header adopts a worker's
+
+    again = tuner(rk, out).run(SHAPES)
+    assert (again.submitted, again.skipped, again.outcomes) == (0, 2, [])
+
+    db = tmp_path / "farm.db"
+    migrate.upgrade(db, seed_data=False)
+    result = CliRunner().invoke(app, ["import", str(out), "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "2 added" in result.output
+
+
+def test_a_killed_worker_is_retried_and_the_shape_finishes(
+    cluster: dict[str, float], rk: Any, tmp_path: Path
+) -> None:
+    marker = tmp_path / "killed-pid"
+    work = farm_work.DieOnce(shape_tuner(rk, tmp_path), str(marker))
+    summary = tuner(rk, tmp_path / "k.json", work=work).run(SHAPES[:1])
+    assert marker.exists(), "the first attempt never ran"
+    (outcome,) = summary.outcomes
+    assert outcome.entry is not None and summary.failed == []
+    assert outcome.worker is not None and outcome.worker.pid != int(marker.read_text())
+    assert [e["key"] for e in load(tmp_path / "k.json")["entries"]] == SHAPES[:1]
+
+
+def test_a_python_error_is_a_recorded_failure_with_its_traceback(
+    cluster: dict[str, float], rk: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "e.json"
+    work = farm_work.FailOn(shape_tuner(rk, tmp_path), hidden=64)
+    summary = tuner(rk, out, work=work).run(SHAPES[:1])
+    assert summary.failed == [('{"dtype":"float32","hidden":64,"num_tokens":2}', "ValueError: no tile fits hidden=64")]
+    (failure,) = load(out)["failures"]
+    assert failure["key"] == SHAPES[0] and failure["error"] == "ValueError: no tile fits hidden=64"
+    assert "farm_work.py" in failure["traceback"]  # the tail shows where it was raised
+
+
+def test_ctrl_c_cancels_running_tasks_and_keeps_finished_shapes(
+    cluster: dict[str, float], rk: Any, tmp_path: Path
+) -> None:
+    out, pid_file = tmp_path / "c.json", tmp_path / "hung-pid"
+    work = farm_work.HangOn(shape_tuner(rk, tmp_path), hidden=128, pid_file=str(pid_file))
+
+    def press_ctrl_c() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if pid_file.exists() and out.exists() and load(out)["entries"]:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=press_ctrl_c, daemon=True)
+    thread.start()
+    summary = tuner(rk, out, work=work).run(SHAPES)
+    thread.join(timeout=5)
+    assert summary.interrupted and summary.done == 1
+    assert [e["key"] for e in load(out)["entries"]] == SHAPES[:1]
+    hung = int(pid_file.read_text())
+    deadline = time.monotonic() + 30
+    while _alive(hung) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(hung), "the cancelled task's worker process still runs"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped) is not running.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+
+
+def test_a_platform_the_cluster_lacks_fails_at_once_naming_what_it_has(
+    cluster: dict[str, float], rk: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "p.json"
+    with pytest.raises(FarmError, match=r"no GPU of platform nvidia_h100: it has nvidia_h200 \(accelerator_type:H200\)"):
+        tuner(rk, out, platform="nvidia_h100").run(SHAPES)
+    assert not out.exists()
+    args = ["tune", "rms_norm", "--grid", "dtype=float32;hidden=64;num_tokens=2", "--device", "cpu"]
+    result = CliRunner().invoke(
+        app, [*args, "--executor", "ray", "--platform", "nvidia_h100", "--no-warm-start", "--out", str(out)]
+    )
+    assert result.exit_code == 2 and "no GPU of platform nvidia_h100" in " ".join(result.output.split())
+    # The platform the cluster has: its tasks ask for that GPU type.
+    executor = farm.RayExecutor(device="cpu", platform="nvidia_h200")
+    executor.prepare()
+    assert executor.task_options(cluster)["resources"] == {"accelerator_type:H200": 0.001}
+    assert farm.RayExecutor(device="cuda").cluster_platform() == "nvidia_h200"
