@@ -37,12 +37,11 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import quote
 
 from presetdb.errors import NotADatabaseError, PresetDBError, ReadOnlySQLError
 from presetdb.keys import canonical_key, parse_key
 from presetdb.store import migrate
-from presetdb.store.engine import check_file
+from presetdb.store.engine import check_file, connect_sqlite
 
 
 class AuditError(PresetDBError):
@@ -266,8 +265,9 @@ class ReadOnlyDB:
         # (a -wal or -journal file next to the db) needs mode=ro to see its commits.
         live = any(Path(f"{self.path}{s}").exists() for s in ("-wal", "-journal"))
         self.mode = "ro" if live else "immutable"
-        uri = f"file:{quote(str(self.path.resolve()))}?" + ("mode=ro" if live else "immutable=1")
-        self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10)
+        self.conn = connect_sqlite(
+            self.path, "ro" if live else "immutable", isolation_level=None, timeout=10
+        )
         try:
             self.conn.execute("PRAGMA query_only=ON")
         except sqlite3.DatabaseError as exc:

@@ -19,6 +19,7 @@ from pathlib import Path
 from presetdb import __version__
 from presetdb.offline.importers.records import file_sha256, write_atomic
 from presetdb.store import migrate
+from presetdb.store.engine import connect_sqlite
 
 # Columns stamped with the wall clock at import time: excluded from the content digest.
 VOLATILE_COLUMNS = {"created_at", "imported_at"}
@@ -41,7 +42,7 @@ class Manifest:
 def content_digest(path: Path) -> str:
     """sha256 over every table's rows (sorted), volatile timestamp columns left out."""
     digest = hashlib.sha256()
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = connect_sqlite(path, "ro")
     try:
         tables = [
             r[0]
@@ -68,7 +69,7 @@ def content_digest(path: Path) -> str:
 
 
 def active_counts(path: Path) -> dict[str, int]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = connect_sqlite(path, "ro")
     try:
         rows = conn.execute(
             "SELECT kernel || '/' || platform, active_presets FROM v_coverage ORDER BY 1"

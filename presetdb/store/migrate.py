@@ -32,7 +32,14 @@ from presetdb.errors import (
     SchemaTooOldError,
     StoreError,
 )
-from presetdb.store.engine import Mode, Store, check_file, make_engine, translate_operational
+from presetdb.store.engine import (
+    Mode,
+    Store,
+    check_file,
+    make_engine,
+    set_wal,
+    translate_operational,
+)
 
 
 def migrations_dir() -> Path:
@@ -172,8 +179,11 @@ def open_store(path: Path | str, mode: Mode = "ro", *, pooled: bool = True) -> S
 
 def _run(path: Path, action: Callable[[Config], None], *, seed_data: bool, create: bool) -> None:
     check_file(path, must_exist=not create)
-    if create:
+    if create and (not path.exists() or path.stat().st_size == 0):
+        # A file presetdb creates is WAL: readers never block its writer. An existing
+        # file keeps whatever journal mode it has.
         path.parent.mkdir(parents=True, exist_ok=True)
+        set_wal(path)
     # Batch migrations copy tables; with foreign keys on, SQLite would cascade deletes
     # into child rows. Migrate with them off, then check every reference.
     engine = make_engine(path, "rw", pooled=False, foreign_keys=False)

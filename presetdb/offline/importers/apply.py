@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from presetdb.errors import ImportValidationError, UnknownKernelError, UnknownPlatformError
 from presetdb.keys import canonical_key
@@ -33,6 +32,7 @@ from presetdb.offline.importers.validate import (
 )
 from presetdb.runtime.platforms import derive_platform_name
 from presetdb.store import migrate
+from presetdb.store.engine import connect_sqlite
 from presetdb.store.repository import Repository, config_sha256
 
 # Rows kept in a report for printing; counts are always complete.
@@ -169,7 +169,7 @@ class _target:
         migrate.open_store(self.db, "ro").dispose()  # the usual clear errors first
         self._tmp = tempfile.mkdtemp(prefix="presetdb-dry-run-")
         copy = Path(self._tmp) / "copy.db"
-        src = sqlite3.connect(f"file:{quote(str(self.db.resolve()))}?mode=ro", uri=True)
+        src = connect_sqlite(self.db, "ro")
         dst = sqlite3.connect(copy)
         try:
             src.backup(dst)
