@@ -1,5 +1,6 @@
-"""Exceptions. One root (`PresetDBError`); each subclass says what happened and the
-message says what to do about it."""
+"""Every exception and warning presetdb defines. One root for errors (`PresetDBError`),
+one for warnings (`PresetDBWarning`); each subclass says what happened and the message
+says what to do about it."""
 
 from __future__ import annotations
 
@@ -103,3 +104,38 @@ class SeedDataTamperedError(PresetDBError):
 
 class ReadOnlySQLError(PresetDBError):
     """`presetdb sql` was given a statement that could write or escape the file."""
+
+
+class QueryLimitError(ReadOnlySQLError):
+    """`presetdb sql` stopped a query at its time, row or memory limit."""
+
+
+class AuditError(PresetDBError):
+    """An audit or a query could not run (unknown audit, bad parameter, SQL error)."""
+
+
+class TuneError(PresetDBError):
+    """A tune run cannot start (bad shapes, a results file for another kernel, no GPU, ...)."""
+
+
+# ---------------------------------------------------------------------- warnings
+
+
+class PresetDBWarning(UserWarning):
+    """Root of every warning presetdb issues."""
+
+
+class StoreWarning(PresetDBWarning):
+    """A preset store (or part of one) could not be used; presetdb carried on without it."""
+
+
+class PresetMissWarning(PresetDBWarning):
+    """No stored config served a call; Helion's default config ran instead."""
+
+
+class QuarantineWarning(PresetDBWarning):
+    """A stored config failed validation, compilation or launch and was quarantined."""
+
+
+class AutotuneWarning(PresetDBWarning):
+    """PRESETDB_ON_MISS=autotune could not search or store; the call carried on."""

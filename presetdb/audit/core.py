@@ -38,15 +38,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Self
 
-from presetdb.errors import NotADatabaseError, PresetDBError, ReadOnlySQLError
+from presetdb.errors import AuditError, NotADatabaseError, ReadOnlySQLError
 from presetdb.keys import canonical_key, parse_key
 from presetdb.store import migrate
 from presetdb.store.engine import check_file, connect_sqlite
-
-
-class AuditError(PresetDBError):
-    """An audit or a query could not run (unknown audit, bad parameter, SQL error)."""
-
 
 # ---------------------------------------------------------------- SQL text
 

@@ -17,9 +17,10 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from presetdb._text import quoted
 from presetdb.audit import core as audits_mod
 from presetdb.audit.core import AuditError, QueryResult, ReadOnlyDB
-from presetdb.cli.common import DbOption, console, db_path
+from presetdb.cli.common import DbOption, console, db_path, safe
 
 
 class OutputFormat(str, Enum):
@@ -33,7 +34,9 @@ FormatOption = Annotated[
 ]
 ParamOption = Annotated[
     list[str] | None,
-    typer.Option("--param", "-p", help="A query parameter as NAME=VALUE (repeatable)."),
+    typer.Option(
+        "--param", "-P", help="A query parameter as NAME=VALUE (repeatable; -p is --platform elsewhere)."
+    ),
 ]
 
 
@@ -43,7 +46,7 @@ def parse_params(items: Sequence[str] | None) -> dict[str, str]:
         name, sep, value = item.partition("=")
         name = name.strip().lstrip(":")
         if not sep or not name:
-            raise typer.BadParameter(f"--param {item!r}: use NAME=VALUE, e.g. kernel=rms_norm")
+            raise typer.BadParameter(f"--param {quoted(item)}: use NAME=VALUE, e.g. kernel=rms_norm")
         params[name] = value
     return params
 
@@ -52,7 +55,7 @@ def parse_params(items: Sequence[str] | None) -> dict[str, str]:
 
 
 def _cell(value: Any) -> str:
-    return "NULL" if value is None else str(value)
+    return "NULL" if value is None else safe(value)
 
 
 def emit(
@@ -71,9 +74,12 @@ def emit(
         writer.writerow(columns)
         writer.writerows(["" if v is None else v for v in row] for row in rows)
     else:
-        table = Table(title=title, caption=caption)
+        table = Table(
+            title=None if title is None else safe(title),
+            caption=None if caption is None else safe(caption),
+        )
         for column in columns:
-            table.add_column(column, overflow="fold")
+            table.add_column(safe(column), overflow="fold")
         for row in rows:
             table.add_row(*(_cell(v) for v in row))
         console.print(table)
@@ -120,12 +126,12 @@ def audit(
     """
     if datasette_metadata is not None:
         audits_mod.write_json(datasette_metadata, audits_mod.datasette_metadata(database_name))
-        console.print(f"wrote {datasette_metadata} ({len(audits_mod.audits())} canned queries)")
+        console.print(f"wrote {safe(datasette_metadata)} ({len(audits_mod.audits())} canned queries)")
         return
     if fail_on_rows and name is None:
         raise typer.BadParameter("--fail-on-rows needs an audit NAME")
     if check_source and name not in (None, "stale"):
-        raise typer.BadParameter(f"--check-source applies to `stale`, not {name!r}")
+        raise typer.BadParameter(f"--check-source applies to `stale`, not {quoted(name)}")
     params: dict[str, Any] = parse_params(param)
     if check_source:
         params["source_hashes"] = audits_mod.current_source_hashes()

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from presetdb.cli.common import console
+from presetdb.cli.common import console, safe
 
 
 def build(
@@ -24,15 +24,15 @@ def build(
     from presetdb.offline.build import build_database
 
     manifest = build_database(out)
-    table = Table(title=f"built {manifest.path}", show_header=False)
+    table = Table(title=f"built {safe(manifest.path)}", show_header=False)
     table.add_row("sha256", manifest.sha256)
     table.add_row("content digest", manifest.content_digest)
     table.add_row("head revision", manifest.head_revision)
     table.add_row("bytes", f"{manifest.bytes:,}")
     for name, count in manifest.counts.items():
-        table.add_row(f"presets {name}", str(count))
+        table.add_row(f"presets {safe(name)}", str(count))
     console.print(table)
-    console.print(f"manifest: {manifest.path}.manifest.json")
+    console.print(f"manifest: {safe(manifest.path)}.manifest.json", highlight=False)
 
 
 def demo(

@@ -3,14 +3,58 @@
 from __future__ import annotations
 
 import os
+import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-console = Console()
-err_console = Console(stderr=True)
+from presetdb._text import MAX_SHOWN, clip
+
+
+def _width(stream: object) -> int | None:
+    # Piped output is read by people and by grep: give tables room instead of folding
+    # every column to a few characters at the 80 columns Rich assumes off a terminal.
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return None
+    return int(os.environ.get("COLUMNS", "0") or 0) or 200
+
+
+console = Console(width=_width(sys.stdout))
+err_console = Console(stderr=True, width=_width(sys.stderr))
+
+
+def safe(value: object, limit: int = MAX_SHOWN) -> str:
+    """The one way user or db text reaches Rich: control characters and terminal escapes
+    removed, length capped, Rich markup escaped (`[red]x` prints as typed)."""
+    return escape(clip(value, limit))
+
+
+def plain(value: object, limit: int = MAX_SHOWN) -> str:
+    """`safe` for text printed without Rich (typer.echo): no markup to escape."""
+    return clip(value, limit)
+
+
+def echo(value: object, *, err: bool = False) -> None:
+    """typer.echo for lines that hold user or db text (multi-line, so a larger cap)."""
+    typer.echo(plain(value, limit=20 * MAX_SHOWN), err=err)
+
+
+class ListFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+ListFormatOption = Annotated[
+    ListFormat, typer.Option("--format", "-f", help="table (Rich) or json (for scripts).")
+]
+PlatformOption = Annotated[
+    str | None, typer.Option("--platform", "-p", help="Canonical platform, e.g. nvidia_h100.")
+]
 
 DbOption = Annotated[
     Path | None,

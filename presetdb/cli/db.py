@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from presetdb.cli.common import DbOption, console, db_path
+from presetdb.cli.common import DbOption, console, db_path, safe
 from presetdb.store import migrate
 
 db_app = typer.Typer(
@@ -32,7 +32,7 @@ def upgrade(
     path = db_path(db, for_write=True)
     before = migrate.revision_of(path) if path.exists() and path.stat().st_size else None
     after = migrate.upgrade(path, revision, seed_data=not schema_only)
-    console.print(f"{path}: {before or 'base'} -> {after}")
+    console.print(f"{safe(path)}: {before or 'base'} -> {after}", highlight=False)
 
 
 # "-1" is a revision, not an option: let it through as the argument.
@@ -48,7 +48,7 @@ def downgrade(
     path = db_path(db, for_write=True)
     before = migrate.revision_of(path)
     after = migrate.downgrade(path, revision)
-    console.print(f"{path}: {before or 'base'} -> {after}")
+    console.print(f"{safe(path)}: {before or 'base'} -> {after}", highlight=False)
 
 
 @db_app.command("current")
@@ -61,7 +61,7 @@ def current(db: DbOption = None) -> None:
     rev = migrate.revision_of(path)
     head = migrate.head()
     state = "at head" if rev == head else "behind head" if rev else "empty"
-    console.print(f"{path}: revision {rev or 'base'} (package head {head}; {state})")
+    console.print(f"{safe(path)}: revision {safe(rev or 'base')} (package head {head}; {state})", highlight=False)
 
 
 @db_app.command("check")
@@ -72,10 +72,16 @@ def check(db: DbOption = None) -> None:
     """
     path = db_path(db)
     report = migrate.check(path)
-    console.print(f"{path}: revision {report.revision or 'base'} (head {report.head})")
-    console.print(f"  schema:      {report.schema_problem or 'ok'}")
-    console.print(f"  integrity:   {'; '.join(report.integrity[:5])}")
-    console.print(f"  foreign keys: {len(report.foreign_key_problems)} problem(s)")
+    out = console.print
+    out(f"{safe(path)}: revision {safe(report.revision or 'base')} (head {report.head})", highlight=False)
+    out(f"  schema:      {safe(report.schema_problem or 'ok')}", highlight=False)
+    out(f"  integrity:   {safe('; '.join(report.integrity[:5]))}", highlight=False)
+    out(f"  foreign keys: {len(report.foreign_key_problems)} problem(s)")
+    out(f"  data:        {len(report.data_problems)} problem(s)")
+    for problem in report.data_problems[:50]:
+        out(f"    - {safe(problem)}", highlight=False)
+    if len(report.data_problems) > 50:
+        out(f"    ... and {len(report.data_problems) - 50} more")
     if not report.ok:
         raise typer.Exit(1)
     console.print("ok")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from presetdb.cli.common import DbOption, console, db_path, err_console
+from presetdb.cli.common import DbOption, console, db_path, err_console, plain, safe
 from presetdb.errors import KeySpecError
 from presetdb.keys import parse_key
 
@@ -20,7 +20,15 @@ def import_cmd(
     files: Annotated[
         list[Path], typer.Argument(help="Results files (any supported format).", show_default=False)
     ],
-    db: DbOption = None,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db",
+            help="Database file to import into. Default: $PRESETDB_PATH; required without it "
+            "(the embedded default db is never written).",
+            show_default=False,
+        ),
+    ] = None,
     fmt: Annotated[
         str, typer.Option("--format", help="auto | presetdb | vllm | helion-cache | helion-aot")
     ] = "auto",
@@ -53,7 +61,7 @@ def import_cmd(
         try:
             shape_key = parse_key(key)
         except KeySpecError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--key") from None
+            raise typer.BadParameter(plain(exc), param_hint="--key") from None
     report = import_files(
         db_path(db, for_write=True),
         files,
@@ -64,11 +72,11 @@ def import_cmd(
         dry_run=dry_run,
     )
     for warning in report.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {safe(warning)}", highlight=False)
     if dry_run:
         _print_rows(report)
         for problem in report.problems:
-            console.print(f"[red]invalid[/] {problem}", highlight=False)
+            console.print(f"[red]invalid[/] {safe(problem)}", highlight=False)
     verb = "would be" if dry_run else "were"
     console.print(
         f"{len(report.files)} file(s): {report.summary()} ({verb} written{'; nothing written' if dry_run else ''})"
@@ -83,7 +91,9 @@ def _print_rows(report: object) -> None:
     for col in ("file", "row", "kernel", "platform", "shape key", "outcome"):
         table.add_column(col, overflow="fold")
     for r in rows[:MAX_PRINTED_ROWS]:
-        table.add_row(r.file, str(r.row), r.kernel, r.platform, r.shape_key, r.outcome)
+        table.add_row(
+            safe(r.file), str(r.row), safe(r.kernel), safe(r.platform), safe(r.shape_key), safe(r.outcome)
+        )
     console.print(table)
     if len(rows) > MAX_PRINTED_ROWS:
         console.print(f"... and {len(rows) - MAX_PRINTED_ROWS} more row(s)")
@@ -109,7 +119,7 @@ def export_cmd(
     if fmt not in ("vllm", "presetdb"):
         raise typer.BadParameter("use vllm or presetdb", param_hint="--format")
     for path in export(db_path(db), kernel, platform, fmt, out):  # type: ignore[arg-type]
-        console.print(f"wrote {path}")
+        console.print(f"wrote {safe(path)}", highlight=False)
 
 
 def new_migration_cmd(
@@ -131,8 +141,11 @@ def new_migration_cmd(
     made = new_migration(files, message, root=root)
     for name, sha in made.seed_files.items():
         state = "already in seed_data/" if name in made.reused else "copied to seed_data/"
-        console.print(f"{name}: {state} (sha256 {sha[:16]}...)")
-    console.print(f"wrote {made.path} (revision {made.revision}, after {made.down_revision})")
+        console.print(f"{safe(name)}: {state} (sha256 {sha[:16]}...)", highlight=False)
+    console.print(
+        f"wrote {safe(made.path)} (revision {made.revision}, after {made.down_revision or 'base'})",
+        highlight=False,
+    )
 
 
 def tune_cmd(
@@ -208,7 +221,7 @@ def tune_cmd(
     )
     summary = tuner.run(keys)
     console.print(
-        f"{summary.path}: {summary.done} tuned, {summary.skipped} already there, "
+        f"{safe(summary.path)}: {summary.done} tuned, {summary.skipped} already there, "
         f"{len(summary.failed)} failed, of {summary.total} shape(s)"
     )
     if summary.interrupted:

@@ -33,7 +33,12 @@ import helion
 import helion.exc
 from helion.autotuner.base_search import BaseAutotuner
 
-from presetdb.errors import PresetMissError
+from presetdb.errors import (  # the warnings are re-exported: their old import path
+    AutotuneWarning,
+    PresetMissError,
+    PresetMissWarning,
+    QuarantineWarning,
+)
 from presetdb.keys import KeyValue, canonical_key
 from presetdb.runtime.picker import Choice, Picker, get_picker
 from presetdb.settings import OnMiss, Settings
@@ -45,16 +50,6 @@ if TYPE_CHECKING:
 DEFAULT_TOKEN = "default"  # key= answer for misses served by Helion's default config
 
 
-class PresetMissWarning(UserWarning):
-    """No stored config served a call; Helion's default config ran instead."""
-
-
-class QuarantineWarning(UserWarning):
-    """A stored config failed validation, compilation or launch and was quarantined."""
-
-
-class AutotuneWarning(UserWarning):
-    """PRESETDB_ON_MISS=autotune could not search or store; the call carried on."""
 
 
 @dataclass(frozen=True, slots=True)

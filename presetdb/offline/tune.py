@@ -48,7 +48,7 @@ from rich.progress import (
 )
 
 from presetdb import __version__
-from presetdb.errors import PresetDBError
+from presetdb.errors import TuneError  # re-exported: its old import path
 from presetdb.keys import canonical_key, parse_key
 from presetdb.offline.importers import presetdb_results
 from presetdb.runtime.platforms import derive_platform_name
@@ -59,10 +59,6 @@ DO_BENCH_METHOD = (
     "the 3 fastest and the default re-timed 3 more times, round robin, median"
 )
 FINAL_ROUNDS = 3  # extra timings of the finalists
-
-
-class TuneError(PresetDBError):
-    """A tune run cannot start (bad shapes, a results file for another kernel, ...)."""
 
 
 # ---------------------------------------------------------------- shapes

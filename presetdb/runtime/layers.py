@@ -17,15 +17,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from presetdb.errors import PresetDBError, SchemaTooOldError
+from presetdb.errors import PresetDBError, SchemaTooOldError, StoreWarning
 from presetdb.settings import Settings
 from presetdb.store import migrate
 from presetdb.store.default_db import default_db_path
 from presetdb.store.engine import Store
-
-
-class StoreWarning(UserWarning):
-    """A preset store could not be used; presetdb carried on without it."""
 
 
 @dataclass

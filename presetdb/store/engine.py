@@ -24,7 +24,7 @@ from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 from sqlalchemy import URL, Engine, create_engine, event
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -164,10 +164,14 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only session (one transaction, rolled back at the end)."""
-        with self._sessions() as session:
-            yield session
-            session.rollback()
+        """A read-only session (one transaction, rolled back at the end). A database
+        error inside it (a corrupt page, a lock) becomes a `StoreError` naming the file."""
+        try:
+            with self._sessions() as session:
+                yield session
+                session.rollback()
+        except DBAPIError as exc:
+            raise translate_operational(self.path, exc) from exc
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -181,7 +185,7 @@ class Store:
             try:
                 with session.begin():
                     yield session
-            except OperationalError as exc:
+            except DBAPIError as exc:
                 raise translate_operational(self.path, exc) from exc
 
     def data_version(self) -> int:

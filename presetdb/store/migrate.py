@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from alembic import command
@@ -258,6 +259,7 @@ class CheckReport:
     integrity: list[str]
     foreign_key_problems: list[tuple[object, ...]]
     schema_problem: str | None
+    data_problems: list[str] = field(default_factory=list)  # rows presetdb cannot serve
 
     @property
     def ok(self) -> bool:
@@ -265,6 +267,7 @@ class CheckReport:
             self.schema_problem is None
             and self.integrity == ["ok"]
             and not self.foreign_key_problems
+            and not self.data_problems
         )
 
 
@@ -292,4 +295,12 @@ def check(path: Path | str) -> CheckReport:
             raise translate_operational(path, exc) from exc
     finally:
         engine.dispose()
-    return CheckReport(path, revision, head(), integrity, fk, schema_problem)
+    data: list[str] = []
+    if schema_problem is None:
+        from presetdb.store.checks import data_problems
+
+        try:
+            data = data_problems(path)
+        except sqlite3.DatabaseError as exc:  # damage integrity_check reports too
+            data = [f"rows could not be read: {exc}"]
+    return CheckReport(path, revision, head(), integrity, fk, schema_problem, data)

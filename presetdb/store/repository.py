@@ -146,7 +146,9 @@ class PresetRows:
 
     # Positions in a row, for readers that need a field without a record.
     SHAPE_KEY = 1
+    CONFIG_JSON = 2
     CONFIG_SHA256 = 3
+    RUN_ID = 10
 
     def record(self, row: Sequence[Any]) -> PresetRecord:
         (pid, shape_key, config_json, sha, latency, default, reference, tried, tuning,
