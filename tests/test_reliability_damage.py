@@ -142,7 +142,7 @@ def test_pick_and_list_and_db_check_on_a_malformed_row(built: Path, tmp_path: Pa
     db = tmp_path / "damaged.db"
     shutil.copy(built, db)
     stored = _stored(db)
-    (victim_key, (victim_id, _)), (good_key, _) = sorted(stored.items())[:2]
+    (_victim_key, (victim_id, _)), (good_key, _) = sorted(stored.items())[:2]
     _edit(db, ("UPDATE presets SET shape_key = ? WHERE id = ?", (BAD_KEYS["list-value"], victim_id)))
     env = child_env(COLUMNS="400", PRESETDB_DISABLE_OVERLAY="1")
 
@@ -170,9 +170,9 @@ def _drop_unique_and_duplicate(db: Path) -> str:
         db,
         ("DROP INDEX uq_presets_active_key", ()),
         (
-            "INSERT INTO presets (kernel_id, platform_id, shape_key, config_id, run_id, status, created_at) "
+            ("INSERT INTO presets (kernel_id, platform_id, shape_key, config_id, run_id, status, created_at) "
             "SELECT kernel_id, platform_id, shape_key, config_id, run_id, status, created_at "
-            "FROM presets WHERE id = ?",
+            "FROM presets WHERE id = ?"),
             (pid,),
         ),
     )
@@ -204,8 +204,8 @@ CHECK_DAMAGE: dict[str, Callable[[Path], str]] = {
         _edit(
             db,
             (
-                "UPDATE configs SET config_json = '[1, 2]' WHERE id = "
-                "(SELECT config_id FROM presets WHERE status = 'active' LIMIT 1)",
+                ("UPDATE configs SET config_json = '[1, 2]' WHERE id = "
+                "(SELECT config_id FROM presets WHERE status = 'active' LIMIT 1)"),
                 (),
             ),
         ),
@@ -256,7 +256,7 @@ def test_a_corrupt_page_gives_way_to_the_next_layer(
     shutil.copy(built, db)
     _corrupt_root_page(db, table)
     stored = _stored(built)
-    key, (_, sha) = sorted(stored.items())[0]
+    key, (_, sha) = min(stored.items())
     parsed = json.loads(key)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -328,8 +328,8 @@ def test_kernel_calls_survive_a_malformed_row_and_a_corrupt_fallbacks_page(
     _edit(
         db,
         (
-            "UPDATE presets SET shape_key = ? WHERE id = (SELECT min(p.id) FROM presets p JOIN kernels k "
-            "ON k.id = p.kernel_id WHERE k.name = ? AND p.status = 'active')",
+            ("UPDATE presets SET shape_key = ? WHERE id = (SELECT min(p.id) FROM presets p JOIN kernels k "
+            "ON k.id = p.kernel_id WHERE k.name = ? AND p.status = 'active')"),
             (BAD_KEYS["list-value"], KERNEL),
         ),
     )

@@ -126,8 +126,12 @@ def show(
         f"{safe(preset.platform)}, key {safe(preset.shape_key)} ({safe(preset.status)})",
         highlight=False,
     )
-    # The config as stored, escaped: print_json would read `[null,null]` as markup.
-    console.print(safe(preset.config_json, limit=20_000), highlight=False)
+    # Indented like print_json, but escaped: print_json reads `[null,null]` as markup.
+    try:
+        config_text = json.dumps(json.loads(preset.config_json), indent=2)
+    except ValueError:  # not JSON (a damaged row): shown as stored
+        config_text = preset.config_json
+    console.print(safe(config_text, limit=20_000), highlight=False)
     console.print(
         f"latency {_ms(preset.latency_ms)} ms | Helion default {_ms(preset.default_ms)} ms | "
         f"PyTorch {_ms(preset.reference_ms)} ms | configs tried {preset.configs_tried or '-'} | "
