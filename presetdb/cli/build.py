@@ -8,13 +8,23 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from presetdb.cli.common import console, safe
+from presetdb.cli.common import console, plain, safe
 
 
 def build(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the .db file.")],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Your data migrations (from `presetdb new-migration`), applied after the "
+            "package's. Default: ./presetdb-data when it exists.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Build the shippable db from the packaged migrations (schema + seed data).
+    """Build the shippable db from the packaged migrations (schema + seed data) and your
+    own data migrations (./presetdb-data, or --data-dir).
 
     The file is compacted with VACUUM INTO (rollback journal, ready to open immutable),
     replaced atomically, and described by OUT.manifest.json.
@@ -22,12 +32,22 @@ def build(
     Example: presetdb build --out dist/presets.db
     """
     from presetdb.offline.build import build_database
+    from presetdb.store.migrate import DATA_DIR_NAME
 
-    manifest = build_database(out)
+    if data_dir is None and (Path.cwd() / DATA_DIR_NAME).is_dir():
+        data_dir = Path.cwd() / DATA_DIR_NAME
+    if data_dir is not None and not (data_dir / "versions").is_dir():
+        raise typer.BadParameter(
+            f"{plain(data_dir)}: no versions/ folder; make one with `presetdb new-migration FILE -m MSG`",
+            param_hint="--data-dir",
+        )
+    manifest = build_database(out, data_dir=data_dir)
     table = Table(title=f"built {safe(manifest.path)}", show_header=False)
     table.add_row("sha256", manifest.sha256)
     table.add_row("content digest", manifest.content_digest)
     table.add_row("head revision", manifest.head_revision)
+    if manifest.data_revision is not None:
+        table.add_row("your data revision", f"{safe(manifest.data_revision)} (from {safe(data_dir)})")
     table.add_row("bytes", f"{manifest.bytes:,}")
     for name, count in manifest.counts.items():
         table.add_row(f"presets {safe(name)}", str(count))

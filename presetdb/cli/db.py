@@ -24,14 +24,30 @@ def upgrade(
     schema_only: Annotated[
         bool, typer.Option("--schema-only", help="Skip seed data (an empty store).")
     ] = False,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Also apply your data migrations from this folder (see `presetdb new-migration`).",
+            show_default=False,
+        ),
+    ] = None,
+    wal: Annotated[
+        bool,
+        typer.Option("--wal", help="Switch the file to WAL (a file otherwise keeps its journal mode)."),
+    ] = False,
 ) -> None:
     """Create or upgrade a database to the newest schema and seed data.
 
     Example: presetdb db upgrade --db presets.db
     """
+    from presetdb.store.engine import set_wal
+
     path = db_path(db, for_write=True)
     before = migrate.revision_of(path) if path.exists() and path.stat().st_size else None
-    after = migrate.upgrade(path, revision, seed_data=not schema_only)
+    after = migrate.upgrade(path, revision, seed_data=not schema_only, data_dir=data_dir)
+    if wal:
+        set_wal(path)
     console.print(f"{safe(path)}: {before or 'base'} -> {after}", highlight=False)
 
 
@@ -62,6 +78,9 @@ def current(db: DbOption = None) -> None:
     head = migrate.head()
     state = "at head" if rev == head else "behind head" if rev else "empty"
     console.print(f"{safe(path)}: revision {safe(rev or 'base')} (package head {head}; {state})", highlight=False)
+    data = migrate.data_revision_of(path)
+    if data is not None:
+        console.print(f"your data revision: {safe(data)} (presetdb_data_version)", highlight=False)
 
 
 @db_app.command("check")

@@ -125,20 +125,33 @@ def export_cmd(
 def new_migration_cmd(
     files: Annotated[list[Path], typer.Argument(help="presetdb-results/1 files.", show_default=False)],
     message: Annotated[str, typer.Option("--message", "-m", help="What the data is.", show_default=False)],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Your project's data folder (versions/ + seed_data/). Default: ./presetdb-data.",
+            show_default=False,
+        ),
+    ] = None,
     root: Annotated[
         Path | None,
-        typer.Option("--root", help="Source tree with migrations/ and seed_data/ (default: this checkout)."),
+        typer.Option(
+            "--root",
+            help="For presetdb's developers: presetdb's own source tree (migrations/ and "
+            "seed_data/) instead of your data folder.",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
-    """Validate results files, copy them into seed_data/ and write a data migration pinning them.
+    """Validate results files, copy them into your data folder and write a data migration pinning them.
 
-    Writes migrations/versions/NNNN_data_<slug>.py after the current head. It pins each file's sha256 and loads it with the frozen loader presetdb.store.seedload.v1; its downgrade removes exactly the rows it added.
+    Writes presetdb-data/versions/uNNNN_data_<slug>.py (and copies the files to presetdb-data/seed_data/) in your project, never into the installed package. It pins each file's sha256 and loads it with the frozen loader presetdb.store.seedload.v1; its downgrade removes exactly the rows it added. `presetdb build` applies it after the package's migrations; its revision is kept in its own table, so any presetdb with the same schema opens the built file.
 
     Example: presetdb new-migration rms_norm_h100.json -m "rms_norm on H100"
     """
     from presetdb.offline.new_migration import new_migration
 
-    made = new_migration(files, message, root=root)
+    made = new_migration(files, message, root=root, data_dir=data_dir)
     for name, sha in made.seed_files.items():
         state = "already in seed_data/" if name in made.reused else "copied to seed_data/"
         console.print(f"{safe(name)}: {state} (sha256 {sha[:16]}...)", highlight=False)

@@ -31,6 +31,7 @@ class Manifest:
     sha256: str
     content_digest: str
     head_revision: str
+    data_revision: str | None  # the user data folder's revision (presetdb_data_version), if any
     presetdb_version: str
     bytes: int
     counts: dict[str, int]  # "kernel/platform" -> active presets
@@ -79,13 +80,14 @@ def active_counts(path: Path) -> dict[str, int]:
     return {k: int(v) for k, v in rows}
 
 
-def build_database(out: Path, *, target: str = "head") -> Manifest:
-    """Build `out` from the packaged migrations; replaces it atomically."""
+def build_database(out: Path, *, target: str = "head", data_dir: Path | None = None) -> Manifest:
+    """Build `out` from the packaged migrations, then the user data folder's (`data_dir`,
+    see `presetdb.offline.new_migration`); replaces `out` atomically."""
     out = Path(out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="presetdb-build-", dir=out.parent) as tmp:
         work = Path(tmp) / "work.db"
-        migrate.upgrade(work, target, seed_data=True)
+        migrate.upgrade(work, target, seed_data=True, data_dir=data_dir)
         compact = Path(tmp) / "compact.db"
         conn = sqlite3.connect(work)
         try:
@@ -107,6 +109,7 @@ def build_database(out: Path, *, target: str = "head") -> Manifest:
         sha256=file_sha256(out),
         content_digest=content_digest(out),
         head_revision=migrate.revision_of(out) or "base",
+        data_revision=migrate.data_revision_of(out),
         presetdb_version=__version__,
         bytes=out.stat().st_size,
         counts=active_counts(out),

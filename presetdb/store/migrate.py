@@ -7,6 +7,13 @@ Revisions are linear. Each revision module says ``presetdb_kind = "schema"`` or
 ``"data"``. A database is compatible with this package when its revision is known and
 the newest *schema* revision at or below it is this package's newest schema revision:
 a deployment db that lacks only newer seed data still opens.
+
+A user's own data migrations (``presetdb new-migration``) live in the user's project,
+in a data folder (``presetdb-data/``: ``versions/`` + ``seed_data/``), never in the
+installed package. They form a chain of their own, recorded in the table
+``presetdb_data_version`` instead of ``alembic_version``: a db carrying them keeps the
+package's schema revision, so any presetdb with that schema opens it, and its data
+revision is known to be data (docs/reliability.md, "Shipping your own presets").
 """
 
 from __future__ import annotations
@@ -57,6 +64,46 @@ def alembic_config(connection: Connection | None = None, *, seed_data: bool = Tr
     # Data migrations skip their inserts when False (user overlays hold no seed data).
     cfg.attributes["seed_data"] = seed_data
     return cfg
+
+
+DATA_VERSION_TABLE = "presetdb_data_version"
+DATA_DIR_NAME = "presetdb-data"
+
+
+def data_config(data_dir: Path, connection: Connection | None = None, *, seed_data: bool = True) -> Config:
+    """The Alembic Config of a user's data folder: its own versions, its own version table."""
+    cfg = alembic_config(connection, seed_data=seed_data)
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("version_locations", str(Path(data_dir).resolve() / "versions").replace("%", "%%"))
+    cfg.attributes["version_table"] = DATA_VERSION_TABLE
+    return cfg
+
+
+def data_revisions(data_dir: Path) -> tuple[str, ...]:
+    """The revisions of a user's data folder, oldest first (empty: none yet)."""
+    versions = Path(data_dir) / "versions"
+    if not versions.is_dir() or not any(versions.glob("*.py")):
+        return ()
+    script = ScriptDirectory.from_config(data_config(data_dir))
+    found = [sc.revision for sc in script.walk_revisions("base", "heads")]
+    return tuple(reversed(found))
+
+
+def data_revision_of(path: Path | str) -> str | None:
+    """The user data revision stamped in the db (None: it carries none)."""
+    path = Path(path).expanduser()
+    check_file(path, must_exist=True)
+    engine = make_engine(path, "ro", pooled=False)
+    try:
+        with engine.connect() as conn:
+            if DATA_VERSION_TABLE not in inspect(conn).get_table_names():
+                return None
+            rows = conn.execute(text(f"SELECT version_num FROM {DATA_VERSION_TABLE}")).scalars().all()  # sql: constant
+    except DatabaseError as exc:
+        raise translate_operational(path, exc) from exc
+    finally:
+        engine.dispose()
+    return str(rows[0]) if rows else None
 
 
 @dataclass(frozen=True)
@@ -215,8 +262,13 @@ def _run(path: Path, action: Callable[[Config], None], *, seed_data: bool, creat
         engine.dispose()
 
 
-def upgrade(path: Path | str, target: str = "head", *, seed_data: bool = True) -> str:
-    """Create or upgrade the db at `path` to `target`; returns the new revision."""
+def upgrade(
+    path: Path | str, target: str = "head", *, seed_data: bool = True, data_dir: Path | None = None
+) -> str:
+    """Create or upgrade the db at `path` to `target`; returns the new revision.
+
+    `data_dir`: a user's data folder whose migrations run after the package's, in the
+    same transaction (its revision goes to `presetdb_data_version`)."""
     path = Path(path).expanduser()
     if path.exists() and path.stat().st_size > 0:
         engine = make_engine(path, "ro", pooled=False)
@@ -226,7 +278,13 @@ def upgrade(path: Path | str, target: str = "head", *, seed_data: bool = True) -
             engine.dispose()
         if rev is not None and schema_revision_of(rev) is None:
             check_compatible(path, rev)  # raises "newer than this package"
-    _run(path, lambda cfg: command.upgrade(cfg, target), seed_data=seed_data, create=True)
+    def action(cfg: Config) -> None:
+        command.upgrade(cfg, target)
+        if data_dir is not None and data_revisions(data_dir):
+            conn = cfg.attributes["connection"]
+            command.upgrade(data_config(data_dir, conn, seed_data=seed_data), "heads")
+
+    _run(path, action, seed_data=seed_data, create=True)
     return revision_of(path) or "base"
 
 
