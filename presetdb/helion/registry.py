@@ -59,7 +59,7 @@ from presetdb.errors import (
 )
 from presetdb.helion import interpreter, ops
 from presetdb.helion._accel.dispatch import RunnerCache, dispatch_key, exact_key
-from presetdb.helion.args import Adapter, flatten_leading, key_fields
+from presetdb.helion.args import Adapter, flatten_leading, key_fields, validation_args
 from presetdb.helion.hooks import (
     CALL_SLOT,
     DEFAULT_TOKEN,
@@ -347,7 +347,7 @@ class RegisteredKernel:
         current accelerator (CPU without one; CPU cannot check GPU-only options)."""
         key = dict(shape_key or {})
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        args = self.example_inputs(key, device=device)
+        args = validation_args(self.example_inputs, key, device)  # meta when large: bounded memory
         kargs, _ = self.adapt_args(args)
         problems = _value_problems(config)
         if problems:

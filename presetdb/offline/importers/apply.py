@@ -1,11 +1,13 @@
-"""Writing parsed, validated rows into a database: one transaction, all or nothing.
+"""Writing parsed, validated rows into a database: validate first, then one short
+write transaction, all or nothing.
 
-Rows stream from the parsers through `validate` into `Repository.upsert_preset` inside a
-single write transaction. Once any row is invalid nothing more is written, the remaining
-rows are still checked (so every problem is reported at once) and the transaction is
-rolled back. A file whose rows are all unchanged leaves no tuning run behind, so
-re-importing a file is a no-op. ``dry_run`` works on a private copy of the database, so
-the file itself is never opened for writing.
+Phase 1 reads only: rows stream from the parsers through `validate` (the slow part:
+Helion's ConfigSpec per row) and every problem is collected; the db is read through a
+read-only connection, so kernel processes writing their ledger are never locked out.
+Any problem ends the import there: nothing was written. Phase 2 writes the checked rows
+with `Repository.upsert_preset` in a single transaction. A file whose rows are all
+unchanged leaves no tuning run behind, so re-importing a file is a no-op. ``dry_run``
+works on a private copy of the database, so the file itself is never opened for writing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from presetdb._text import clip
 from presetdb.errors import ImportValidationError, UnknownKernelError, UnknownPlatformError
 from presetdb.keys import canonical_key
 from presetdb.offline.importers.detect import parse_file
@@ -29,11 +32,12 @@ from presetdb.offline.importers.validate import (
     check_row,
     find_checker,
     problem_line,
+    provenance_problems,
 )
 from presetdb.runtime.platforms import derive_platform_name
 from presetdb.store import migrate
 from presetdb.store.engine import connect_sqlite
-from presetdb.store.repository import Repository, config_sha256
+from presetdb.store.repository import PresetInput, Repository, config_sha256
 
 # Rows kept in a report for printing; counts are always complete.
 MAX_REPORT_ROWS = 10_000
@@ -62,10 +66,15 @@ class ImportReport:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     run_ids: list[int] = field(default_factory=list)
+    file_problems: int = 0  # problems of a whole file (header, provenance), not of a row
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def add_file_problem(self, problem: str) -> None:
+        self.file_problems += 1
+        self.problems.append(problem)
 
     def record(self, outcome: RowOutcome) -> None:
         self.counts[outcome.outcome] = self.counts.get(outcome.outcome, 0) + 1
@@ -74,10 +83,15 @@ class ImportReport:
 
     def summary(self) -> str:
         c = self.counts
-        return (
+        text = (
             f"{c['added']} added, {c['superseded']} superseded, {c['unchanged']} unchanged, "
             f"{c['invalid']} invalid"
         )
+        if c.get("skipped"):
+            text += f", {c['skipped']} valid but not written"
+        if self.file_problems:
+            text += f", {self.file_problems} file problem(s)"
+        return text
 
 
 class _Abort(Exception):
@@ -127,29 +141,45 @@ def import_files(
     dry_run: bool = False,
     resolver: Resolver | None = None,
     on_row: Callable[[RowOutcome], None] | None = None,
+    on_checked: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Import `paths` into the db at `db`. Raises ImportValidationError (nothing written)
-    when a row is invalid; with `dry_run` returns the report and writes nothing."""
+    when a row is invalid; with `dry_run` returns the report and writes nothing.
+    `on_checked(n)` is called as rows are validated (a progress bar)."""
     report = ImportReport(dry_run=dry_run)
     resolver = resolver or RegistryResolver()
     parsed_files = [parse_file(Path(p), fmt, kernel=kernel, key=key) for p in paths]
     with _target(Path(db), dry_run) as target:
-        store = migrate.open_store(target, "rw")
+        reader = migrate.open_store(target, "ro")
         try:
-            with store.transaction() as session:
-                repo = Repository(session)
-                for parsed in parsed_files:
-                    _import_one(repo, parsed, report, resolver, platform, kernel, on_row)
-                if dry_run or report.problems:
-                    raise _Abort
-        except _Abort:
-            pass
+            with reader.read() as session:
+                checked = [
+                    _check_file(Repository(session), parsed, report, resolver, platform, kernel, on_checked)
+                    for parsed in parsed_files
+                ]
         finally:
-            store.dispose()
+            reader.dispose()
+        if report.problems and not dry_run:
+            for pending in checked:
+                for row in pending.rows:
+                    _outcome(report, pending, row, "skipped", on_row)
+        else:
+            store = migrate.open_store(target, "rw")
+            try:
+                with store.transaction() as session:
+                    repo = Repository(session)
+                    for pending in checked:
+                        _write_file(repo, pending, report, on_row)
+                    if dry_run:  # the copy shows what the valid rows would do
+                        raise _Abort
+            except _Abort:
+                pass
+            finally:
+                store.dispose()
     if report.problems and not dry_run:
         raise ImportValidationError(
-            f"import refused: {report.counts['invalid']} invalid row(s) or file problem(s); "
-            "nothing was written",
+            f"import refused: {report.counts['invalid']} invalid row(s) and "
+            f"{report.file_problems} file problem(s); nothing was written",
             report.problems,
         )
     return report
@@ -183,30 +213,53 @@ class _target:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def _import_one(
+@dataclass(frozen=True)
+class _CheckedRow:
+    row_no: int
+    where: str
+    checker: KernelChecker
+    key_text: str
+    item: PresetInput
+    sha: str
+
+
+@dataclass
+class _CheckedFile:
+    parsed: ParsedFile
+    platform: str
+    kernels: dict[str, KernelChecker] = field(default_factory=dict)
+    rows: list[_CheckedRow] = field(default_factory=list)
+
+
+def _outcome(
+    report: ImportReport, pending: _CheckedFile, row: _CheckedRow, what: str,
+    on_row: Callable[[RowOutcome], None] | None,
+) -> None:
+    item = RowOutcome(
+        pending.parsed.name, row.row_no, row.where, row.checker.name, pending.platform, row.key_text, what, row.sha
+    )
+    report.record(item)
+    if on_row is not None:
+        on_row(item)
+
+
+def _check_file(
     repo: Repository,
     parsed: ParsedFile,
     report: ImportReport,
     resolver: Resolver,
     platform_override: str | None,
     kernel_override: str | None,
-    on_row: Callable[[RowOutcome], None] | None,
-) -> None:
+    on_checked: Callable[[int], None] | None,
+) -> _CheckedFile:
+    """Phase 1 for one file: every row validated, nothing written."""
     report.files.append(str(parsed.path))
-    report.warnings.extend(parsed.warnings)
+    report.warnings.extend(clip(w, 1_000) for w in parsed.warnings)
     platform = resolve_platform(repo, parsed, platform_override)
-    run_id: int | None = None
+    pending = _CheckedFile(parsed, platform)
+    for problem in provenance_problems(parsed.name, parsed.provenance):
+        report.add_file_problem(problem)
     seen: dict[tuple[str, str], int] = {}  # (kernel, key) -> first row number
-    kernels_ready: set[str] = set()
-
-    def outcome(
-        row_no: int, where: str, kname: str, key_text: str, what: str, sha: str | None = None
-    ) -> None:
-        item = RowOutcome(parsed.name, row_no, where, kname, platform, key_text, what, sha)
-        report.record(item)
-        if on_row is not None:
-            on_row(item)
-
     file_checker: KernelChecker | None = None
     if parsed.format != "helion-aot":
         # One kernel per file: an unknown one is a file-level error, named once.
@@ -216,8 +269,15 @@ def _import_one(
         except UnknownKernelError as exc:
             raise UnknownKernelError(f"{parsed.name}: {exc}") from None
     by_name: dict[str | None, KernelChecker | None | Exception] = {}
+    count = 0
+
+    def invalid(row_no: int, where: str, kname: str, key_text: str) -> None:
+        report.record(RowOutcome(parsed.name, row_no, where, kname, platform, key_text, "invalid"))
 
     for row in parsed.rows:
+        count += 1
+        if on_checked is not None:
+            on_checked(1)
         row_no = row.index + 1
         if file_checker is None:
             if row.kernel not in by_name:
@@ -228,18 +288,18 @@ def _import_one(
             found = by_name[row.kernel]
             if isinstance(found, Exception):
                 report.problems.append(problem_line(parsed.name, row, "kernel", str(found)))
-                outcome(row_no, row.where, str(row.kernel), "", "invalid")
+                invalid(row_no, row.where, clip(row.kernel), "")
                 continue
             if found is None:  # another kernel's entry in a multi-kernel AOT file
                 continue
             checker = found
         else:
             checker = file_checker
-        if checker.name not in kernels_ready:
-            problem = _prepare_kernel(repo, parsed, checker)
+        if checker.name not in pending.kernels:
+            problem = _kernel_schema_problem(parsed, checker)
             if problem:
-                report.problems.append(problem)
-            kernels_ready.add(checker.name)
+                report.add_file_problem(problem)
+            pending.kernels[checker.name] = checker
         source_hash = _source_hash(parsed, checker, report)
         checked = check_row(row, checker, source_hash=source_hash)
         key_text = canonical_key(checked.key) if checked.key is not None else ""
@@ -249,16 +309,31 @@ def _import_one(
                 checked.add("key", f"duplicate of row {first} (one config per key and file)")
         if checked.problems or checked.item is None:
             report.problems.extend(problem_line(parsed.name, row, f, r) for f, r in checked.problems)
-            outcome(row_no, row.where, checker.name, key_text, "invalid")
+            invalid(row_no, row.where, checker.name, key_text)
             continue
         sha = config_sha256(checked.item.config)
-        if report.problems:
-            # Already doomed: keep checking, stop writing.
-            outcome(row_no, row.where, checker.name, key_text, "skipped", sha)
-            continue
-        current = repo.find_preset(checker.name, platform, checked.item.shape_key)
-        if current is not None and current.config_sha256 == sha:
-            outcome(row_no, row.where, checker.name, key_text, "unchanged", sha)
+        pending.rows.append(_CheckedRow(row_no, row.where, checker, key_text, checked.item, sha))
+    if count == 0:
+        report.add_file_problem(
+            f"{parsed.name}: holds no entries; nothing to import (a tune run whose every shape "
+            "failed writes such a file: see its output)"
+        )
+    return pending
+
+
+def _write_file(
+    repo: Repository, pending: _CheckedFile, report: ImportReport,
+    on_row: Callable[[RowOutcome], None] | None,
+) -> None:
+    """Phase 2 for one file, inside the one write transaction: only fast db work."""
+    parsed = pending.parsed
+    for checker in pending.kernels.values():
+        repo.ensure_kernel(checker.name, checker.key_spec.to_schema())
+    run_id: int | None = None
+    for row in pending.rows:
+        current = repo.find_preset(row.checker.name, pending.platform, row.item.shape_key)
+        if current is not None and current.config_sha256 == row.sha:
+            _outcome(report, pending, row, "unchanged", on_row)
             continue
         if run_id is None:
             run = repo.add_run(
@@ -266,8 +341,8 @@ def _import_one(
             )
             run_id = run.id
             report.run_ids.append(run_id)
-        result = repo.upsert_preset(checker.name, platform, run_id, checked.item)
-        outcome(row_no, row.where, checker.name, key_text, result.outcome, sha)
+        result = repo.upsert_preset(row.checker.name, pending.platform, run_id, row.item)
+        _outcome(report, pending, row, result.outcome, on_row)
 
 
 def _aot_checker(resolver: Resolver, row_kernel: str | None, override: str | None) -> KernelChecker | None:
@@ -279,8 +354,8 @@ def _aot_checker(resolver: Resolver, row_kernel: str | None, override: str | Non
     return find_checker(resolver, row_kernel)
 
 
-def _prepare_kernel(repo: Repository, parsed: ParsedFile, checker: KernelChecker) -> str | None:
-    """Create the kernel row (or check it); a results file's key schema must agree."""
+def _kernel_schema_problem(parsed: ParsedFile, checker: KernelChecker) -> str | None:
+    """A results file's key schema must agree with the registered kernel's."""
     schema = checker.key_spec.to_schema()
     if parsed.key_schema is not None:
 
@@ -292,7 +367,6 @@ def _prepare_kernel(repo: Repository, parsed: ParsedFile, checker: KernelChecker
                 f"{parsed.name}: kernel.key_schema {fields(parsed.key_schema)} differs from the "
                 f"registered kernel {checker.name!r} {fields(schema)}"
             )
-    repo.ensure_kernel(checker.name, schema)
     return None
 
 
