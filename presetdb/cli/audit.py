@@ -166,14 +166,43 @@ def sql(
     db: DbOption = None,
     fmt: FormatOption = OutputFormat.table,
     param: ParamOption = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Stop the query after this many seconds (default 30; PRESETDB_SQL_TIMEOUT).", show_default=False),
+    ] = None,
+    max_rows: Annotated[
+        int | None,
+        typer.Option("--max-rows", help="Refuse more rows than this (default 100,000; PRESETDB_SQL_MAX_ROWS).", show_default=False),
+    ] = None,
+    max_memory_mb: Annotated[
+        int | None,
+        typer.Option(
+            "--max-memory-mb",
+            help="Memory for SQLite and the fetched rows (default 512; PRESETDB_SQL_MAX_MEMORY_MB).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run one read-only SQL statement. Writes, ATTACH, writing pragmas and chained
-    statements are refused; the file is opened read-only and never changes.
+    statements are refused; the file is opened read-only and never changes. A query is
+    stopped at a time, row and memory limit (configurable) with a clear message.
 
     Example: presetdb sql "SELECT kernel, platform, active_presets FROM v_coverage" --db presets.db
     """
+    import dataclasses
+
     path = db_path(db)
-    result = audits_mod.run_sql(path, query, parse_params(param))
+    limits = audits_mod.QueryLimits.from_env()
+    for name, value in (("seconds", timeout), ("max_rows", max_rows)):
+        if value is not None:
+            if value <= 0:
+                raise typer.BadParameter("must be > 0", param_hint=f"--{name.replace('_', '-')}")
+            limits = dataclasses.replace(limits, **{name: value})
+    if max_memory_mb is not None:
+        if max_memory_mb <= 0:
+            raise typer.BadParameter("must be > 0", param_hint="--max-memory-mb")
+        limits = dataclasses.replace(limits, max_bytes=max_memory_mb << 20)
+    result = audits_mod.run_sql(path, query, parse_params(param), limits)
     emit(result.columns, result.rows, fmt, caption=f"{len(result.rows)} row(s) from {path}")
 
 

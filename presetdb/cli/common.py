@@ -78,3 +78,22 @@ def db_path(db: Path | None, *, for_write: bool = False) -> Path:
     from presetdb.store.default_db import default_db_path
 
     return default_db_path()
+
+
+def warn_if_served(path: Path) -> None:
+    """Writing a file that processes serve immutable (PRESETDB_PATH, or a built file with
+    its manifest) changes pages under readers that promised SQLite nobody would: they may
+    read stale or torn data. Say so, and how to do it safely."""
+    env = os.environ.get("PRESETDB_PATH", "").strip()
+    from presetdb.runtime.layers import same_file
+
+    served = bool(env) and same_file(path, Path(env).expanduser())
+    built = path.with_name(path.name + ".manifest.json").exists()
+    if served or built:
+        why = "it is PRESETDB_PATH" if served else "it is a built, shippable file (manifest next to it)"
+        err_console.print(
+            f"[yellow]warning:[/] writing {safe(path)}: {why}. Processes serving it open it "
+            "immutable and may read stale or torn pages while it changes. Safer: write a copy "
+            "(or `presetdb build` a new file) and swap it in with an atomic rename.",
+            highlight=False,
+        )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from presetdb.cli.common import DbOption, console, db_path, err_console, plain, safe
+from presetdb.cli.common import DbOption, console, db_path, err_console, plain, safe, warn_if_served
 from presetdb.errors import KeySpecError
 from presetdb.keys import parse_key
 
@@ -62,15 +64,20 @@ def import_cmd(
             shape_key = parse_key(key)
         except KeySpecError as exc:
             raise typer.BadParameter(plain(exc), param_hint="--key") from None
-    report = import_files(
-        db_path(db, for_write=True),
-        files,
-        fmt=fmt,
-        platform=platform,
-        kernel=kernel,
-        key=shape_key,
-        dry_run=dry_run,
-    )
+    target = db_path(db, for_write=True)
+    if not dry_run:
+        warn_if_served(target)
+    with _row_progress(files) as advance:
+        report = import_files(
+            target,
+            files,
+            fmt=fmt,
+            platform=platform,
+            kernel=kernel,
+            key=shape_key,
+            dry_run=dry_run,
+            on_checked=advance,
+        )
     for warning in report.warnings:
         err_console.print(f"[yellow]warning:[/] {safe(warning)}", highlight=False)
     if dry_run:
@@ -83,6 +90,41 @@ def import_cmd(
     )
     if report.problems:
         raise typer.Exit(1)
+
+
+@contextmanager
+def _row_progress(files: list[Path]) -> Iterator[Callable[[int], None]]:
+    """A progress bar (with ETA when the files say how many rows) while rows are
+    validated; only on a terminal, gone when done."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    total: int | None = 0
+    for path in files:
+        try:
+            from presetdb.offline.importers import presetdb_results
+            from presetdb.offline.importers.detect import detect_format
+
+            if detect_format(path) != "presetdb":
+                total = None
+                break
+            total = (total or 0) + int(presetdb_results.read_header(path).get("_entry_count", 0))
+        except Exception:  # noqa: BLE001  (the import reports bad files; the bar just has no total)
+            total = None
+            break
+    progress = Progress(
+        TextColumn("validating rows"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=err_console, transient=True, disable=not err_console.is_terminal,
+    )
+    with progress:
+        task = progress.add_task("rows", total=total or None)
+        yield lambda n: progress.advance(task, n)
 
 
 def _print_rows(report: object) -> None:
@@ -207,6 +249,7 @@ def tune_cmd(
     """
     from presetdb.offline import tune as tuning
 
+    check_tune_device(device)
     if module:
         from presetdb.helion.registry import load_kernel_modules
 
@@ -242,6 +285,28 @@ def tune_cmd(
         raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def check_tune_device(device: str) -> None:
+    """Up front, before any shape: a device this machine can tune on (a CPU machine once
+    failed every shape with "Torch not compiled with CUDA enabled" and wrote an empty file)."""
+    import os
+
+    from presetdb.errors import TuneError
+
+    if device not in ("cuda", "cpu"):
+        raise typer.BadParameter(f"{plain(device)!r}: use cuda or cpu", param_hint="--device")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise TuneError(
+                "no CUDA GPU here (torch.cuda.is_available() is False): `presetdb tune` measures "
+                "configs on the GPU they are for. Run it on a GPU machine; for a CPU smoke run "
+                "use `TRITON_INTERPRET=1 presetdb tune ... --device cpu` (timings are not GPU timings)."
+            )
+    elif os.environ.get("TRITON_INTERPRET") != "1":
+        raise TuneError("--device cpu runs Helion kernels in Triton's interpreter: set TRITON_INTERPRET=1")
 
 
 def register(app: typer.Typer) -> None:
