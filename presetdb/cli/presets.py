@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from presetdb._text import quoted
 from presetdb.cli.common import (
     DbOption,
     ListFormat,
@@ -283,7 +284,7 @@ def _kernel_schema(picker: Any, kernel: str) -> dict[str, Any]:
             known |= {k.name for k in repo.list_kernels()}
     where = ", ".join(f"{layer.name} {layer.path}" for layer in picker.layers) or "no usable db"
     raise UnknownKernelError(
-        f"unknown kernel {kernel!r}; known kernels: {', '.join(sorted(known)) or '(none)'} "
+        f"unknown kernel {quoted(kernel)}; known kernels: {', '.join(sorted(known)) or '(none)'} "
         f"(searched: {where})"
     )
 
@@ -297,7 +298,7 @@ def _check_platform(picker: Any, platform: str) -> None:
                 return
             known |= {p.name for p in repo.list_platforms()}
     raise UnknownPlatformError(
-        f"unknown platform {platform!r}; known platforms: {', '.join(sorted(known)) or '(none)'}"
+        f"unknown platform {quoted(platform)}; known platforms: {', '.join(sorted(known)) or '(none)'}"
     )
 
 

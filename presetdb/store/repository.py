@@ -22,6 +22,7 @@ from typing import Any, Literal
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
 
+from presetdb._text import quoted
 from presetdb.errors import KeySpecError, UnknownKernelError, UnknownPlatformError
 from presetdb.keys import canonical_key, parse_key
 from presetdb.store.models import (
@@ -244,7 +245,7 @@ class Repository:
         if row is None:
             known = self.session.scalars(select(Kernel.name).order_by(Kernel.name)).all()
             raise UnknownKernelError(
-                f"unknown kernel {name!r}; this db has: {', '.join(known) or '(none)'}"
+                f"unknown kernel {quoted(name)}; this db has: {', '.join(known) or '(none)'}"
             )
         return _kernel_record(row)
 
@@ -266,7 +267,7 @@ class Repository:
         if row is None:
             known = self.session.scalars(select(Platform.name).order_by(Platform.name)).all()
             raise UnknownPlatformError(
-                f"unknown platform {name!r}; known platforms: {', '.join(known) or '(none)'}. "
+                f"unknown platform {quoted(name)}; known platforms: {', '.join(known) or '(none)'}. "
                 "Add it with `presetdb import` of results tuned on it."
             )
         return _platform_record(row)
