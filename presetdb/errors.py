@@ -92,7 +92,10 @@ class ImportValidationError(PresetDBError):
     """
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
-        self.problems = list(problems or [])
+        from presetdb._text import clip
+
+        # Each line capped: a problem quoting a 50 MB value must not carry it.
+        self.problems = [p if len(p) <= 900 else clip(p, 900) for p in problems or []]
         detail = "".join(f"\n  - {p}" for p in self.problems[:50])
         more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
         super().__init__(message + detail + more)

@@ -96,6 +96,17 @@ class RegisteredKernelChecker:
     def check_config(self, config: Mapping[str, Any], key: Mapping[str, Any] | None) -> dict[str, Any]:
         return dict(self.rk.validate_config(dict(config), dict(key) if key else None))
 
+    def default_config(self, key: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Helion's default config for the key: how many entries each list field needs."""
+        import torch
+
+        from presetdb.helion.args import validation_args
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        args = validation_args(self.rk.example_inputs, dict(key or {}), device)
+        kargs, _ = self.rk.adapt_args(args)
+        return dict(self.rk.shape_kernel.bind(kargs).config_spec.default_config().config)
+
     def key_from_features(self, features: Mapping[str, Any]) -> dict[str, Any]:
         args = args_from_features(features)
         values = self.key_spec.features(*args)
@@ -354,13 +365,22 @@ def _config(
     except Exception as exc:  # noqa: BLE001  (Helion raises its own types for bad configs)
         result.add(field_name, f"{type(exc).__name__}: {exc}")
         return None
-    # Helion pads a short list with defaults: a config tuned for another kernel version or
-    # cut short by hand would be served as something nobody measured.
+    # A list shorter than the kernel has loads, stores or loops (Helion pads or broadcasts
+    # it): tuned for another kernel version or cut by hand, never what was measured.
+    default_config = getattr(checker, "default_config", None)
+    needed: Mapping[str, Any] = normalized
+    if default_config is not None:
+        try:
+            needed = default_config(key)
+        except Exception:  # noqa: BLE001  (the check above passed: fall back to the normalized form)
+            needed = normalized
+    short = False
     for name, value in config.items():
-        full = normalized.get(name)
+        full = needed.get(name)
         if isinstance(value, list) and isinstance(full, list) and len(value) < len(full):
             result.add(f"{field_name}.{name}", f"{len(value)} entries; this kernel needs {len(full)}")
-    return None if result.problems else normalized
+            short = True
+    return None if short else normalized
 
 
 def config_value_problems(config: Mapping[str, Any]) -> list[str]:
