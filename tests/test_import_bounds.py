@@ -244,3 +244,29 @@ def test_tune_without_a_gpu_says_what_to_do(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1 and "TRITON_INTERPRET=1" in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ round trips
+
+
+def test_export_then_reimport_changes_nothing(tmp_path: Path, resolver: Any) -> None:
+    """Every active preset of a built db, exported as presetdb-results and as vLLM files,
+    re-imported into the same db: all unchanged (`"maxnreg": null` and configs this
+    machine's ConfigSpec would respell included); provenanced rows are never replaced."""
+    from import_fixtures import table_dump
+
+    from presetdb.offline.export import export
+
+    db = tmp_path / "built.db"
+    build_database(db)
+    pairs = [tuple(r) for r in run_sql(db, "SELECT kernel, platform FROM v_coverage WHERE active_presets > 0").rows]
+    files: dict[str, list[Path]] = {"presetdb": [], "vllm": []}
+    for kernel, platform in pairs:
+        for fmt in files:
+            files[fmt] += export(db, kernel, platform, fmt, tmp_path / fmt)  # type: ignore[arg-type]
+    before = table_dump(db)
+    for fmt, paths in files.items():
+        report = import_files(db, paths, resolver=resolver)
+        assert report.counts["unchanged"] > 100 and report.counts["added"] == 0, (fmt, report.summary())
+        assert report.counts["superseded"] == 0, (fmt, [r for r in report.rows if r.outcome != "unchanged"][:5])
+    assert table_dump(db) == before

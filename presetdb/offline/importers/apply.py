@@ -221,6 +221,7 @@ class _CheckedRow:
     key_text: str
     item: PresetInput
     sha: str
+    raw_config: Mapping[str, Any]  # as the file holds it, before Helion's normalization
 
 
 @dataclass
@@ -312,7 +313,7 @@ def _check_file(
             invalid(row_no, row.where, checker.name, key_text)
             continue
         sha = config_sha256(checked.item.config)
-        pending.rows.append(_CheckedRow(row_no, row.where, checker, key_text, checked.item, sha))
+        pending.rows.append(_CheckedRow(row_no, row.where, checker, key_text, checked.item, sha, row.config))
     if count == 0:
         report.add_file_problem(
             f"{parsed.name}: holds no entries; nothing to import (a tune run whose every shape "
@@ -332,7 +333,13 @@ def _write_file(
     run_id: int | None = None
     for row in pending.rows:
         current = repo.find_preset(row.checker.name, pending.platform, row.item.shape_key)
-        if current is not None and current.config_sha256 == row.sha:
+        if current is not None and (
+            current.config_sha256 == row.sha
+            or same_config(current.config, row.item.config)
+            # The file holds exactly the stored config; this machine's ConfigSpec would only
+            # respell it (e.g. CPU raises a GPU block size to its own minimum).
+            or same_config(current.config, row.raw_config)
+        ):
             _outcome(report, pending, row, "unchanged", on_row)
             continue
         if run_id is None:
@@ -343,6 +350,20 @@ def _write_file(
             report.run_ids.append(run_id)
         result = repo.upsert_preset(row.checker.name, pending.platform, run_id, row.item)
         _outcome(report, pending, row, result.outcome, on_row)
+
+
+def same_config(stored: Any, new: Mapping[str, Any]) -> bool:
+    """One config, whatever its spelling: an option set to null is the option left out
+    (Helion's normalization drops `"maxnreg": null`, which exports write back), so
+    re-importing an export, or a vLLM file of the same configs, changes nothing and never
+    replaces a provenanced row by one without provenance."""
+    if not isinstance(stored, Mapping):
+        return False
+
+    def meaning(config: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in config.items() if v is not None}
+
+    return meaning(stored) == meaning(new)
 
 
 def _aot_checker(resolver: Resolver, row_kernel: str | None, override: str | None) -> KernelChecker | None:
