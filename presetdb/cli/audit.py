@@ -193,11 +193,14 @@ def sql(
 
     path = db_path(db)
     limits = audits_mod.QueryLimits.from_env()
-    for name, value in (("seconds", timeout), ("max_rows", max_rows)):
-        if value is not None:
-            if value <= 0:
-                raise typer.BadParameter("must be > 0", param_hint=f"--{name.replace('_', '-')}")
-            limits = dataclasses.replace(limits, **{name: value})
+    if timeout is not None:
+        if timeout <= 0:
+            raise typer.BadParameter("must be > 0", param_hint="--timeout")
+        limits = dataclasses.replace(limits, seconds=timeout)
+    if max_rows is not None:
+        if max_rows <= 0:
+            raise typer.BadParameter("must be > 0", param_hint="--max-rows")
+        limits = dataclasses.replace(limits, max_rows=max_rows)
     if max_memory_mb is not None:
         if max_memory_mb <= 0:
             raise typer.BadParameter("must be > 0", param_hint="--max-memory-mb")

@@ -183,6 +183,7 @@ def new_migration(
         folder = Path(data_dir or Path.cwd() / migrate.DATA_DIR_NAME).expanduser().resolve()
         versions, seed_dir = folder / "versions", folder / "seed_data"
     else:
+        assert root is not None  # user is False
         root = Path(root).expanduser().resolve()
         versions, seed_dir = root / "migrations" / "versions", root / "seed_data"
         if not versions.is_dir() or not seed_dir.is_dir():

@@ -297,9 +297,9 @@ def _check_file(
         else:
             checker = file_checker
         if checker.name not in pending.kernels:
-            problem = _kernel_schema_problem(parsed, checker)
-            if problem:
-                report.add_file_problem(problem)
+            schema_problem = _kernel_schema_problem(parsed, checker)
+            if schema_problem:
+                report.add_file_problem(schema_problem)
             pending.kernels[checker.name] = checker
         source_hash = _source_hash(parsed, checker, report)
         checked = check_row(row, checker, source_hash=source_hash)
