@@ -270,3 +270,21 @@ def test_export_then_reimport_changes_nothing(tmp_path: Path, resolver: Any) -> 
         assert report.counts["unchanged"] > 100 and report.counts["added"] == 0, (fmt, report.summary())
         assert report.counts["superseded"] == 0, (fmt, [r for r in report.rows if r.outcome != "unchanged"][:5])
     assert table_dump(db) == before
+
+
+def test_a_helion_cache_entry_must_fit_the_key_given(fresh_db: Path, resolver: Any, tmp_path: Path) -> None:
+    """The sample entry was tuned for tensors of sizes (2+, 2+): --key num_tokens=1 (a
+    size-1 dimension, another specialization) is refused; the key it fits is imported."""
+    from import_fixtures import CACHE_KEY, current_best_config
+
+    entry = current_best_config(tmp_path)
+    before = sha256(fresh_db)
+    with pytest.raises(ImportValidationError) as info:
+        import_files(fresh_db, [entry], key={**CACHE_KEY, "num_tokens": 1}, resolver=resolver)
+    assert any("specialization key" in p and " key: " in p for p in info.value.problems), info.value.problems
+    assert sha256(fresh_db) == before
+    wrong_dtype = {**CACHE_KEY, "dtype": "float32"}
+    with pytest.raises(ImportValidationError, match="specialization key"):
+        import_files(fresh_db, [entry], key=wrong_dtype, resolver=resolver)
+    report = import_files(fresh_db, [entry], key=CACHE_KEY, resolver=resolver)
+    assert report.counts["added"] == 1

@@ -294,8 +294,9 @@ class Picker:
         if bad:
             shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
             warnings.warn(
-                f"presetdb: skipped {len(bad)} stored row(s) of {kernel} on {platform} that cannot "
-                f"be served ({shown}). `presetdb db check --db FILE` lists them all.",
+                f"presetdb: {len(bad)} stored key(s) of {kernel} on {platform} do not fit its key "
+                f"spec {list(spec.names)} or cannot be served; skipped: {shown}. `presetdb db check "
+                "--db FILE` lists them all.",
                 StoreWarning,
                 stacklevel=7,
             )
@@ -324,8 +325,8 @@ class Picker:
             if self.strict:
                 raise _layer_error(layer, f"reading {kernel} on {platform}", exc) from exc
             warnings.warn(
-                f"presetdb: could not read the presets of {kernel} on {platform} from {layer.name} "
-                f"db {layer.path}, serving from the next layer: {clip(exc)}",
+                f"presetdb: could not read {layer.name} db {layer.path} (presets of {kernel} on "
+                f"{platform}); serving from the next layer: {clip(exc)}",
                 StoreWarning,
                 stacklevel=5,
             )

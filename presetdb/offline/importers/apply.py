@@ -33,6 +33,7 @@ from presetdb.offline.importers.validate import (
     find_checker,
     problem_line,
     provenance_problems,
+    specialization_problem,
 )
 from presetdb.runtime.platforms import derive_platform_name
 from presetdb.store import migrate
@@ -303,6 +304,10 @@ def _check_file(
             pending.kernels[checker.name] = checker
         source_hash = _source_hash(parsed, checker, report)
         checked = check_row(row, checker, source_hash=source_hash)
+        if parsed.specialization_key and checked.key is not None:
+            mismatch = specialization_problem(parsed.specialization_key, checker, checked.key)
+            if mismatch:
+                checked.add("key", mismatch)
         key_text = canonical_key(checked.key) if checked.key is not None else ""
         if checked.key is not None:
             first = seen.setdefault((checker.name, key_text), row_no)

@@ -78,6 +78,7 @@ class ParsedFile:
     provenance: dict[str, Any] = field(default_factory=dict)
     rows: Iterator[Row] = field(default_factory=lambda: iter(()))
     warnings: list[str] = field(default_factory=list)
+    specialization_key: str | None = None  # Helion cache entries: what the entry was tuned for
 
     @property
     def source(self) -> str:

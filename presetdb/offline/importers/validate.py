@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import re
 import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -95,6 +96,17 @@ class RegisteredKernelChecker:
 
     def check_config(self, config: Mapping[str, Any], key: Mapping[str, Any] | None) -> dict[str, Any]:
         return dict(self.rk.validate_config(dict(config), dict(key) if key else None))
+
+    def tensor_buckets(self, key: Mapping[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+        """(dtype, sizes bucketed as Helion specializes them: 0, 1 or 2 for "2 or more")
+        of each tensor the kernel body gets for `key` (meta tensors: nothing allocated)."""
+        args = self.rk.example_inputs(dict(key), device="meta")
+        kargs, _ = self.rk.adapt_args(args)
+        return [
+            (str(a.dtype).removeprefix("torch."), tuple(min(int(d), 2) for d in a.shape))
+            for a in kargs
+            if hasattr(a, "dtype") and hasattr(a, "shape")
+        ]
 
     def default_config(self, key: Mapping[str, Any] | None) -> dict[str, Any]:
         """Helion's default config for the key: how many entries each list field needs."""
@@ -396,6 +408,32 @@ def config_value_problems(config: Mapping[str, Any]) -> list[str]:
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_BLOCK_SIZE:
                 problems.append(f"{name}[{i}]: {quoted(v)}; must be an integer from 1 to 2**20")
     return problems
+
+
+_SPEC_TENSOR = re.compile(r"\(torch\.(\w+), \(([0-9, ]*)\)")
+
+
+def specialization_problem(spec_key: str, checker: KernelChecker, key: Mapping[str, Any]) -> str | None:
+    """A Helion cache entry with --key: the entry's specialization key (dtypes and size
+    buckets of the tensors it was tuned for) must match what `key` gives, else the config
+    would be stored for shapes it was never tuned on (a (2, 2) entry under num_tokens=1)."""
+    buckets = getattr(checker, "tensor_buckets", None)
+    found = [
+        (dtype, tuple(int(x) for x in sizes.replace(" ", "").split(",") if x))
+        for dtype, sizes in _SPEC_TENSOR.findall(spec_key[:10_000])
+    ]
+    if buckets is None or not found:
+        return None
+    try:
+        wanted = buckets(key)
+    except Exception:  # noqa: BLE001  (the key check reports a key the kernel cannot take)
+        return None
+    if wanted != found:
+        return (
+            f"--key {canonical_key(key)} means tensors {wanted} (dtype, sizes bucketed 0/1/2+), but "
+            f"the entry was tuned for {found} (its specialization key); pass the key it was tuned for"
+        )
+    return None
 
 
 def find_checker(
