@@ -17,6 +17,9 @@ if connection is None:
 
 context.configure(
     connection=connection,
+    # A user's own data migrations (presetdb.store.migrate.data_config) keep their
+    # revision in a table of their own, so the package's schema revision stays known.
+    version_table=config.attributes.get("version_table", "alembic_version"),
     target_metadata=Base.metadata,
     render_as_batch=True,  # SQLite alters tables by copying them
     compare_type=True,

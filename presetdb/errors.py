@@ -1,5 +1,6 @@
-"""Exceptions. One root (`PresetDBError`); each subclass says what happened and the
-message says what to do about it."""
+"""Every exception and warning presetdb defines. One root for errors (`PresetDBError`),
+one for warnings (`PresetDBWarning`); each subclass says what happened and the message
+says what to do about it."""
 
 from __future__ import annotations
 
@@ -91,7 +92,10 @@ class ImportValidationError(PresetDBError):
     """
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
-        self.problems = list(problems or [])
+        from presetdb._text import clip
+
+        # Each line capped: a problem quoting a 50 MB value must not carry it.
+        self.problems = [p if len(p) <= 900 else clip(p, 900) for p in problems or []]
         detail = "".join(f"\n  - {p}" for p in self.problems[:50])
         more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
         super().__init__(message + detail + more)
@@ -105,10 +109,41 @@ class ReadOnlySQLError(PresetDBError):
     """`presetdb sql` was given a statement that could write or escape the file."""
 
 
+class QueryLimitError(ReadOnlySQLError):
+    """`presetdb sql` stopped a query at its time, row or memory limit."""
+
+
+class AuditError(PresetDBError):
+    """An audit or a query could not run (unknown audit, bad parameter, SQL error)."""
+
+
 class TuneError(PresetDBError):
     """A tune (or refine) run cannot start: bad shapes, a results file for another kernel,
-    platform or effort, ..."""
+    platform or effort, no GPU, ..."""
 
 
 class FarmError(TuneError):
     """The Ray executor cannot run: ray missing, no cluster, no GPU of the platform asked for."""
+
+
+# ---------------------------------------------------------------------- warnings
+
+
+class PresetDBWarning(UserWarning):
+    """Root of every warning presetdb issues."""
+
+
+class StoreWarning(PresetDBWarning):
+    """A preset store (or part of one) could not be used; presetdb carried on without it."""
+
+
+class PresetMissWarning(PresetDBWarning):
+    """No stored config served a call; Helion's default config ran instead."""
+
+
+class QuarantineWarning(PresetDBWarning):
+    """A stored config failed validation, compilation or launch and was quarantined."""
+
+
+class AutotuneWarning(PresetDBWarning):
+    """PRESETDB_ON_MISS=autotune could not search or store; the call carried on."""

@@ -117,21 +117,20 @@ class KeySpec:
     @classmethod
     def from_schema(cls, schema: Mapping[str, Any] | str) -> KeySpec:
         """Rebuild a spec (without extractors) from its stored JSON."""
-        data = json.loads(schema) if isinstance(schema, str) else schema
         try:
-            return cls(
-                tuple(
-                    KeyField(
-                        name=item["name"],
-                        policy=item["policy"],
-                        description=item.get("description", ""),
-                    )
-                    for item in data["fields"]
-                )
-            )
-        except (KeyError, TypeError) as exc:
+            data = json.loads(schema) if isinstance(schema, str) else schema
+            fields = []
+            for item in data["fields"]:
+                name, policy = item["name"], item["policy"]
+                if not isinstance(name, str) or not name:
+                    raise TypeError(f"field name {name!r} is not a non-empty string")
+                description = item.get("description", "")
+                fields.append(KeyField(name=name, policy=policy, description=str(description)))
+            return cls(tuple(fields))
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise KeySpecError(
-                f"key schema must look like {{'fields': [{{'name': ..., 'policy': ...}}]}}: {exc}"
+                "key schema must look like {'fields': [{'name': ..., 'policy': ...}]}: "
+                + str(exc)[:200]
             ) from None
 
     def check_key(self, key: Mapping[str, Any]) -> list[str]:
@@ -240,6 +239,8 @@ class KeyIndex(Generic[T]):
         for text, key, payload in entries:
             keys_append(text)
             if not key:
+                if not isinstance(key, Mapping):  # null, [], "", 0: not the default entry {}
+                    _refuse(spec, text, key)
                 self.default = (text, payload)
                 continue
             try:

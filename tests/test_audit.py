@@ -310,14 +310,14 @@ def test_cli_summary_and_params(example: Path) -> None:
             str(example),
             "-f",
             "json",
-            "-p",
+            "-P",
             "kernel=rms_norm",
-            "-p",
+            "-P",
             "platform=nvidia_h200",
         )
     )
     assert len(history) == 2
-    bad = CliRunner().invoke(app, ["audit", "coverage", "--db", str(example), "-p", "novalue"])
+    bad = CliRunner().invoke(app, ["audit", "coverage", "--db", str(example), "-P", "novalue"])
     assert bad.exit_code == 2 and "NAME=VALUE" in bad.output
 
 

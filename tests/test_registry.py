@@ -201,7 +201,7 @@ def test_cli_with_a_registry_url(registry_url: str, tmp_path: Path, monkeypatch:
     coverage = {(r["kernel"], r["platform"]): r for r in json.loads(result.output)}
     assert coverage[("rms_norm", "nvidia_h100")]["active_presets"] == 4
     assert coverage[("rms_norm", "nvidia_h100")]["has_default"] == 1
-    result = invoke("sql", "SELECT COUNT(*) AS n FROM presets WHERE status = :s", "-p", "s=active",
+    result = invoke("sql", "SELECT COUNT(*) AS n FROM presets WHERE status = :s", "-P", "s=active",
                     "--format", "json")
     assert result.exit_code == 0 and json.loads(result.output) == [{"n": 4}], result.output
     out = tmp_path / "exported"

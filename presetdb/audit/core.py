@@ -37,25 +37,20 @@ import json
 import re
 import sqlite3
 import tempfile
+import time
 import tokenize
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import quote
 
 from presetdb._util import write_atomic
-from presetdb.errors import NotADatabaseError, PresetDBError, ReadOnlySQLError
+from presetdb.errors import AuditError, NotADatabaseError, QueryLimitError, ReadOnlySQLError
 from presetdb.keys import canonical_key, parse_key
 from presetdb.store import migrate
-from presetdb.store.engine import Target, check_file, describe, engine_for, parse_target
+from presetdb.store.engine import Target, check_file, connect_sqlite, describe, engine_for, parse_target
 from presetdb.store.snapshot import sqlite_snapshot
-
-
-class AuditError(PresetDBError):
-    """An audit or a query could not run (unknown audit, bad parameter, SQL error)."""
-
 
 # ---------------------------------------------------------------- SQL text
 
@@ -274,8 +269,9 @@ class ReadOnlyDB:
         # (a -wal or -journal file next to the db) needs mode=ro to see its commits.
         live = any(Path(f"{self.path}{s}").exists() for s in ("-wal", "-journal"))
         self.mode = "ro" if live else "immutable"
-        uri = f"file:{quote(str(self.path.resolve()))}?" + ("mode=ro" if live else "immutable=1")
-        self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=10)
+        self.conn = connect_sqlite(
+            self.path, "ro" if live else "immutable", isolation_level=None, timeout=10
+        )
         try:
             self.conn.execute("PRAGMA query_only=ON")
         except sqlite3.DatabaseError as exc:
@@ -293,36 +289,88 @@ class ReadOnlyDB:
     def close(self) -> None:
         self.conn.close()
 
-    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
-        """Run one read-only statement. Anything else raises ReadOnlySQLError."""
+    def query(
+        self, sql: str, params: Mapping[str, Any] | None = None, limits: QueryLimits | None = None
+    ) -> QueryResult:
+        """Run one read-only statement. Anything else raises ReadOnlySQLError; a query
+        past `limits` raises QueryLimitError."""
         statement = check_read_only(sql)
         self._guard.denied.clear()
+        limits = limits or QueryLimits()
+        deadline = time.monotonic() + limits.seconds
+        timed_out = False
+
+        def over_time() -> int:
+            nonlocal timed_out
+            timed_out = time.monotonic() > deadline
+            return 1 if timed_out else 0  # nonzero: SQLite interrupts the statement
+
+        self.conn.set_progress_handler(over_time, 10_000)
         try:
             cursor = self.conn.execute(statement, dict(params or {}))
-            rows = cursor.fetchall()
+            rows: list[tuple[Any, ...]] = []
+            size = 0
+            while batch := cursor.fetchmany(1_000):
+                rows.extend(batch)
+                size += sum(_approx_bytes(v) for row in batch for v in row)
+                if len(rows) > limits.max_rows or size > limits.max_bytes:
+                    cursor.close()
+                    raise QueryLimitError(
+                        f"the query returned more than {limits.max_rows:,} rows or "
+                        f"{limits.max_bytes >> 20:,} MiB; add a LIMIT, or raise --max-rows / "
+                        "--max-memory-mb (PRESETDB_SQL_MAX_ROWS / PRESETDB_SQL_MAX_MEMORY_MB)"
+                    )
+        except sqlite3.OperationalError as exc:
+            if timed_out or "interrupted" in str(exc):
+                raise QueryLimitError(
+                    f"the query ran past {limits.seconds:g} s and was stopped; add a LIMIT or a "
+                    "WHERE, or raise --timeout (PRESETDB_SQL_TIMEOUT)"
+                ) from None
+            if "out of memory" in str(exc) or "NOMEM" in getattr(exc, "sqlite_errorname", ""):
+                raise QueryLimitError(
+                    f"the query needed more than {limits.max_bytes >> 20:,} MiB; narrow it or "
+                    "raise --max-memory-mb (PRESETDB_SQL_MAX_MEMORY_MB)"
+                ) from None
+            self._raise_clear(exc)
+            raise
         except sqlite3.DatabaseError as exc:
-            if self._guard.denied or "not authorized" in str(exc):
-                refused = ", ".join(dict.fromkeys(self._guard.denied)) or str(exc)
-                raise ReadOnlySQLError(
-                    f"refused: {refused}. `presetdb sql` and audits only read; "
-                    "write through `presetdb import` or a migration."
-                ) from None
-            if "not a database" in str(exc) or "malformed" in str(exc):
-                raise NotADatabaseError(
-                    f"{self.path}: corrupt or not a SQLite database ({exc})"
-                ) from None
-            if getattr(exc, "sqlite_errorname", "") == "SQLITE_READONLY_ROLLBACK":
-                raise AuditError(
-                    f"{self.path}: a write was interrupted and left a hot journal "
-                    f"({self.path.name}-journal); `presetdb sql` opens files read-only and will "
-                    "not roll it back. Open the file read-write once (e.g. `presetdb db upgrade "
-                    f"--db {self.path}`), or query a copy of the file with its journal."
-                ) from None
-            if "readonly" in str(exc) or "read-only" in str(exc):
-                raise ReadOnlySQLError(f"refused: {exc}; the file is opened read-only") from None
-            raise AuditError(f"{self.path}: SQL error: {exc}") from None
+            self._raise_clear(exc)
+            raise
+        finally:
+            self.conn.set_progress_handler(None, 0)
         columns = [d[0] for d in cursor.description or ()]
         return QueryResult(columns, [tuple(r) for r in rows])
+
+    def _raise_clear(self, exc: sqlite3.DatabaseError) -> None:
+        """Raise the presetdb error that explains `exc` (always raises)."""
+        if self._guard.denied or "not authorized" in str(exc):
+            refused = ", ".join(dict.fromkeys(self._guard.denied)) or str(exc)
+            raise ReadOnlySQLError(
+                f"refused: {refused}. `presetdb sql` and audits only read; "
+                "write through `presetdb import` or a migration."
+            ) from None
+        if "not a database" in str(exc) or "malformed" in str(exc):
+            raise NotADatabaseError(
+                f"{self.path}: corrupt or not a SQLite database ({exc})"
+            ) from None
+        if getattr(exc, "sqlite_errorname", "") == "SQLITE_READONLY_ROLLBACK":
+            raise AuditError(
+                f"{self.path}: a write was interrupted and left a hot journal "
+                f"({self.path.name}-journal); `presetdb sql` opens files read-only and will "
+                "not roll it back. Open the file read-write once (e.g. `presetdb db upgrade "
+                f"--db {self.path}`), or query a copy of the file with its journal."
+            ) from None
+        if "readonly" in str(exc) or "read-only" in str(exc):
+            raise ReadOnlySQLError(f"refused: {exc}; the file is opened read-only") from None
+        raise AuditError(f"{self.path}: SQL error: {exc}") from None
+
+    def set_heap_limit(self, nbytes: int) -> None:
+        """SQLite's own memory for this process's queries (sorts, temp b-trees)."""
+        self.conn.set_authorizer(None)
+        try:
+            self.conn.execute(f"PRAGMA hard_heap_limit={int(nbytes)}")  # sql: int
+        finally:
+            self.conn.set_authorizer(self._guard)
 
     def require_presetdb(self) -> str:
         """Refuse other applications' files and schemas this package cannot read."""
@@ -364,17 +412,57 @@ def check_read_only(sql: str) -> str:
     return statements[0]
 
 
-def run_sql(path: Path | str | Target, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
-    """`presetdb sql`: one read-only statement against any SQLite file or a registry."""
+@dataclass(frozen=True)
+class QueryLimits:
+    """What one `presetdb sql` query may take (a recursive CTE must not run forever, a
+    cross join must not fill the memory)."""
+
+    seconds: float = 30.0
+    max_rows: int = 100_000
+    max_bytes: int = 512 << 20
+
+    @classmethod
+    def from_env(cls) -> QueryLimits:
+        import os
+
+        def number(name: str, default: float) -> float:
+            raw = os.environ.get(name, "").strip()
+            try:
+                value = float(raw) if raw else default
+            except ValueError:
+                raise AuditError(f"{name}={raw!r}: expected a number") from None
+            if value <= 0:
+                raise AuditError(f"{name}={raw!r}: expected a number > 0")
+            return value
+
+        return cls(
+            seconds=number("PRESETDB_SQL_TIMEOUT", cls.seconds),
+            max_rows=int(number("PRESETDB_SQL_MAX_ROWS", cls.max_rows)),
+            max_bytes=int(number("PRESETDB_SQL_MAX_MEMORY_MB", cls.max_bytes >> 20)) << 20,
+        )
+
+
+def _approx_bytes(value: Any) -> int:
+    return len(value) if isinstance(value, (str, bytes)) else 16
+
+
+def run_sql(
+    path: Path | str | Target, sql: str, params: Mapping[str, Any] | None = None, limits: QueryLimits | None = None
+) -> QueryResult:
+    """`presetdb sql`: one read-only statement against any SQLite file, within `limits`
+    (default: QueryLimits.from_env()), or a registry (on the server, in a READ ONLY
+    transaction with the server's statement timeout)."""
     target = parse_target(path)
     if not isinstance(target, Path):
         return run_sql_registry(target, sql, params)
+    limits = limits or QueryLimits.from_env()
     with ReadOnlyDB(target) as db:
         given = dict(params or {})
         missing = [p for p in named_params(check_read_only(sql)) if p not in given]
         if missing:
             raise AuditError(f"the query needs --param for: {', '.join(missing)}")
-        return db.query(sql, given)
+        db.set_heap_limit(limits.max_bytes)
+        return db.query(sql, given, limits)
 
 
 # Server functions that act beyond reading the tables: sessions, locks, settings, files,

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from presetdb.cli import audit, build, db, imports, presets, refine, shapes
-from presetdb.cli.common import console, err_console
+from presetdb.cli.common import console, err_console, safe
 from presetdb.errors import PresetDBError
 
 app = typer.Typer(
@@ -25,10 +25,23 @@ for module in (db, presets, imports, build, audit, shapes, refine):
 
 def main() -> None:
     """Entry point: PresetDBError becomes one clear line and exit code 1, not a traceback."""
+    import sqlite3
+
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         app()
     except PresetDBError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        err_console.print(f"[bold red]error:[/] {safe(exc, limit=20_000)}", highlight=False)
+        sys.exit(1)
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        # The store maps these to errors naming the file; this is the last net, so a
+        # user never gets a traceback from a database they pointed at.
+        err_console.print(
+            f"[bold red]error:[/] database error: {safe(exc, limit=2_000)}. "
+            "`presetdb db check --db PATH` reports damage.",
+            highlight=False,
+        )
         sys.exit(1)
 
 

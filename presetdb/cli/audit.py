@@ -18,9 +18,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from presetdb._text import quoted
 from presetdb.audit import core as audits_mod
 from presetdb.audit.core import AuditError, QueryResult, ReadOnlyDB
-from presetdb.cli.common import DbOption, console, db_label, db_path
+from presetdb.cli.common import DbOption, console, db_label, db_path, safe
 from presetdb.store.engine import parse_target
 from presetdb.store.snapshot import sqlite_snapshot
 
@@ -36,7 +37,9 @@ FormatOption = Annotated[
 ]
 ParamOption = Annotated[
     list[str] | None,
-    typer.Option("--param", "-p", help="A query parameter as NAME=VALUE (repeatable)."),
+    typer.Option(
+        "--param", "-P", help="A query parameter as NAME=VALUE (repeatable; -p is --platform elsewhere)."
+    ),
 ]
 
 
@@ -46,7 +49,7 @@ def parse_params(items: Sequence[str] | None) -> dict[str, str]:
         name, sep, value = item.partition("=")
         name = name.strip().lstrip(":")
         if not sep or not name:
-            raise typer.BadParameter(f"--param {item!r}: use NAME=VALUE, e.g. kernel=rms_norm")
+            raise typer.BadParameter(f"--param {quoted(item)}: use NAME=VALUE, e.g. kernel=rms_norm")
         params[name] = value
     return params
 
@@ -55,7 +58,7 @@ def parse_params(items: Sequence[str] | None) -> dict[str, str]:
 
 
 def _cell(value: Any) -> str:
-    return "NULL" if value is None else str(value)
+    return "NULL" if value is None else safe(value)
 
 
 def emit(
@@ -74,9 +77,12 @@ def emit(
         writer.writerow(columns)
         writer.writerows(["" if v is None else v for v in row] for row in rows)
     else:
-        table = Table(title=title, caption=caption)
+        table = Table(
+            title=None if title is None else safe(title),
+            caption=None if caption is None else safe(caption),
+        )
         for column in columns:
-            table.add_column(column, overflow="fold")
+            table.add_column(safe(column), overflow="fold")
         for row in rows:
             table.add_row(*(_cell(v) for v in row))
         console.print(table)
@@ -123,12 +129,12 @@ def audit(
     """
     if datasette_metadata is not None:
         audits_mod.write_json(datasette_metadata, audits_mod.datasette_metadata(database_name))
-        console.print(f"wrote {datasette_metadata} ({len(audits_mod.audits())} canned queries)")
+        console.print(f"wrote {safe(datasette_metadata)} ({len(audits_mod.audits())} canned queries)")
         return
     if fail_on_rows and name is None:
         raise typer.BadParameter("--fail-on-rows needs an audit NAME")
     if check_source and name not in (None, "stale"):
-        raise typer.BadParameter(f"--check-source applies to `stale`, not {name!r}")
+        raise typer.BadParameter(f"--check-source applies to `stale`, not {quoted(name)}")
     params: dict[str, Any] = parse_params(param)
     if check_source:
         params["source_hashes"] = audits_mod.current_source_hashes()
@@ -142,7 +148,7 @@ def audit(
                 ["audit", "rows", "highlight", "title"],
                 [(r.audit, r.rows, r.highlight, r.title) for r in rows],
                 fmt,
-                title=f"audits of {escape(db_label(path))}",
+                title=f"audits of {db_label(path)}",
                 caption="details: presetdb audit NAME",
             )
             return
@@ -164,16 +170,48 @@ def sql(
     db: DbOption = None,
     fmt: FormatOption = OutputFormat.table,
     param: ParamOption = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Stop the query after this many seconds (default 30; PRESETDB_SQL_TIMEOUT).", show_default=False),
+    ] = None,
+    max_rows: Annotated[
+        int | None,
+        typer.Option("--max-rows", help="Refuse more rows than this (default 100,000; PRESETDB_SQL_MAX_ROWS).", show_default=False),
+    ] = None,
+    max_memory_mb: Annotated[
+        int | None,
+        typer.Option(
+            "--max-memory-mb",
+            help="Memory for SQLite and the fetched rows (default 512; PRESETDB_SQL_MAX_MEMORY_MB).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run one read-only SQL statement. Writes, ATTACH, writing pragmas and chained
-    statements are refused; the file is opened read-only and never changes. On a registry
-    URL the statement runs on the server (PostgreSQL SQL) in a READ ONLY transaction.
+    statements are refused; the file is opened read-only and never changes. A query is
+    stopped at a time, row and memory limit (configurable) with a clear message. On a
+    registry URL the statement runs on the server (PostgreSQL SQL) in a READ ONLY transaction.
 
     Example: presetdb sql "SELECT kernel, platform, active_presets FROM v_coverage" --db presets.db
     """
+    import dataclasses
+
     path = db_path(db)
-    result = audits_mod.run_sql(path, query, parse_params(param))
-    emit(result.columns, result.rows, fmt, caption=f"{len(result.rows)} row(s) from {escape(db_label(path))}")
+    limits = audits_mod.QueryLimits.from_env()
+    if timeout is not None:
+        if timeout <= 0:
+            raise typer.BadParameter("must be > 0", param_hint="--timeout")
+        limits = dataclasses.replace(limits, seconds=timeout)
+    if max_rows is not None:
+        if max_rows <= 0:
+            raise typer.BadParameter("must be > 0", param_hint="--max-rows")
+        limits = dataclasses.replace(limits, max_rows=max_rows)
+    if max_memory_mb is not None:
+        if max_memory_mb <= 0:
+            raise typer.BadParameter("must be > 0", param_hint="--max-memory-mb")
+        limits = dataclasses.replace(limits, max_bytes=max_memory_mb << 20)
+    result = audits_mod.run_sql(path, query, parse_params(param), limits)
+    emit(result.columns, result.rows, fmt, caption=f"{len(result.rows)} row(s) from {db_label(path)}")
 
 
 def diff(
@@ -204,7 +242,7 @@ def diff(
                        "new_revs": list(result.new_revs), "summary": counts, "pairs": pairs}
             typer.echo(json.dumps(payload, indent=2))
             return
-        emit(columns, [[p[c] for c in columns] for p in pairs], fmt, title=f"{escape(old)} -> {escape(new)}", caption=revs)
+        emit(columns, [[p[c] for c in columns] for p in pairs], fmt, title=f"{old} -> {new}", caption=revs)
         return
     if fmt is OutputFormat.json:
         payload = {
@@ -230,7 +268,7 @@ def diff(
         columns,
         [[r[c] for c in columns] for r in records],
         fmt,
-        title=f"{escape(old)} -> {escape(new)}",
+        title=f"{old} -> {new}",
         caption=summary,
     )
 

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from presetdb.cli.common import console
+from presetdb.cli.common import console, plain, safe
 
 
 def build(
@@ -27,9 +26,19 @@ def build(
             show_default=False,
         ),
     ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Your data migrations (from `presetdb new-migration`), applied after the "
+            "package's. Default: ./presetdb-data when it exists.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Build the shippable db from the packaged migrations (schema + seed data), or with
-    --from from a team's registry.
+    """Build the shippable db from the packaged migrations (schema + seed data) and your
+    own data migrations (./presetdb-data, or --data-dir), or with --from from a team's
+    registry.
 
     The file is compacted with VACUUM INTO (rollback journal, ready to open immutable),
     replaced atomically, and described by OUT.manifest.json. --embedded writes the
@@ -38,22 +47,36 @@ def build(
     Example: presetdb build --out dist/presets.db --from postgresql+psycopg://tuner@dbhost/presets
     """
     from presetdb.offline.build import build_database, build_embedded
+    from presetdb.store.migrate import DATA_DIR_NAME
 
     if (out is None) == (not embedded):
         raise typer.BadParameter("give --out PATH or --embedded (one of them)", param_hint="--out")
-    if embedded and source is not None:
-        raise typer.BadParameter("--embedded builds from the packaged migrations only", param_hint="--from")
-    manifest = build_embedded() if embedded else build_database(out, source=source)  # type: ignore[arg-type]
-    table = Table(title=f"built {manifest.path}", show_header=False)
+    if embedded and (source is not None or data_dir is not None):
+        raise typer.BadParameter("--embedded builds from the packaged migrations only", param_hint="--embedded")
+    if not embedded and source is None and data_dir is None and (Path.cwd() / DATA_DIR_NAME).is_dir():
+        data_dir = Path.cwd() / DATA_DIR_NAME
+    if data_dir is not None and not (data_dir / "versions").is_dir():
+        raise typer.BadParameter(
+            f"{plain(data_dir)}: no versions/ folder; make one with `presetdb new-migration FILE -m MSG`",
+            param_hint="--data-dir",
+        )
+    if embedded:
+        manifest = build_embedded()
+    else:
+        assert out is not None
+        manifest = build_database(out, source=source, data_dir=data_dir)
+    table = Table(title=f"built {safe(manifest.path)}", show_header=False)
     table.add_row("sha256", manifest.sha256)
     table.add_row("content digest", manifest.content_digest)
     table.add_row("head revision", manifest.head_revision)
-    table.add_row("built from", escape(manifest.source))
+    table.add_row("built from", safe(manifest.source))
+    if manifest.data_revision is not None:
+        table.add_row("your data revision", f"{safe(manifest.data_revision)} (from {safe(data_dir)})")
     table.add_row("bytes", f"{manifest.bytes:,}")
     for name, count in manifest.counts.items():
-        table.add_row(f"presets {name}", str(count))
+        table.add_row(f"presets {safe(name)}", str(count))
     console.print(table)
-    console.print(f"manifest: {manifest.path}.manifest.json")
+    console.print(f"manifest: {safe(manifest.path)}.manifest.json", highlight=False)
 
 
 def demo(

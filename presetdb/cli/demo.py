@@ -22,6 +22,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from presetdb.cli.common import safe
+
 # Wide enough for the table when output is not a terminal (CI logs, `make run | tee`).
 console = Console(width=None if Console().is_terminal else 170)
 
@@ -88,7 +90,7 @@ def run_demo(*, force_interpret: bool = False) -> int:
         os.environ.setdefault("PRESETDB_PLATFORM", "nvidia_h100")
         console.print(
             "[bold yellow]No GPU in use:[/] running the "
-            f"{os.environ['PRESETDB_PLATFORM']} presets in the Triton interpreter (CPU). "
+            f"{safe(os.environ['PRESETDB_PLATFORM'])} presets in the Triton interpreter (CPU). "
             "Configs are chosen and compiled exactly as on the GPU; timings are not shown."
         )
     import presetdb.kernels  # noqa: F401  (registers torch.ops.presetdb.*)
@@ -99,10 +101,14 @@ def run_demo(*, force_interpret: bool = False) -> int:
     picker = get_picker()
     device = "cuda" if on_gpu else "cpu"
     console.print(
-        f"platform [bold]{picker.platform}[/] (device {picker.info.device.device_name!r}, "
-        f"resolved by {picker.info.how}); fallback chain {' -> '.join(picker.chain)}"
+        f"platform [bold]{safe(picker.platform)}[/] (device {safe(repr(picker.info.device.device_name))}, "
+        f"resolved by {picker.info.how}); fallback chain {safe(' -> '.join(picker.chain))}",
+        highlight=False,
     )
-    console.print("layers: " + ", ".join(f"{layer.name}={layer.path}" for layer in picker.layers))
+    console.print(
+        "layers: " + safe(", ".join(f"{layer.name}={layer.path}" for layer in picker.layers)),
+        highlight=False,
+    )
     failures = 0
     for name, cases in CASES.items():
         rk = get_kernel(name)
@@ -173,7 +179,8 @@ def _print_table(name: str, rows: list[Row], on_gpu: bool) -> None:
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
-            r.case, r.shape, r.chosen.replace("bfloat16", "bf16"), r.match, r.config, r.provenance, f"{r.max_err:.2e}",
+            safe(r.case), safe(r.shape), safe(r.chosen.replace("bfloat16", "bf16")), safe(r.match),
+            safe(r.config), safe(r.provenance), f"{r.max_err:.2e}",
             "[green]yes[/]" if r.ok else "[red]NO[/]", r.times,
         )
     console.print(table)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -9,18 +11,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from presetdb.cli.common import DbOption, console, db_path, err_console
+from presetdb.cli.common import DbOption, console, db_path, err_console, plain, safe, warn_if_served
 from presetdb.errors import KeySpecError
 from presetdb.keys import parse_key
 
 # Rows printed by a dry run before "... and N more".
 MAX_PRINTED_ROWS = 200
-_CONTROL = dict.fromkeys(c for c in range(32) if c not in (9, 10))
-
-
-def safe(text: object) -> str:
-    """File and db text for Rich: control characters dropped, markup escaped."""
-    return escape(str(text).translate(_CONTROL))
 
 
 def import_cmd(
@@ -31,7 +27,16 @@ def import_cmd(
             show_default=False,
         ),
     ],
-    db: DbOption = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help="Database to import into: a file or a registry URL (postgresql+psycopg://USER@HOST/DB). "
+            "Default: $PRESETDB_REGISTRY, else $PRESETDB_PATH; required without them "
+            "(the embedded default db is never written).",
+            show_default=False,
+        ),
+    ] = None,
     fmt: Annotated[
         str, typer.Option("--format", help="auto | presetdb | vllm | helion-cache | helion-aot")
     ] = "auto",
@@ -76,18 +81,23 @@ def import_cmd(
         try:
             shape_key = parse_key(key)
         except KeySpecError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--key") from None
-    report = import_files(
-        db_path(db, for_write=True),
-        files,
-        fmt=fmt,
-        platform=platform,
-        kernel=kernel,
-        key=shape_key,
-        dry_run=dry_run,
-        key_policies=parse_key_policies(key_policy or []),
-        source_rev=source_rev,
-    )
+            raise typer.BadParameter(plain(exc), param_hint="--key") from None
+    target = db_path(db, for_write=True)
+    if not dry_run and isinstance(target, Path):
+        warn_if_served(target)
+    with _row_progress(files) as advance:
+        report = import_files(
+            target,
+            files,
+            fmt=fmt,
+            platform=platform,
+            kernel=kernel,
+            key=shape_key,
+            dry_run=dry_run,
+            key_policies=parse_key_policies(key_policy or []),
+            source_rev=source_rev,
+            on_checked=advance,
+        )
     for warning in report.warnings:
         err_console.print(f"[yellow]warning:[/] {safe(warning)}", highlight=False)
     if dry_run:
@@ -104,13 +114,50 @@ def import_cmd(
         raise typer.Exit(1)
 
 
+@contextmanager
+def _row_progress(files: list[Path]) -> Iterator[Callable[[int], None]]:
+    """A progress bar (with ETA when the files say how many rows) while rows are
+    validated; only on a terminal, gone when done."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    total: int | None = 0
+    for path in files:
+        try:
+            from presetdb.offline.importers import presetdb_results
+            from presetdb.offline.importers.detect import detect_format
+
+            if detect_format(path) != "presetdb":
+                total = None
+                break
+            total = (total or 0) + int(presetdb_results.read_header(path).get("_entry_count", 0))
+        except Exception:  # noqa: BLE001  (the import reports bad files; the bar just has no total)
+            total = None
+            break
+    progress = Progress(
+        TextColumn("validating rows"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TimeRemainingColumn(), console=err_console, transient=True, disable=not err_console.is_terminal,
+    )
+    with progress:
+        task = progress.add_task("rows", total=total or None)
+        yield lambda n: progress.advance(task, n)
+
+
 def _print_rows(report: object) -> None:
     rows = getattr(report, "rows", [])
     table = Table(title="dry run: what an import would do")
     for col in ("file", "row", "kernel", "platform", "shape key", "outcome"):
         table.add_column(col, overflow="fold")
     for r in rows[:MAX_PRINTED_ROWS]:
-        table.add_row(*(safe(v) for v in (r.file, str(r.row), r.kernel, r.platform, r.shape_key, r.outcome)))
+        table.add_row(
+            safe(r.file), str(r.row), safe(r.kernel), safe(r.platform), safe(r.shape_key), safe(r.outcome)
+        )
     console.print(table)
     if len(rows) > MAX_PRINTED_ROWS:
         console.print(f"... and {len(rows) - MAX_PRINTED_ROWS} more row(s)")
@@ -202,24 +249,40 @@ def verify_cmd(
 def new_migration_cmd(
     files: Annotated[list[Path], typer.Argument(help="presetdb-results/1 files.", show_default=False)],
     message: Annotated[str, typer.Option("--message", "-m", help="What the data is.", show_default=False)],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Your project's data folder (versions/ + seed_data/). Default: ./presetdb-data.",
+            show_default=False,
+        ),
+    ] = None,
     root: Annotated[
         Path | None,
-        typer.Option("--root", help="Source tree with migrations/ and seed_data/ (default: this checkout)."),
+        typer.Option(
+            "--root",
+            help="For presetdb's developers: presetdb's own source tree (migrations/ and "
+            "seed_data/) instead of your data folder.",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
-    """Validate results files, copy them into seed_data/ and write a data migration pinning them.
+    """Validate results files, copy them into your data folder and write a data migration pinning them.
 
-    Writes migrations/versions/NNNN_data_<slug>.py after the current head. It pins each file's sha256 and loads it with the frozen loader presetdb.store.seedload.v1; its downgrade removes exactly the rows it added.
+    Writes presetdb-data/versions/uNNNN_data_<slug>.py (and copies the files to presetdb-data/seed_data/) in your project, never into the installed package. It pins each file's sha256 and loads it with the frozen loader presetdb.store.seedload.v1; its downgrade removes exactly the rows it added. `presetdb build` applies it after the package's migrations; its revision is kept in its own table, so any presetdb with the same schema opens the built file.
 
     Example: presetdb new-migration rms_norm_h100.json -m "rms_norm on H100"
     """
     from presetdb.offline.new_migration import new_migration
 
-    made = new_migration(files, message, root=root)
+    made = new_migration(files, message, root=root, data_dir=data_dir)
     for name, sha in made.seed_files.items():
         state = "already in seed_data/" if name in made.reused else "copied to seed_data/"
-        console.print(f"{name}: {state} (sha256 {sha[:16]}...)")
-    console.print(f"wrote {made.path} (revision {made.revision}, after {made.down_revision})")
+        console.print(f"{safe(name)}: {state} (sha256 {sha[:16]}...)", highlight=False)
+    console.print(
+        f"wrote {safe(made.path)} (revision {made.revision}, after {made.down_revision or 'base'})",
+        highlight=False,
+    )
 
 
 def tune_cmd(
@@ -317,6 +380,7 @@ def tune_cmd(
     from presetdb.offline import farm
     from presetdb.offline import tune as tuning
 
+    check_tune_device(device)
     if module:
         from presetdb.helion.registry import load_kernel_modules
 
@@ -368,7 +432,7 @@ def tune_cmd(
         err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     console.print(
-        f"{escape(str(summary.path))}: {summary.done} tuned, {summary.skipped} already there, "
+        f"{safe(summary.path)}: {summary.done} tuned, {summary.skipped} already there, "
         f"{len(summary.failed)} failed, of {summary.total} shape(s)"
     )
     if summary.interrupted:
@@ -376,6 +440,28 @@ def tune_cmd(
         raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def check_tune_device(device: str) -> None:
+    """Up front, before any shape: a device this machine can tune on (a CPU machine once
+    failed every shape with "Torch not compiled with CUDA enabled" and wrote an empty file)."""
+    import os
+
+    from presetdb.errors import TuneError
+
+    if device not in ("cuda", "cpu"):
+        raise typer.BadParameter(f"{plain(device)!r}: use cuda or cpu", param_hint="--device")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise TuneError(
+                "no CUDA GPU here (torch.cuda.is_available() is False): `presetdb tune` measures "
+                "configs on the GPU they are for. Run it on a GPU machine; for a CPU smoke run "
+                "use `TRITON_INTERPRET=1 presetdb tune ... --device cpu` (timings are not GPU timings)."
+            )
+    elif os.environ.get("TRITON_INTERPRET") != "1":
+        raise TuneError("--device cpu runs Helion kernels in Triton's interpreter: set TRITON_INTERPRET=1")
 
 
 def register(app: typer.Typer) -> None:

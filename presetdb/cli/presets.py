@@ -16,7 +16,17 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from presetdb.cli.common import DbOption, console, db_path
+from presetdb._text import quoted
+from presetdb.cli.common import (
+    DbOption,
+    ListFormat,
+    ListFormatOption,
+    console,
+    db_path,
+    echo,
+    plain,
+    safe,
+)
 from presetdb.errors import KeySpecError, UnknownKernelError, UnknownPlatformError
 from presetdb.keys import KeySpec, KeyValue, parse_key
 from presetdb.runtime.verification import refusal
@@ -31,30 +41,38 @@ def list_presets(
     platform: Annotated[
         str | None, typer.Option("--platform", "-p", help="Only this platform.")
     ] = None,
+    fmt: ListFormatOption = ListFormat.table,
 ) -> None:
     """List active presets (kernel, platform, shape key, latency, provenance).
 
-    Example: presetdb list --kernel rms_norm --platform nvidia_h100
+    Example: presetdb list --kernel rms_norm --platform nvidia_h100 --format json
     """
     store = migrate.open_store(db_path(db), "ro")
-    with store.read() as session:
-        repo = Repository(session)
-        if kernel is not None:
-            repo.get_kernel(kernel)  # unknown names get the list of known ones
-        if platform is not None:
-            repo.get_platform(platform)
-        rows = [
-            p
-            for p in repo.all_presets()
-            if (kernel is None or p.kernel == kernel) and (platform is None or p.platform == platform)
-        ]
-    table = Table(title=f"{len(rows)} active preset(s) in {escape(store.label)}")
+    try:
+        with store.read() as session:
+            repo = Repository(session)
+            if kernel is not None:
+                repo.get_kernel(kernel)  # unknown names get the list of known ones
+            if platform is not None:
+                repo.get_platform(platform)
+            rows = [
+                p
+                for p in repo.all_presets()
+                if (kernel is None or p.kernel == kernel) and (platform is None or p.platform == platform)
+            ]
+    finally:
+        store.dispose()
+    if fmt is ListFormat.json:
+        typer.echo(json.dumps([_preset_json(p, store.label) for p in rows], indent=2))
+        return
+    table = Table(title=f"{len(rows)} active preset(s) in {safe(store.label)}")
     for col in ("id", "kernel", "platform", "shape key", "latency ms", "default ms", "torch ms", "source", "tuned at", "verified"):
         table.add_column(col, overflow="fold")
     for p in rows:
         table.add_row(
-            str(p.id), p.kernel, p.platform, p.shape_key, _ms(p.latency_ms), _ms(p.default_ms),
-            _ms(p.reference_ms), p.source, (p.tuned_at or "")[:19], "yes" if p.verified else "UNVERIFIED",
+            str(p.id), safe(p.kernel), safe(p.platform), safe(p.shape_key), _ms(p.latency_ms),
+            _ms(p.default_ms), _ms(p.reference_ms), safe(p.source), safe((p.tuned_at or "")[:19]),
+            "yes" if p.verified else "UNVERIFIED",
         )
     console.print(table)
     unverified = sum(not p.verified for p in rows)
@@ -63,38 +81,71 @@ def list_presets(
             f"{unverified} unverified row(s): imported for kernels no registered module provided; "
             "served only once the kernel is registered (`presetdb verify --module MODULE`)"
         )
-    store.dispose()
+
+
+def _preset_json(p: Any, path: Path | str, layer: str | None = None) -> dict[str, Any]:
+    """A preset as JSON for scripts: the record's fields, the config parsed where it can
+    be, and the file (and layer) it came from."""
+    record = {f.name: getattr(p, f.name) for f in dataclasses.fields(p)}
+    try:
+        record["config"] = json.loads(p.config_json)
+    except ValueError:
+        record["config"] = None
+    record["db"] = str(path)
+    if layer is not None:
+        record["layer"] = layer
+    return record
 
 
 def show(
     preset_id: Annotated[int, typer.Argument(help="Preset id (from `presetdb list`).")],
     db: DbOption = None,
+    fmt: ListFormatOption = ListFormat.table,
 ) -> None:
     """Show one preset: its config, timings, runners-up, provenance and history.
 
     Example: presetdb show 12 --db presets.db
     """
     store = migrate.open_store(db_path(db), "ro")
-    with store.read() as session:
-        repo = Repository(session)
-        try:
-            preset = repo.get_preset(preset_id)
-        except LookupError:
-            store.dispose()
-            raise typer.BadParameter(
-                f"no preset with id {preset_id} in {store.label}; `presetdb list` shows the ids",
-                param_hint="PRESET_ID",
-            ) from None
-        run = repo.get_run(preset.run_id)
-        candidates = repo.candidates(preset_id)
-        history = repo.history(preset.kernel, preset.platform, preset.shape_key)
-    state = preset.status if preset.verified else f"{preset.status}, UNVERIFIED: kernel not registered at import, config syntax checked only"
+    try:
+        with store.read() as session:
+            repo = Repository(session)
+            try:
+                preset = repo.get_preset(preset_id)
+            except LookupError:
+                raise typer.BadParameter(
+                    f"no preset with id {preset_id} in {plain(store.label)}; `presetdb list` shows the ids",
+                    param_hint="PRESET_ID",
+                ) from None
+            run = repo.get_run(preset.run_id)
+            candidates = repo.candidates(preset_id)
+            try:
+                history = repo.history(preset.kernel, preset.platform, preset.shape_key)
+            except KeySpecError:  # a malformed stored key: show the row, not its history
+                history = [preset]
+    finally:
+        store.dispose()
+    if fmt is ListFormat.json:
+        record = _preset_json(preset, store.label)
+        record["run"] = vars(run)
+        record["candidates"] = [vars(c) for c in candidates]
+        record["history"] = [h.id for h in history]
+        typer.echo(json.dumps(record, indent=2))
+        return
+    state = safe(preset.status) if preset.verified else (
+        f"{safe(preset.status)}, UNVERIFIED: kernel not registered at import, config syntax checked only"
+    )
     console.print(
-        f"[bold]preset {preset.id}[/]: {escape(preset.kernel)} on {escape(preset.platform)}, "
-        f"key {escape(preset.shape_key)} ({state})",
+        f"[bold]preset {preset.id}[/] in {safe(store.label)}: {safe(preset.kernel)} on "
+        f"{safe(preset.platform)}, key {safe(preset.shape_key)} ({state})",
         highlight=False,
     )
-    console.print_json(json.dumps(preset.config))
+    # Indented like print_json, but escaped: print_json reads `[null,null]` as markup.
+    try:
+        config_text = json.dumps(json.loads(preset.config_json), indent=2)
+    except ValueError:  # not JSON (a damaged row): shown as stored
+        config_text = preset.config_json
+    console.print(safe(config_text, limit=20_000), highlight=False)
     console.print(
         f"latency {_ms(preset.latency_ms)} ms | Helion default {_ms(preset.default_ms)} ms | "
         f"PyTorch {_ms(preset.reference_ms)} ms | configs tried {preset.configs_tried or '-'} | "
@@ -114,23 +165,25 @@ def show(
     prov = Table(title=f"provenance (tuning run {run.id})", show_header=False)
     for name, value in vars(run).items():
         if value not in (None, ""):
-            prov.add_row(name, str(value))
+            prov.add_row(name, safe(value))
     console.print(prov)
     if candidates:
         cand = Table(title="runners-up")
         for col in ("rank", "latency ms", "config"):
             cand.add_column(col, overflow="fold")
         for c in candidates:
-            cand.add_row(str(c.rank), _ms(c.latency_ms), c.config_json)
+            cand.add_row(str(c.rank), _ms(c.latency_ms), safe(c.config_json))
         console.print(cand)
     if len(history) > 1:
         hist = Table(title="history of this key")
         for col in ("id", "status", "config sha256", "latency ms", "source", "revision", "created"):
             hist.add_column(col)
         for h in history:
-            hist.add_row(str(h.id), h.status, h.config_sha256[:12], _ms(h.latency_ms), h.source, h.revision or "", h.created_at[:19])
+            hist.add_row(
+                str(h.id), safe(h.status), safe(h.config_sha256[:12]), _ms(h.latency_ms),
+                safe(h.source), safe(h.revision or ""), safe(h.created_at[:19]),
+            )
         console.print(hist)
-    store.dispose()
 
 
 def _ms(value: float | None) -> str:
@@ -166,6 +219,7 @@ def pick(
             "default). Default: the run-time layers: user overlay > $PRESETDB_PATH > embedded default.",
         ),
     ] = None,
+    fmt: ListFormatOption = ListFormat.table,
 ) -> None:
     """Which stored config a call would get, and why: match kind, per-field distances,
     fallbacks used, layer, then the config with its timings and provenance.
@@ -176,7 +230,7 @@ def pick(
     try:
         wanted = parse_key(shape)
     except KeySpecError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--shape") from None
+        raise typer.BadParameter(plain(exc), param_hint="--shape") from None
     picker = _picker_for(db, platform)
     try:
         spec = KeySpec.from_schema(_kernel_schema(picker, kernel))
@@ -190,17 +244,29 @@ def pick(
             raise typer.Exit(1)
         if choice is None:
             nearest = picker.nearest_keys(kernel, spec, features, limit=5)
-            typer.echo(
+            if fmt is ListFormat.json:
+                typer.echo(json.dumps({"match": None, "nearest": nearest, "chain": list(picker.chain)}, indent=2))
+                raise typer.Exit(1)
+            echo(
                 f"no match: {head}: no stored key fits (platforms tried: "
                 f"{' > '.join(picker.chain)}) and no default entry ({{}}).",
                 err=True,
             )
-            typer.echo(
+            echo(
                 "nearest stored keys: " + ("; ".join(nearest) if nearest else
                 f"none: {kernel} has no presets on these platforms"),
                 err=True,
             )
             raise typer.Exit(1)
+        if fmt is ListFormat.json:
+            layer = next(layer for layer in picker.layers if layer.name == choice.layer)
+            record = _preset_json(choice.preset, layer.path, choice.layer)
+            record.update(
+                match=choice.match, kind=choice.kind, distances=choice.distances,
+                requested_platform=choice.requested_platform, chain=list(picker.chain),
+            )
+            typer.echo(json.dumps(record, indent=2))
+            return
         _print_choice(picker, choice, spec, features, head)
     finally:
         picker.close()
@@ -254,7 +320,7 @@ def _kernel_schema(picker: Any, kernel: str) -> dict[str, Any]:
             known |= {k.name for k in repo.list_kernels()}
     where = ", ".join(f"{layer.name} {layer.path}" for layer in picker.layers) or "no usable db"
     raise UnknownKernelError(
-        f"unknown kernel {kernel!r}; known kernels: {', '.join(sorted(known)) or '(none)'} "
+        f"unknown kernel {quoted(kernel)}; known kernels: {', '.join(sorted(known)) or '(none)'} "
         f"(searched: {where})"
     )
 
@@ -268,7 +334,7 @@ def _check_platform(picker: Any, platform: str) -> None:
                 return
             known |= {p.name for p in repo.list_platforms()}
     raise UnknownPlatformError(
-        f"unknown platform {platform!r}; known platforms: {', '.join(sorted(known)) or '(none)'}"
+        f"unknown platform {quoted(platform)}; known platforms: {', '.join(sorted(known)) or '(none)'}"
     )
 
 
@@ -285,7 +351,7 @@ def _features(kernel: str, spec: KeySpec, wanted: dict[str, KeyValue]) -> tuple[
         problems = spec.check_key(wanted)
     if problems:
         raise typer.BadParameter(
-            f"{'; '.join(problems)}. {kernel}'s key spec expects the fields: {fields}",
+            plain(f"{'; '.join(problems)}. {kernel}'s key spec expects the fields: {fields}"),
             param_hint="--shape",
         )
     return tuple(wanted[n] for n in spec.names)
@@ -296,7 +362,6 @@ def _print_choice(picker: Any, choice: Any, spec: KeySpec, features: tuple[KeyVa
     layer = next(layer for layer in picker.layers if layer.name == choice.layer)
     with layer.store.read() as session:
         run = Repository(session).get_run(preset.run_id)
-    echo = typer.echo
     echo(head)
     echo(f"chosen:     preset {preset.id}, key {preset.shape_key}, platform {choice.platform}")
     echo(f"why:        {choice.describe()}")
@@ -408,7 +473,6 @@ def show_platform(
         "alias": f"the device string {device.device_name!r} is an alias in the db",
         "derived": f"derived from the device string {device.device_name!r} (no db knows it as an alias)",
     }[info.how]
-    echo = typer.echo
     echo(f"platform:            {info.platform}")
     echo(f"resolved by:         {how}")
     echo(f"device:              {device.device_name} (vendor {device.vendor})")

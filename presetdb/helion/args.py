@@ -8,6 +8,22 @@ from typing import Any
 
 from presetdb.keys import KeyField, KeyValue, Policy
 
+# Validating a stored config binds the kernel to example inputs of the key's size; above
+# this many bytes they are meta tensors (shape and dtype, no storage), so a hostile key
+# (65536 x 65536) costs nothing. Helion specializes on shapes and dtypes, not values.
+MAX_VALIDATION_BYTES = 64 << 20
+
+
+def validation_args(example_inputs: Callable[..., Any], key: dict[str, Any], device: str) -> tuple[Any, ...]:
+    """Example inputs for validating a config against `key`: real ones on `device` when
+    small, else meta tensors. On a CPU-only machine always meta: nothing to run there."""
+    meta = example_inputs(key, device="meta")
+    nbytes = sum(a.numel() * a.element_size() for a in meta if hasattr(a, "element_size"))
+    if device == "cpu" or nbytes > MAX_VALIDATION_BYTES:
+        return tuple(meta)
+    return tuple(example_inputs(key, device=device))
+
+
 # adapt(*args) -> (kernel args, restore or None): reshapes a call for the kernel body.
 Adapter = Callable[..., tuple[tuple[Any, ...], Callable[[Any], Any] | None]]
 

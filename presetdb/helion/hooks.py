@@ -30,7 +30,12 @@ import helion.exc
 from helion.autotuner.base_search import BaseAutotuner
 
 from presetdb._util import utc_now
-from presetdb.errors import PresetMissError
+from presetdb.errors import (  # the warnings are re-exported: their old import path
+    AutotuneWarning,
+    PresetMissError,
+    PresetMissWarning,
+    QuarantineWarning,
+)
 from presetdb.helion import autotune
 from presetdb.helion._accel import internals
 from presetdb.keys import KeyValue, canonical_key
@@ -44,16 +49,6 @@ DEFAULT_TOKEN = "default"  # the token of Helion's default config
 NOTHING: Any = object()  # default_output: the default config could not run the call either
 
 
-class PresetMissWarning(UserWarning):
-    """No stored config served a call; Helion's default config ran instead."""
-
-
-class QuarantineWarning(UserWarning):
-    """A stored config failed validation, compilation or launch and was quarantined."""
-
-
-class AutotuneWarning(UserWarning):
-    """PRESETDB_ON_MISS=autotune could not search or store; the call carried on."""
 
 
 @dataclass(frozen=True, slots=True)

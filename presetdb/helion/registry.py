@@ -25,7 +25,7 @@ from presetdb.errors import InvalidConfigError, KernelRegistrationError, Unknown
 from presetdb.helion import call, hooks, interpreter, ops
 from presetdb.helion._accel import internals
 from presetdb.helion._accel.dispatch import Entry, RunnerCache, runner_launcher
-from presetdb.helion.args import Adapter, flatten_leading, key_fields
+from presetdb.helion.args import Adapter, flatten_leading, key_fields, validation_args
 from presetdb.helion.memo import CallMemo
 from presetdb.keys import KeySpec, KeyValue, canonical_key
 from presetdb.runtime.picker import Choice, get_picker
@@ -249,7 +249,7 @@ class RegisteredKernel:
         current accelerator (CPU without one; CPU cannot check GPU-only options)."""
         key = dict(shape_key or {})
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        args = self.example_inputs(key, device=device)
+        args = validation_args(self.example_inputs, key, device)  # meta when large: bounded memory
         kargs, _ = self.adapt_args(args)
         problems = _value_problems(config)
         if problems:

@@ -31,6 +31,9 @@ def pick_dtype(shape_key: dict[str, Any], dtype: torch.dtype | str | None) -> to
 
 
 def randn(shape: tuple[int, ...], dtype: torch.dtype, device: str | torch.device, seed: int) -> torch.Tensor:
-    """Deterministic random input (never zeros), generated in float32 then cast."""
+    """Deterministic random input (never zeros), generated in float32 then cast. On the
+    meta device: shape and dtype only, nothing allocated (import validation)."""
+    if torch.device(device).type == "meta":
+        return torch.empty(shape, dtype=dtype, device="meta")
     gen = torch.Generator(device="cpu").manual_seed(seed)
     return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dtype)

@@ -24,7 +24,7 @@ from pathlib import Path
 from presetdb import __version__
 from presetdb.offline.importers.records import file_sha256, write_atomic
 from presetdb.store import migrate
-from presetdb.store.engine import Target, describe, parse_target
+from presetdb.store.engine import Target, connect_sqlite, describe, parse_target
 from presetdb.store.snapshot import copy_to_sqlite
 
 # Columns stamped with the wall clock at import time: excluded from the content digest.
@@ -37,6 +37,7 @@ class Manifest:
     sha256: str
     content_digest: str
     head_revision: str
+    data_revision: str | None  # the user data folder's revision (presetdb_data_version), if any
     presetdb_version: str
     bytes: int
     counts: dict[str, int]  # "kernel/platform" -> active presets
@@ -51,7 +52,7 @@ class Manifest:
 def content_digest(path: Path) -> str:
     """sha256 over every table's rows (sorted), volatile timestamp columns left out."""
     digest = hashlib.sha256()
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = connect_sqlite(path, "ro")
     try:
         tables = [
             r[0]
@@ -78,7 +79,7 @@ def content_digest(path: Path) -> str:
 
 
 def active_counts(path: Path) -> dict[str, int]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = connect_sqlite(path, "ro")
     try:
         rows = conn.execute(
             "SELECT kernel || '/' || platform, active_presets FROM v_coverage ORDER BY 1"
@@ -89,7 +90,7 @@ def active_counts(path: Path) -> dict[str, int]:
 
 
 def unverified_counts(path: Path) -> dict[str, int]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = connect_sqlite(path, "ro")
     try:
         rows = conn.execute(
             "SELECT kernel || '/' || platform, COUNT(*) FROM v_active_presets "
@@ -102,16 +103,19 @@ def unverified_counts(path: Path) -> dict[str, int]:
     return {k: int(v) for k, v in rows}
 
 
-def build_database(out: Path, *, target: str = "head", source: Path | str | Target | None = None) -> Manifest:
-    """Build `out` from the packaged migrations, or from `source` (a registry URL or a
-    SQLite file, which must be at this package's schema); replaces `out` atomically."""
+def build_database(
+    out: Path, *, target: str = "head", source: Path | str | Target | None = None, data_dir: Path | None = None
+) -> Manifest:
+    """Build `out` from the packaged migrations, then the user data folder's (`data_dir`,
+    see `presetdb.offline.new_migration`), or from `source` (a registry URL or a SQLite
+    file, which must be at this package's schema); replaces `out` atomically."""
     out = Path(out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     origin = None if source is None else parse_target(source)
     with tempfile.TemporaryDirectory(prefix="presetdb-build-", dir=out.parent) as tmp:
         work = Path(tmp) / "work.db"
         if origin is None:
-            migrate.upgrade(work, target, seed_data=True)
+            migrate.upgrade(work, target, seed_data=True, data_dir=data_dir)
         else:
             copy_to_sqlite(origin, work)
         compact = Path(tmp) / "compact.db"
@@ -135,6 +139,7 @@ def build_database(out: Path, *, target: str = "head", source: Path | str | Targ
         sha256=file_sha256(out),
         content_digest=content_digest(out),
         head_revision=migrate.revision_of(out) or "base",
+        data_revision=migrate.data_revision_of(out),
         presetdb_version=__version__,
         bytes=out.stat().st_size,
         counts=active_counts(out),

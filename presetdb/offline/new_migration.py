@@ -5,6 +5,15 @@ schema-only database), copied into ``seed_data/`` under their own names, and a r
 ``NNNN_data_<slug>.py`` is written after the current head. It pins each file's sha256 and
 calls the frozen loader `presetdb.store.seedload.v1`, so the migration keeps meaning the same
 rows for as long as it exists.
+
+Where it goes:
+
+- a user's project (the default): a data folder, ``./presetdb-data`` or ``--data-dir``,
+  holding ``versions/`` and ``seed_data/``. Its revisions (``u0001``, ``u0002``, ...)
+  form their own chain, recorded in ``presetdb_data_version``; ``presetdb build``
+  applies them after the package's migrations. The installed package is never written.
+- presetdb's own source tree (``--root``, for presetdb's developers): the package's
+  ``migrations/versions`` and ``seed_data/``.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ LOADER = "v1"
 class NewMigration:
     path: Path
     revision: str
-    down_revision: str
+    down_revision: str | None
     seed_files: dict[str, str]  # name -> sha256
     reused: tuple[str, ...]  # seed files that were already there, byte for byte
 
@@ -58,13 +67,16 @@ def read_revisions(versions: Path) -> dict[str, str | None]:
     return found
 
 
-def head_and_next(versions: Path) -> tuple[str, str]:
+def head_and_next(versions: Path, prefix: str = "") -> tuple[str | None, str]:
+    """(current head, next revision id); a user's empty data folder has no head yet."""
     revisions = read_revisions(versions)
     heads = set(revisions) - {d for d in revisions.values() if d}
+    if prefix and not revisions:
+        return None, f"{prefix}0001"
     if len(heads) != 1:
         raise PresetDBError(f"{versions}: expected one head revision, found {sorted(heads) or 'none'}")
-    numbers = [int(r) for r in revisions if r.isdigit()]
-    return heads.pop(), f"{max(numbers, default=0) + 1:04d}"
+    numbers = [int(r.removeprefix(prefix)) for r in revisions if r.removeprefix(prefix).isdigit()]
+    return heads.pop(), f"{prefix}{max(numbers, default=0) + 1:04d}"
 
 
 def slug(message: str) -> str:
@@ -86,6 +98,12 @@ def check_files(files: list[Path], resolver: Resolver | None = None) -> None:
                 "other formats with `presetdb import FILE --db tmp.db` then `presetdb export "
                 "--db tmp.db --kernel K --platform P --format presetdb --out DIR`."
             )
+        if not presetdb_results.read_header(path).get("_entry_count"):
+            raise ImportValidationError(
+                f"{path.name}: holds no entries, so there is nothing to migrate (a tune run whose "
+                "every shape failed writes such a file: see its output, e.g. `presetdb tune` "
+                "needs a GPU or `--device cpu` with TRITON_INTERPRET=1)"
+            )
     names = [p.name for p in files]
     if len(set(names)) != len(names):
         raise ImportValidationError(f"seed files need distinct names (seed_data/ is flat): {names}")
@@ -95,24 +113,40 @@ def check_files(files: list[Path], resolver: Resolver | None = None) -> None:
         import_files(db, files, fmt="presetdb", resolver=resolver)
 
 
-def render(revision: str, down: str, message: str, seed: dict[str, str], notes: dict[str, str]) -> str:
+USER_PREFIX = "u"
+
+
+def render(
+    revision: str, down: str | None, message: str, seed: dict[str, str], notes: dict[str, str],
+    *, user: bool = False,
+) -> str:
     doc_message = message.replace("\\", "\\\\").replace('"""', "'''")
     listing = "\n".join(f"- {name}: {notes.get(name, '')}".rstrip(": ") for name in seed)
     pins = "\n".join(f"    {name!r}: {sha!r}," for name, sha in seed.items())
     created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    if user:
+        where = "a user data migration (presetdb-data/seed_data/, revision kept in presetdb_data_version)"
+        imports = "from pathlib import Path\n\nfrom presetdb.store.seedload import " + LOADER
+        seed_dir = '\n# The seed files sit next to this folder, in the data folder\'s seed_data/.\nSEED_DIR = Path(__file__).resolve().parent.parent / "seed_data"\n'
+        call = f"{LOADER}.upgrade(revision, SEED_FILES, seed_dir=str(SEED_DIR))"
+    else:
+        where = "seed_data/"
+        imports = f"from presetdb.store.seedload import {LOADER}"
+        seed_dir = ""
+        call = f"{LOADER}.upgrade(revision, SEED_FILES)"
     return f'''"""data: {doc_message}
 
 Revision ID: {revision}
 Revises: {down}
 Create Date: {created}
 
-Seed files (seed_data/), pinned by sha256; a changed file fails the upgrade:
+Seed files ({where}), pinned by sha256; a changed file fails the upgrade:
 {listing}
 """
 
 from __future__ import annotations
 
-from presetdb.store.seedload import {LOADER}
+{imports}
 
 revision = {revision!r}
 down_revision = {down!r}
@@ -123,10 +157,10 @@ presetdb_kind = "data"
 SEED_FILES = {{
 {pins}
 }}
-
+{seed_dir}
 
 def upgrade() -> None:
-    {LOADER}.upgrade(revision, SEED_FILES)
+    {call}
 
 
 def downgrade() -> None:
@@ -139,19 +173,32 @@ def new_migration(
     message: str,
     *,
     root: Path | None = None,
+    data_dir: Path | None = None,
     resolver: Resolver | None = None,
 ) -> NewMigration:
-    root = (root or default_root()).resolve()
-    versions, seed_dir = root / "migrations" / "versions", root / "seed_data"
-    if not versions.is_dir() or not seed_dir.is_dir():
-        raise PresetDBError(
-            f"{root}: not a presetdb source tree (needs migrations/versions/ and seed_data/); pass --root"
-        )
+    """A data migration for `files`: in the user's data folder (`data_dir`, default
+    ./presetdb-data), or with `root` in presetdb's own source tree."""
+    user = root is None
+    if user:
+        folder = Path(data_dir or Path.cwd() / migrate.DATA_DIR_NAME).expanduser().resolve()
+        versions, seed_dir = folder / "versions", folder / "seed_data"
+    else:
+        assert root is not None  # user is False
+        root = Path(root).expanduser().resolve()
+        versions, seed_dir = root / "migrations" / "versions", root / "seed_data"
+        if not versions.is_dir() or not seed_dir.is_dir():
+            raise PresetDBError(
+                f"{root}: not a presetdb source tree (needs migrations/versions/ and seed_data/); "
+                "to ship your own presets, leave out --root (the data goes to ./presetdb-data)"
+            )
     if not message.strip():
         raise PresetDBError("give the migration a message with -m, e.g. -m 'rms_norm on H100'")
     files = [Path(f) for f in files]
     check_files(files, resolver)
-    down, revision = head_and_next(versions)
+    if user:
+        versions.mkdir(parents=True, exist_ok=True)
+        seed_dir.mkdir(parents=True, exist_ok=True)
+    down, revision = head_and_next(versions, USER_PREFIX if user else "")
     # Refuse before copying anything: a different file under the same name is pinned
     # by an earlier migration and must never change.
     for path in files:
@@ -176,5 +223,5 @@ def new_migration(
             f"{header['kernel']['name']} on {header['platform']}, {header.get('_entry_count', 0)} entries"
         )
     script = versions / f"{revision}_data_{slug(message)}.py"
-    script.write_text(render(revision, down, message, seed, notes), encoding="utf-8")
+    script.write_text(render(revision, down, message, seed, notes, user=user), encoding="utf-8")
     return NewMigration(script, revision, down, seed, tuple(reused))

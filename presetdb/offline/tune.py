@@ -42,7 +42,7 @@ from typing import Any
 from rich.console import Console
 
 from presetdb import __version__
-from presetdb.errors import TuneError
+from presetdb.errors import TuneError  # re-exported: its old import path
 from presetdb.helion.autotune import build_search, capture_provenance, machine_provenance, plain_kernel, utc_now
 from presetdb.keys import KeyIndex, canonical_key, parse_key
 from presetdb.offline.farm import (

@@ -18,15 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from presetdb.errors import PresetDBError, SchemaTooOldError
+from presetdb.errors import PresetDBError, SchemaTooOldError, SettingsError, StoreWarning
 from presetdb.settings import Settings
 from presetdb.store import migrate
 from presetdb.store.default_db import default_db_path
 from presetdb.store.engine import Store
-
-
-class StoreWarning(UserWarning):
-    """A preset store could not be used; presetdb carried on without it."""
 
 
 @dataclass
@@ -39,6 +35,15 @@ class Layer:
     def path(self) -> Path | str:
         """The file, or a registry's URL (password hidden) for `presetdb pick --db URL`."""
         return self.store.path if self.store.path is not None else self.store.label
+
+
+def same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+        return a.expanduser().resolve() == b.expanduser().resolve()
+    except OSError:
+        return False
 
 
 def _warn(message: str) -> None:
@@ -84,7 +89,20 @@ def open_layers(settings: Settings) -> tuple[list[Layer], Path | None]:
     strict = settings.on_miss == "strict"
     layers: list[Layer] = []
     writer: Path | None = None
-    if not settings.disable_overlay:
+    overlay_on = not settings.disable_overlay
+    if overlay_on and settings.db_path is not None and same_file(settings.user_db_path, settings.db_path):
+        # The deployment file is served immutable by every process: writing the ledger
+        # into it would corrupt what they read. Never the same file.
+        message = (
+            f"PRESETDB_USER_DB and PRESETDB_PATH are the same file ({settings.db_path}); the "
+            "deployment db is never written: point PRESETDB_USER_DB at another file (or set "
+            "PRESETDB_DISABLE_OVERLAY=1)"
+        )
+        if strict:
+            raise SettingsError(message)
+        _warn(f"presetdb: {message}; running without a user overlay")
+        overlay_on = False
+    if overlay_on:
         overlay, writer = open_overlay(settings.user_db_path, strict=strict)
         if overlay is not None:
             layers.append(overlay)

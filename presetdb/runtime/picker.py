@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import threading
 import time
 import warnings
@@ -33,11 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from presetdb.errors import PresetDBError
+from presetdb._text import clip, quoted
+from presetdb.errors import StoreError, StoreWarning
 from presetdb.keys import KeyIndex, KeySpec, KeyValue
-from presetdb.runtime.layers import Layer, StoreWarning, open_layers
+from presetdb.runtime.layers import Layer, open_layers
 from presetdb.runtime.ledger import Ledger
-from presetdb.runtime.platforms import DeviceInfo, PlatformInfo, resolve_platform
+from presetdb.runtime.platforms import DeviceInfo, PlatformInfo, detect_device, resolve_platform
 from presetdb.settings import Settings
 from presetdb.store import migrate
 from presetdb.store.repository import (
@@ -107,18 +109,20 @@ class Picker:
     `overlay` is the user overlay's path, written by this picker's ledger (None: none)."""
 
     def __init__(
-        self, layers: list[Layer], overlay: Path | None, platform: PlatformInfo, settings: Settings | None = None
+        self, layers: list[Layer], overlay: Path | None, platform: PlatformInfo, settings: Settings | None = None,
+        *, strict: bool = False,
     ) -> None:
         self.layers = layers
         self.settings = settings or Settings.from_env()
         self.info = platform
         self.ledger = Ledger(overlay, on_written=self._overlay_written)
+        self.strict = strict  # a layer failing to read raises (PRESETDB_ON_MISS=strict) instead of warning
         self._lock = threading.RLock()
         self._indexes: dict[str, _KernelIndex] = {}
         self._memo: dict[tuple[str, tuple[KeyValue, ...]], Choice | None] = {}
         self._epoch = object()  # replaced with the memo on every invalidation; see epoch()
         self._watch = [layer for layer in layers if layer.mutable]
-        self._versions = {id(layer): layer.store.data_version() for layer in self._watch}
+        self._versions = {id(layer): _data_version(layer) for layer in self._watch}
         self._next_check = time.monotonic() + RECHECK_SECONDS
         self._quarantined: set[tuple[str, str, str, str]] = set()  # in memory, always honoured
         self.loads = 0  # index builds, for tests and benchmarks
@@ -228,45 +232,79 @@ class Picker:
     def _load_platform(
         self, kernel: str, spec: KeySpec, platform: str, sources: dict[tuple[str, str], PresetRows]
     ) -> KeyIndex[_Payload] | None:
-        # shape key -> (layer name, row); the first layer wins a key
-        merged: dict[str, _Payload] = {}
+        layers: list[tuple[Layer, PresetRows]] = []
         for layer in self.layers:
             rows = self._load(layer, kernel, platform)
-            if rows is None:
-                continue
-            sources[(platform, layer.name)] = rows
-            skip = {(key, sha) for k, p, key, sha in self._quarantined if (k, p) == (kernel, platform)}
-            name = layer.name
+            if rows is not None:
+                sources[(platform, layer.name)] = rows
+                layers.append((layer, rows))
+        skip = {(key, sha) for k, p, key, sha in self._quarantined if (k, p) == (kernel, platform)}
+        try:
+            return self._index_fast(spec, layers, skip)
+        except Exception:  # noqa: BLE001  (some stored row does not fit: sort them out one by one)
+            return self._index_checked(kernel, spec, platform, layers, skip)
+
+    @staticmethod
+    def _index_fast(
+        spec: KeySpec, layers: list[tuple[Layer, PresetRows]], skip: set[tuple[str, str]]
+    ) -> KeyIndex[_Payload] | None:
+        """Every row at once (10,000 presets load in milliseconds); raises when any row
+        does not fit, and `_index_checked` takes over."""
+        merged: dict[str, _Payload] = {}  # shape key -> (layer name, row); the first layer wins
+        for layer, rows in layers:
+            name, runs = layer.name, rows.runs
             for row in rows.rows:
                 key = row[PresetRows.SHAPE_KEY]
                 if key in merged or (skip and (key, row[PresetRows.CONFIG_SHA256]) in skip):
                     continue
+                if row[PresetRows.CONFIG_JSON][:1] != "{" or row[PresetRows.RUN_ID] not in runs:
+                    raise ValueError("a row the checked path must look at")
                 merged[key] = (name, row)
         if not merged:
             return None
         texts = list(merged)
-        try:
-            # Stored keys are canonical JSON: parsed in one call, not re-encoded.
-            keys = json.loads("[" + ",".join(texts) + "]")
-            try:
-                return KeyIndex.from_canonical(spec, zip(texts, keys, merged.values(), strict=True))
-            except PresetDBError as exc:
-                # Some rows do not fit the spec: serve the others, say which were dropped.
-                entries = list(zip(texts, keys, merged.values(), strict=True))
-                good = [e for e in entries if _fits(spec, e[1])]
-                warnings.warn(
-                    f"presetdb: {len(entries) - len(good)} stored key(s) of {kernel} on {platform} "
-                    f"do not fit its key spec {list(spec.names)}; ignoring them: {exc}",
-                    StoreWarning,
-                    stacklevel=6,
-                )
-                return KeyIndex.from_canonical(spec, good) if good else None
-        except (PresetDBError, ValueError) as exc:
+        # Stored keys are canonical JSON: parsed in one call, not re-encoded.
+        keys = json.loads("[" + ",".join(texts) + "]")
+        return KeyIndex.from_canonical(spec, zip(texts, keys, merged.values(), strict=True))
+
+    def _index_checked(
+        self, kernel: str, spec: KeySpec, platform: str, layers: list[tuple[Layer, PresetRows]],
+        skip: set[tuple[str, str]],
+    ) -> KeyIndex[_Payload] | None:
+        """Row by row: a row that cannot be served (a key of the wrong shape, a config that
+        is not an object, a missing tuning run) is skipped and reported, so a lower layer's
+        row for the same key still serves."""
+        merged: dict[str, tuple[dict[str, Any], _Payload]] = {}
+        bad: list[str] = []
+        for layer, rows in layers:
+            for row in rows.rows:
+                text = row[PresetRows.SHAPE_KEY]
+                if text in merged or (skip and (text, row[PresetRows.CONFIG_SHA256]) in skip):
+                    continue
+                problem, key = _row_problem(spec, rows, row)
+                if problem is not None:
+                    bad.append(f"preset {row[0]} in {layer.name} db {layer.path}: {problem}")
+                    continue
+                merged[text] = (key, (layer.name, row))
+        if bad:
+            shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
             warnings.warn(
-                f"presetdb: stored keys of {kernel} on {platform} cannot be read; ignoring "
-                f"them: {exc}",
+                f"presetdb: {len(bad)} stored key(s) of {kernel} on {platform} do not fit its key "
+                f"spec {list(spec.names)} or cannot be served; skipped: {shown}. `presetdb db check "
+                "--db FILE` lists them all.",
                 StoreWarning,
-                stacklevel=6,
+                stacklevel=7,
+            )
+        if not merged:
+            return None
+        try:
+            return KeyIndex.from_canonical(spec, ((t, k, p) for t, (k, p) in merged.items()))
+        except Exception as exc:  # noqa: BLE001  (never expected after the row checks; never fatal)
+            warnings.warn(
+                f"presetdb: stored keys of {kernel} on {platform} cannot be indexed; ignoring "
+                f"them: {clip(exc)}",
+                StoreWarning,
+                stacklevel=7,
             )
             return None
 
@@ -278,9 +316,14 @@ class Picker:
                 if layer.name == "overlay":
                     self._quarantined |= _quarantined_in(session, kernel, platform)
                 return rows
-        except Exception as exc:  # noqa: BLE001  (a layer failing mid-flight must not fail the call)
+        except Exception as exc:  # a layer failing mid-flight must not fail the call
+            if self.strict:
+                raise _layer_error(layer, f"reading {kernel} on {platform}", exc) from exc
             warnings.warn(
-                f"presetdb: could not read {layer.name} db {layer.path}: {exc}", StoreWarning, stacklevel=5
+                f"presetdb: could not read {layer.name} db {layer.path} (presets of {kernel} on "
+                f"{platform}); serving from the next layer: {clip(exc)}",
+                StoreWarning,
+                stacklevel=5,
             )
             return None
 
@@ -398,11 +441,45 @@ class Picker:
             layer.store.dispose()
 
 
-def _fits(spec: KeySpec, key: Any) -> bool:
+def _row_problem(spec: KeySpec, rows: PresetRows, row: tuple[Any, ...]) -> tuple[str | None, dict[str, Any]]:
+    """(why this stored row cannot be served, or None; its parsed key)."""
+    text = row[PresetRows.SHAPE_KEY]
     try:
-        return isinstance(key, dict) and not spec.check_key(key)
+        key = json.loads(text)
+    except (TypeError, ValueError):
+        return f"shape key {quoted(text)} is not JSON", {}
+    if not isinstance(key, dict):
+        return f"shape key {quoted(text)} is not a JSON object", {}
+    for name, value in key.items():
+        if not isinstance(value, (str, int, float, bool)) or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            return f"shape key field {quoted(name)} holds {quoted(value)}, not a string or number", {}
+    try:
+        problems = spec.check_key(key)
     except OverflowError:
-        return False
+        problems = ["a number is too large"]
+    if problems:
+        return f"shape key {quoted(text)}: {'; '.join(problems)}", {}
+    config = row[PresetRows.CONFIG_JSON]
+    if not isinstance(config, str) or config[:1] != "{":
+        return f"config {quoted(config)} is not a JSON object", {}
+    if row[PresetRows.RUN_ID] not in rows.runs:
+        return f"its tuning run {row[PresetRows.RUN_ID]!r} is missing", {}
+    return None, key
+
+
+def _layer_error(layer: Layer, doing: str, exc: BaseException) -> StoreError:
+    if isinstance(exc, StoreError):
+        return exc
+    return StoreError(f"{layer.path}: the {layer.name} db failed while {doing}: {clip(exc)}")
+
+
+def _data_version(layer: Layer) -> int | None:
+    try:
+        return layer.store.data_version()
+    except Exception:  # noqa: BLE001  (unreadable now: looked at again on the next check)
+        return None
 
 
 @contextmanager
@@ -453,13 +530,50 @@ _picker_lock = threading.Lock()
 
 
 def build_picker(settings: Settings | None = None, *, device: DeviceInfo | None = None) -> Picker:
-    """A picker over the layers `settings` name; `device` skips detecting the device."""
+    """A picker over the layers `settings` name; `device` skips detecting the device.
+
+    A layer whose platform tables (platforms, aliases, fallbacks) cannot be read is left
+    out with one warning naming its file, and the next layer serves; strict mode
+    (PRESETDB_ON_MISS=strict) raises a `StoreError` naming it instead."""
     settings = settings or Settings.from_env()
-    layers, overlay = open_layers(settings)
-    with ExitStack() as stack:
-        repos = [Repository(stack.enter_context(layer.store.read())) for layer in layers]
-        info = resolve_platform(repos, override=settings.platform, device=device)
-    return Picker(layers, overlay, info, settings)
+    strict = settings.on_miss == "strict"
+    layers, writer = open_layers(settings)
+    device = device or detect_device()
+    usable: list[Layer] = []
+    for layer in layers:
+        try:
+            with layer.store.read() as session:
+                resolve_platform([Repository(session)], override=settings.platform, device=device)
+        except Exception as exc:  # a damaged layer must not fail every call
+            error = _layer_error(layer, "resolving the platform", exc)
+            if strict:
+                for other in layers:
+                    other.store.dispose()
+                raise error from exc
+            warnings.warn(
+                f"presetdb: {layer.name} db {layer.path} cannot be read (platforms, aliases or "
+                f"fallbacks); continuing without it: {clip(exc)}",
+                StoreWarning,
+                stacklevel=3,
+            )
+            layer.store.dispose()
+            if layer.name == "overlay":
+                writer = None  # a damaged overlay is not written either
+            continue
+        usable.append(layer)
+    try:
+        with ExitStack() as stack:
+            repos = [Repository(stack.enter_context(layer.store.read())) for layer in usable]
+            info = resolve_platform(repos, override=settings.platform, device=device)
+    except Exception as exc:  # failed after the probe: use no db
+        if strict:
+            raise
+        warnings.warn(
+            f"presetdb: the platform could not be resolved from the dbs ({clip(exc)}); using the "
+            "device's own name", StoreWarning, stacklevel=3,
+        )
+        info = resolve_platform([], override=settings.platform, device=device)
+    return Picker(usable, writer, info, settings, strict=strict)
 
 
 def get_picker() -> Picker:

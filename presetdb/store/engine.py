@@ -7,7 +7,8 @@ the same migrations, and releases are built from it into SQLite files.
 
 Three ways to open a SQLite file:
 
-- ``rw``        read-write, WAL journal, for user overlays and dbs being imported into;
+- ``rw``        read-write, for user overlays and dbs being imported into; the file keeps
+                its journal mode (files presetdb creates are made WAL, see `set_wal`);
 - ``ro``        ``mode=ro``: read-only, still sees other writers' commits;
 - ``immutable`` ``immutable=1``: read-only and promises SQLite nobody changes the file,
                 so no locks and no ``-wal``/``-shm`` litter. Shipped/deployment dbs.
@@ -34,10 +35,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from sqlalchemy import URL, Engine, create_engine, event, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -115,14 +116,24 @@ def describe(target: Target | str) -> str:
     return str(target)
 
 
-def sqlite_url(path: Path, mode: Mode) -> URL:
-    """A URI-style SQLite URL; the path is percent-quoted so any file name works."""
+def sqlite_url(path: Path | str, mode: Mode = "rw") -> URL:
+    """The one place SQLite URLs are built: a URI-style URL whose path is percent-quoted,
+    so any file name works (``#``, ``?``, ``%``, spaces: `out/a#b/x.db` is one file)."""
     query = {"uri": "true"}
     if mode == "ro":
         query["mode"] = "ro"
     elif mode == "immutable":
         query["immutable"] = "1"
-    return URL.create("sqlite", database="file:" + quote(str(path.resolve())), query=query)
+    absolute = str(Path(path).expanduser().resolve())
+    return URL.create("sqlite", database="file:" + quote(absolute, safe="/"), query=query)
+
+
+def connect_sqlite(path: Path | str, mode: Mode = "rw", **kwargs: Any) -> sqlite3.Connection:
+    """A plain `sqlite3` connection through the same quoted URI as `sqlite_url`."""
+    url = sqlite_url(path, mode)
+    params = {k: v for k, v in url.query.items() if k != "uri"}
+    uri = str(url.database) + ("?" + urlencode(params) if params else "")
+    return sqlite3.connect(uri, uri=True, **kwargs)
 
 
 def _on_connect(mode: Mode, foreign_keys: bool) -> Any:
@@ -133,21 +144,32 @@ def _on_connect(mode: Mode, foreign_keys: bool) -> Any:
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")  # sql: ON/OFF literal
         cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")  # sql: int constant
-        if mode == "rw":
-            # WAL: readers never block the writer and see whole transactions only.
-            if cur.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                try:
-                    cur.execute("PRAGMA journal_mode=WAL")
-                except sqlite3.OperationalError as exc:
-                    # A read-only file or directory: reads still work, and a write is
-                    # refused by `Store.transaction` with a clear read-only error.
-                    if "readonly" not in str(exc):
-                        raise
-        else:
+        # The journal mode is the file's own: opening never changes it (a shipped
+        # rollback-journal file stays one). New files are made WAL by `set_wal`.
+        if mode != "rw":
             cur.execute("PRAGMA query_only=ON")
         cur.close()
 
     return set_pragmas
+
+
+def set_wal(path: Path) -> None:
+    """Switch `path` to WAL (persistent: readers never block the writer and see whole
+    transactions only). Only for files presetdb creates (overlays, new import targets)
+    or when asked (`presetdb db upgrade --wal`)."""
+    conn = connect_sqlite(path, "rw", isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+    finally:
+        conn.close()
+
+
+def journal_mode(path: Path) -> str:
+    conn = connect_sqlite(path, "ro", isolation_level=None)
+    try:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+    finally:
+        conn.close()
 
 
 def _on_begin_writer(conn: Any) -> None:
@@ -274,10 +296,14 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only session (one transaction, rolled back at the end)."""
-        with self._sessions() as session:
-            yield session
-            session.rollback()
+        """A read-only session (one transaction, rolled back at the end). A database
+        error inside it (a corrupt page, a lock) becomes a `StoreError` naming the file."""
+        try:
+            with self._sessions() as session:
+                yield session
+                session.rollback()
+        except DBAPIError as exc:
+            raise translate_operational(self.target, exc) from exc
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -291,7 +317,7 @@ class Store:
             try:
                 with session.begin():
                     yield session
-            except OperationalError as exc:
+            except DBAPIError as exc:
                 raise translate_operational(self.target, exc) from exc
 
     def data_version(self) -> int:

@@ -11,14 +11,22 @@ a deployment db that lacks only newer seed data still opens.
 Every function takes a *target*: a SQLite file path, or a PostgreSQL registry URL
 (`presetdb.store.engine.parse_target`). On PostgreSQL a migration runs in one
 transaction too (DDL is transactional there) and holds the registry's writer lock.
+
+A user's own data migrations (``presetdb new-migration``) live in the user's project,
+in a data folder (``presetdb-data/``: ``versions/`` + ``seed_data/``), never in the
+installed package. They form a chain of their own, recorded in the table
+``presetdb_data_version`` instead of ``alembic_version``: a db carrying them keeps the
+package's schema revision, so any presetdb with that schema opens it, and its data
+revision is known to be data (docs/reliability.md, "Shipping your own presets").
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.resources
+import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from alembic import command
@@ -45,6 +53,7 @@ from presetdb.store.engine import (
     engine_for,
     make_engine,
     parse_target,
+    set_wal,
     translate_operational,
 )
 
@@ -63,6 +72,46 @@ def alembic_config(connection: Connection | None = None, *, seed_data: bool = Tr
     # Data migrations skip their inserts when False (user overlays hold no seed data).
     cfg.attributes["seed_data"] = seed_data
     return cfg
+
+
+DATA_VERSION_TABLE = "presetdb_data_version"
+DATA_DIR_NAME = "presetdb-data"
+
+
+def data_config(data_dir: Path, connection: Connection | None = None, *, seed_data: bool = True) -> Config:
+    """The Alembic Config of a user's data folder: its own versions, its own version table."""
+    cfg = alembic_config(connection, seed_data=seed_data)
+    cfg.set_main_option("path_separator", "os")
+    cfg.set_main_option("version_locations", str(Path(data_dir).resolve() / "versions").replace("%", "%%"))
+    cfg.attributes["version_table"] = DATA_VERSION_TABLE
+    return cfg
+
+
+def data_revisions(data_dir: Path) -> tuple[str, ...]:
+    """The revisions of a user's data folder, oldest first (empty: none yet)."""
+    versions = Path(data_dir) / "versions"
+    if not versions.is_dir() or not any(versions.glob("*.py")):
+        return ()
+    script = ScriptDirectory.from_config(data_config(data_dir))
+    found = [sc.revision for sc in script.walk_revisions("base", "heads")]
+    return tuple(reversed(found))
+
+
+def data_revision_of(path: Path | str) -> str | None:
+    """The user data revision stamped in the db (None: it carries none)."""
+    path = Path(path).expanduser()
+    check_file(path, must_exist=True)
+    engine = make_engine(path, "ro", pooled=False)
+    try:
+        with engine.connect() as conn:
+            if DATA_VERSION_TABLE not in inspect(conn).get_table_names():
+                return None
+            rows = conn.execute(text(f"SELECT version_num FROM {DATA_VERSION_TABLE}")).scalars().all()  # sql: constant
+    except DatabaseError as exc:
+        raise translate_operational(path, exc) from exc
+    finally:
+        engine.dispose()
+    return str(rows[0]) if rows else None
 
 
 @dataclass(frozen=True)
@@ -228,8 +277,11 @@ def _run(path: Target, action: Callable[[Config], None], *, seed_data: bool, cre
         _run_registry(path, action, seed_data=seed_data)
         return
     check_file(path, must_exist=not create)
-    if create:
+    if create and (not path.exists() or path.stat().st_size == 0):
+        # A file presetdb creates is WAL: readers never block its writer. An existing
+        # file keeps whatever journal mode it has.
         path.parent.mkdir(parents=True, exist_ok=True)
+        set_wal(path)
     # Batch migrations copy tables; with foreign keys on, SQLite would cascade deletes
     # into child rows. Migrate with them off, then check every reference.
     engine = make_engine(path, "rw", pooled=False, foreign_keys=False)
@@ -260,15 +312,27 @@ def _run(path: Target, action: Callable[[Config], None], *, seed_data: bool, cre
         engine.dispose()
 
 
-def upgrade(path: Path | str | URL, target: str = "head", *, seed_data: bool = True) -> str:
+def upgrade(
+    path: Path | str | URL, target: str = "head", *, seed_data: bool = True, data_dir: Path | None = None
+) -> str:
     """Create or upgrade the db at `path` (a file or a registry URL) to `target`; returns
-    the new revision."""
+    the new revision.
+
+    `data_dir`: a user's data folder whose migrations run after the package's, in the
+    same transaction (its revision goes to `presetdb_data_version`)."""
     where = parse_target(path)
+
+    def action(cfg: Config) -> None:
+        command.upgrade(cfg, target)
+        if data_dir is not None and data_revisions(data_dir):
+            conn = cfg.attributes["connection"]
+            command.upgrade(data_config(data_dir, conn, seed_data=seed_data), "heads")
+
     if isinstance(where, URL):
         rev = revision_of(where)
         if rev is not None and schema_revision_of(rev) is None:
             check_compatible(where, rev)  # raises "newer than this package"
-        _run(where, lambda cfg: command.upgrade(cfg, target), seed_data=seed_data, create=True)
+        _run(where, action, seed_data=seed_data, create=True)
         return revision_of(where) or "base"
     path = where
     if path.exists() and path.stat().st_size > 0:
@@ -279,7 +343,7 @@ def upgrade(path: Path | str | URL, target: str = "head", *, seed_data: bool = T
             engine.dispose()
         if rev is not None and schema_revision_of(rev) is None:
             check_compatible(path, rev)  # raises "newer than this package"
-    _run(path, lambda cfg: command.upgrade(cfg, target), seed_data=seed_data, create=True)
+    _run(path, action, seed_data=seed_data, create=True)
     return revision_of(path) or "base"
 
 
@@ -313,6 +377,7 @@ class CheckReport:
     integrity: list[str]
     foreign_key_problems: list[tuple[object, ...]]
     schema_problem: str | None
+    data_problems: list[str] = field(default_factory=list)  # rows presetdb cannot serve
 
     @property
     def ok(self) -> bool:
@@ -320,6 +385,7 @@ class CheckReport:
             self.schema_problem is None
             and self.integrity == ["ok"]
             and not self.foreign_key_problems
+            and not self.data_problems
         )
 
 
@@ -355,4 +421,12 @@ def check(path: Path | str | URL) -> CheckReport:
             raise translate_operational(path, exc) from exc
     finally:
         engine.dispose()
-    return CheckReport(path, revision, head(), integrity, fk, schema_problem)
+    data: list[str] = []
+    if schema_problem is None and isinstance(path, Path):  # a registry: check a build of it
+        from presetdb.store.checks import data_problems
+
+        try:
+            data = data_problems(path)
+        except sqlite3.DatabaseError as exc:  # damage integrity_check reports too
+            data = [f"rows could not be read: {exc}"]
+    return CheckReport(path, revision, head(), integrity, fk, schema_problem, data)

@@ -23,6 +23,7 @@ from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
+from presetdb._text import quoted
 from presetdb._util import canonical_json
 from presetdb.errors import KeySpecError, StoreError, UnknownKernelError, UnknownPlatformError
 from presetdb.keys import canonical_key, parse_key
@@ -156,7 +157,9 @@ class PresetRows:
 
     # Positions in a row, for readers that need a field without a record.
     SHAPE_KEY = 1
+    CONFIG_JSON = 2
     CONFIG_SHA256 = 3
+    RUN_ID = 10
     VERIFIED = 14
 
     def record(self, row: Sequence[Any]) -> PresetRecord:
@@ -257,7 +260,7 @@ class Repository:
         if row is None:
             known = self.session.scalars(select(Kernel.name).order_by(Kernel.name)).all()
             raise UnknownKernelError(
-                f"unknown kernel {name!r}; this db has: {', '.join(known) or '(none)'}"
+                f"unknown kernel {quoted(name)}; this db has: {', '.join(known) or '(none)'}"
             )
         return _kernel_record(row)
 
@@ -279,7 +282,7 @@ class Repository:
         if row is None:
             known = self.session.scalars(select(Platform.name).order_by(Platform.name)).all()
             raise UnknownPlatformError(
-                f"unknown platform {name!r}; known platforms: {', '.join(known) or '(none)'}. "
+                f"unknown platform {quoted(name)}; known platforms: {', '.join(known) or '(none)'}. "
                 "Add it with `presetdb import` of results tuned on it."
             )
         return _platform_record(row)

@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
+from presetdb._text import clip
 from presetdb.errors import ImportValidationError, UnknownKernelError, UnknownPlatformError
 from presetdb.keys import KeySpec, canonical_key
 from presetdb.offline.importers import vllm
@@ -41,10 +41,12 @@ from presetdb.offline.importers.validate import (
     check_row,
     find_checker,
     problem_line,
+    provenance_problems,
+    specialization_problem,
 )
 from presetdb.runtime.platforms import derive_platform_name
 from presetdb.store import migrate
-from presetdb.store.engine import Target, parse_target
+from presetdb.store.engine import Target, connect_sqlite, parse_target
 from presetdb.store.repository import PresetInput, Repository, config_sha256
 
 # Rows kept in a report for printing; counts are always complete.
@@ -99,11 +101,16 @@ class ImportReport:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     run_ids: list[int] = field(default_factory=list)
+    file_problems: int = 0  # problems of a whole file (header, provenance), not of a row
     file_summaries: list[FileSummary] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def add_file_problem(self, problem: str) -> None:
+        self.file_problems += 1
+        self.problems.append(problem)
 
     def record(self, outcome: RowOutcome) -> None:
         self.counts[outcome.outcome] = self.counts.get(outcome.outcome, 0) + 1
@@ -115,10 +122,15 @@ class ImportReport:
 
     def summary(self) -> str:
         c = self.counts
-        return (
+        text = (
             f"{c['added']} added, {c['superseded']} superseded, {c['unchanged']} unchanged, "
             f"{c['invalid']} invalid"
         )
+        if c.get("skipped"):
+            text += f", {c['skipped']} valid but not written"
+        if self.file_problems:
+            text += f", {self.file_problems} file problem(s)"
+        return text
 
 
 class _Abort(Exception):
@@ -184,12 +196,14 @@ def import_files(
     on_row: Callable[[RowOutcome], None] | None = None,
     key_policies: Mapping[str, str] | None = None,
     source_rev: str | None = None,
+    on_checked: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Import `paths` (files, or vLLM configs/ trees) into the db at `db`. Raises
     ImportValidationError (nothing written) when a row is invalid; with `dry_run` returns
     the report and writes nothing. `key_policies` (field -> policy) override the
     inferred key policies of unregistered kernels; `source_rev` is the source
-    repository's commit, kept in tuning_runs."""
+    repository's commit, kept in tuning_runs; `on_checked(n)` is called as rows are
+    validated (a progress bar)."""
     report = ImportReport(dry_run=dry_run)
     resolver = resolver or RegistryResolver()
     parsed_files = parse_paths([Path(p) for p in paths], fmt, kernel=kernel, key=key)
@@ -201,7 +215,7 @@ def import_files(
             with store.transaction() as session:
                 repo = Repository(session)
                 for parsed in parsed_files:
-                    _import_one(repo, parsed, report, resolver, options, on_row)
+                    _import_one(repo, parsed, report, resolver, options, on_row, on_checked)
                 _check_key_policies_used(options, report)
                 if dry_run or report.problems:
                     raise _Abort
@@ -211,8 +225,8 @@ def import_files(
             store.dispose()
     if report.problems and not dry_run:
         raise ImportValidationError(
-            f"import refused: {report.counts['invalid']} invalid row(s) or file problem(s); "
-            "nothing was written",
+            f"import refused: {report.counts['invalid']} invalid row(s) and "
+            f"{report.file_problems} file problem(s); nothing was written",
             report.problems,
         )
     return report
@@ -262,7 +276,7 @@ class _target:
         migrate.open_store(self.db, "ro").dispose()  # the usual clear errors first
         self._tmp = tempfile.mkdtemp(prefix="presetdb-dry-run-")
         copy = Path(self._tmp) / "copy.db"
-        src = sqlite3.connect(f"file:{quote(str(self.db.resolve()))}?mode=ro", uri=True)
+        src = connect_sqlite(self.db, "ro")
         dst = sqlite3.connect(copy)
         try:
             src.backup(dst)
@@ -283,9 +297,12 @@ def _import_one(
     resolver: Resolver,
     options: _Options,
     on_row: Callable[[RowOutcome], None] | None,
+    on_checked: Callable[[int], None] | None = None,
 ) -> None:
     report.files.append(str(parsed.path))
-    report.warnings.extend(parsed.warnings)
+    report.warnings.extend(clip(w, 1_000) for w in parsed.warnings)
+    for problem in provenance_problems(parsed.name, parsed.provenance):
+        report.add_file_problem(problem)
     platform, platform_from = platform_and_origin(repo, parsed, options.platform)
     source_path = vllm.repository_path(parsed.path) if parsed.format == "vllm" else None
     run_ids: dict[str, int] = {}  # a row's provenance (canonical JSON) -> its tuning run
@@ -324,8 +341,12 @@ def _import_one(
             )
         )
     by_name: dict[str | None, KernelChecker | None | Exception] = {}
+    count = 0
 
     for row in rows:
+        count += 1
+        if on_checked is not None:
+            on_checked(1)
         row_no = row.index + 1
         if file_checker is None:
             if row.kernel not in by_name:
@@ -336,7 +357,7 @@ def _import_one(
             found = by_name[row.kernel]
             if isinstance(found, Exception):
                 report.problems.append(problem_line(parsed.name, row, "kernel", str(found)))
-                outcome(row_no, row.where, str(row.kernel), "", "invalid")
+                outcome(row_no, row.where, clip(row.kernel), "", "invalid")
                 continue
             if found is None:  # another kernel's entry in a multi-kernel AOT file
                 continue
@@ -346,10 +367,14 @@ def _import_one(
         if checker.name not in kernels_ready:
             problem = _prepare_kernel(repo, parsed, checker)
             if problem:
-                report.problems.append(problem)
+                report.add_file_problem(problem)
             kernels_ready.add(checker.name)
         source_hash = _source_hash(parsed, checker, report)
         checked = check_row(row, checker, source_hash=source_hash)
+        if parsed.specialization_key and checked.key is not None:
+            mismatch = specialization_problem(parsed.specialization_key, checker, checked.key)
+            if mismatch:
+                checked.add("key", mismatch)
         key_text = canonical_key(checked.key) if checked.key is not None else ""
         if checked.key is not None:
             first = seen.setdefault((checker.name, key_text), row_no)
@@ -368,9 +393,19 @@ def _import_one(
             outcome(row_no, row.where, checker.name, key_text, "skipped", sha)
             continue
         current = repo.find_preset(checker.name, platform, item.shape_key)
-        if current is not None and current.config_sha256 == sha:
-            # Unchanged; its file layout (and a verification now possible) may move.
-            repo.upsert_preset(checker.name, platform, current.run_id, item)
+        if current is not None and (
+            current.config_sha256 == sha
+            or same_config(current.config, item.config)
+            # The file holds exactly the stored config; this machine's ConfigSpec would only
+            # respell it (e.g. CPU raises a GPU block size to its own minimum).
+            or same_config(current.config, row.config)
+        ):
+            # A vLLM row keeps its file layout up to date, and any row may become verified;
+            # other rows (tuned, with provenance) are left exactly as they are.
+            if current.config_sha256 == sha and (
+                current.source == "import-vllm" or (item.verified and not current.verified)
+            ):
+                repo.upsert_preset(checker.name, platform, current.run_id, item)
             outcome(row_no, row.where, checker.name, key_text, "unchanged", sha)
             continue
         # Rows made on other machines (a tuning farm) carry their own provenance: one run each.
@@ -390,6 +425,25 @@ def _import_one(
             report.run_ids.append(run_id)
         result = repo.upsert_preset(checker.name, platform, run_id, item)
         outcome(row_no, row.where, checker.name, key_text, result.outcome, sha)
+    if count == 0:
+        report.add_file_problem(
+            f"{parsed.name}: holds no entries; nothing to import (a tune run whose every shape "
+            "failed writes such a file: see its output)"
+        )
+
+
+def same_config(stored: Any, new: Any) -> bool:
+    """One config, whatever its spelling: an option set to null is the option left out
+    (Helion's normalization drops `"maxnreg": null`, which exports write back), so
+    re-importing an export, or a vLLM file of the same configs, changes nothing and never
+    replaces a provenanced row by one without provenance."""
+    if not isinstance(stored, Mapping) or not isinstance(new, Mapping):
+        return False
+
+    def meaning(config: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in config.items() if v is not None}
+
+    return meaning(stored) == meaning(new)
 
 
 def _with_layout(item: PresetInput, row: Row, *, verified: bool) -> PresetInput:

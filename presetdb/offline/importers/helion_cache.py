@@ -71,6 +71,8 @@ def parse(path: Path, *, kernel: str | None = None, key: Mapping[str, Any] | Non
             "benchmark_method": "Helion autotuner (local cache entry; timings not recorded)",
         },
     )
+    spec_key = fields.get("specialization_key")
+    parsed.specialization_key = spec_key if isinstance(spec_key, str) else None
     backend = fields.get("backend")
     if backend not in (None, "", "triton", "TritonBackend"):
         parsed.warnings.append(f"{path.name}: cache entry is for Helion backend {backend!r}")

@@ -80,6 +80,7 @@ class ParsedFile:
     warnings: list[str] = field(default_factory=list)
     layout: str | None = None  # vLLM files: current | string-keyed | per-kernel
     member: str | None = None  # per-kernel vLLM files: the platform member this part is
+    specialization_key: str | None = None  # Helion cache entries: what the entry was tuned for
 
     @property
     def source(self) -> str:

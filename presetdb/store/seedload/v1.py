@@ -23,6 +23,7 @@ import hashlib
 import importlib.resources
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -123,15 +124,16 @@ def _compact(value: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------- alembic entry points
 
 
-def upgrade(revision: str, files: Mapping[str, str]) -> None:
-    """Called from a data migration's ``upgrade()``."""
+def upgrade(revision: str, files: Mapping[str, str], *, seed_dir: str | None = None) -> None:
+    """Called from a data migration's ``upgrade()``. `seed_dir`: a folder holding the
+    files (a user's data migrations, outside the package); default: presetdb.seed_data."""
     from alembic import op
 
     context = op.get_context()
     seed = True if context.config is None else context.config.attributes.get("seed_data", True)
     if not seed:
         return
-    load(op.get_bind(), revision, files)
+    load(op.get_bind(), revision, files, seed_dir=seed_dir)
 
 
 def downgrade(revision: str) -> None:
@@ -144,9 +146,13 @@ def downgrade(revision: str) -> None:
 # ---------------------------------------------------------------- loading
 
 
-def read_verified(revision: str, files: Mapping[str, str], package: str = SEED_PACKAGE) -> dict[str, bytes]:
+def read_verified(
+    revision: str, files: Mapping[str, str], package: str = SEED_PACKAGE, *, seed_dir: str | None = None
+) -> dict[str, bytes]:
     """Every pinned file's bytes, or SeedDataTamperedError naming the first bad one."""
-    root = importlib.resources.files(package)
+    root: Any = Path(seed_dir) if seed_dir is not None else importlib.resources.files(package)
+    if seed_dir is not None:
+        package = seed_dir
     found: dict[str, bytes] = {}
     for name, expected in files.items():
         try:
@@ -168,8 +174,11 @@ def read_verified(revision: str, files: Mapping[str, str], package: str = SEED_P
     return found
 
 
-def load(conn: Connection, revision: str, files: Mapping[str, str], package: str = SEED_PACKAGE) -> None:
-    contents = read_verified(revision, files, package)
+def load(
+    conn: Connection, revision: str, files: Mapping[str, str], package: str = SEED_PACKAGE,
+    *, seed_dir: str | None = None,
+) -> None:
+    contents = read_verified(revision, files, package, seed_dir=seed_dir)
     for name, data in contents.items():
         _load_file(conn, revision, name, hashlib.sha256(data).hexdigest(), json.loads(data))
 
