@@ -38,6 +38,7 @@ from presetdb.offline.importers.validate import (
 from presetdb.runtime.platforms import derive_platform_name
 from presetdb.store import migrate
 from presetdb.store.engine import Target, parse_target
+from presetdb.store.helion_cache import store_entry
 from presetdb.store.repository import Repository, config_sha256
 
 # Rows kept in a report for printing; counts are always complete.
@@ -64,6 +65,10 @@ class ImportReport:
         default_factory=lambda: {"added": 0, "superseded": 0, "unchanged": 0, "invalid": 0}
     )
     rows: list[RowOutcome] = field(default_factory=list)
+    # Helion cache entries (helion_cache_entries rows) of .best_config files
+    cache_entries: dict[str, int] = field(
+        default_factory=lambda: {"added": 0, "replaced": 0, "unchanged": 0}
+    )
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     run_ids: list[int] = field(default_factory=list)
@@ -79,10 +84,17 @@ class ImportReport:
 
     def summary(self) -> str:
         c = self.counts
-        return (
+        text = (
             f"{c['added']} added, {c['superseded']} superseded, {c['unchanged']} unchanged, "
             f"{c['invalid']} invalid"
         )
+        e = self.cache_entries
+        if any(e.values()):
+            text += (
+                f"; Helion cache entries: {e['added']} added, {e['replaced']} replaced, "
+                f"{e['unchanged']} unchanged"
+            )
+        return text
 
 
 class _Abort(Exception):
@@ -199,6 +211,14 @@ def _import_one(
 ) -> None:
     report.files.append(str(parsed.path))
     report.warnings.extend(parsed.warnings)
+    if parsed.cache_entry is not None:
+        # Helion's own cache entry, under its cache key (presetdb.store.helion_cache).
+        stored = store_entry(
+            repo.session, parsed.cache_entry, "import-helion-cache", {"source_file": parsed.name}
+        )
+        report.cache_entries[stored] += 1
+    if not parsed.presets:
+        return
     platform = resolve_platform(repo, parsed, platform_override)
     run_id: int | None = None
     seen: dict[tuple[str, str], int] = {}  # (kernel, key) -> first row number

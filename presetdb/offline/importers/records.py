@@ -77,6 +77,10 @@ class ParsedFile:
     provenance: dict[str, Any] = field(default_factory=dict)
     rows: Iterator[Row] = field(default_factory=lambda: iter(()))
     warnings: list[str] = field(default_factory=list)
+    # Helion .best_config files: the entry for helion_cache_entries (a
+    # presetdb.store.helion_cache.CacheEntry), and whether the file also makes presets.
+    cache_entry: Any = None
+    presets: bool = True
 
     @property
     def source(self) -> str:
