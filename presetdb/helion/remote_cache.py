@@ -34,7 +34,9 @@ cache backend never runs migrations.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import inspect
 import json
 import os
 import socket
@@ -158,23 +160,40 @@ def writer_provenance() -> dict[str, Any]:
     }
 
 
+@functools.cache
+def config_fields() -> frozenset[str]:
+    """The config fields this Helion knows: ``Config``'s keyword parameters and the keys
+    its ConfigSpec accepts (``VALID_KEYS``: backend-specific ones such as num_ctas or
+    waves_per_eu are not parameters)."""
+    from helion import Config
+    from helion.autotuner import config_spec
+
+    parameters = inspect.signature(Config.__init__).parameters.values()
+    named = {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return frozenset(named | set(getattr(config_spec, "VALID_KEYS", ())))
+
+
 def servable(cache_key: str, text: str) -> helion_cache.CacheEntry:
-    """The entry, if this Helion can use it: parsed like an import, and its config loaded
-    into Helion's ``Config`` (a field this Helion does not know is refused here, not in
-    Helion's reader, which would raise into the kernel call)."""
-    from helion.runtime.config import Config
+    """The entry, if this Helion can use it: parsed like an import, its config loadable
+    by Helion's ``Config.from_json`` and naming only fields this Helion's ``Config``
+    knows. What Helion gets from a backend goes into the kernel unchecked: a field it
+    does not know would raise InvalidConfig from the kernel call, so it is refused here
+    (Helion then searches, and its result replaces the row)."""
+    from helion import Config
 
     where = f"Helion cache entry {cache_key[:12]}"
     try:
         entry = helion_cache.parse_entry(cache_key, text, where=where)
-    except ImportValidationError as exc:
-        raise RemoteCacheError(str(exc)) from None
-    try:
         Config.from_json(json.loads(text)["config"])
-    except (TypeError, ValueError) as exc:
+    except (ImportValidationError, TypeError, ValueError) as exc:
+        raise RemoteCacheError(f"{where}: not served: {exc}") from None
+    unknown = sorted(set(entry.config) - config_fields())
+    if unknown:
         raise RemoteCacheError(
-            f"{where}: its config does not load in helion {_version('helion')} ({exc}); not served"
-        ) from None
+            f"{where}: its config has fields helion {_version('helion')} does not know "
+            f"({', '.join(unknown[:8])}): written by another Helion version, or a kernel's "
+            "own tunables (not served from the remote cache); not served"
+        )
     return entry
 
 
