@@ -34,19 +34,19 @@ from typer.testing import CliRunner
 
 require_interpreter()
 
-import helion  # noqa: E402
-import helion.language as hl  # noqa: E402
-import torch  # noqa: E402
-from helion._utils import counters  # noqa: E402
-from helion.autotuner import cache_classes, search_algorithms  # noqa: E402
-from helion.autotuner.base_search import BaseSearch  # noqa: E402
-from helion.autotuner.local_cache import parse_cache_entry  # noqa: E402
-from helion.autotuner.remote_cache import RemoteAutotuneCache  # noqa: E402
+import helion
+import helion.language as hl
+import torch
+from helion._utils import counters
+from helion.autotuner import cache_classes, search_algorithms
+from helion.autotuner.base_search import BaseSearch
+from helion.autotuner.local_cache import parse_cache_entry
+from helion.autotuner.remote_cache import RemoteAutotuneCache
 
-import presetdb  # noqa: E402
-from presetdb.cli import app  # noqa: E402
-from presetdb.helion import remote_cache  # noqa: E402
-from presetdb.store import helion_cache, migrate  # noqa: E402
+import presetdb
+from presetdb.cli import app
+from presetdb.helion import remote_cache
+from presetdb.store import helion_cache, migrate
 
 BACKEND = "presetdb.helion.remote_cache.Backend"
 add_one: Any = None  # the kernel under test, made by the helion_env fixture

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from presetdb._util import canonical_json
@@ -168,38 +168,33 @@ def store_entry(
     values = {**entry.columns(), **{k: given.get(k) for k in PROVENANCE_COLUMNS}, "source": source}
     check_lengths(HelionCacheEntry.__table__, values, f"Helion cache entry {entry.cache_key[:12]}")
     values["config_id"] = Repository(session).config_id(entry.config)
-    table = HelionCacheEntry.__table__
     current = session.execute(
-        select(table.c.id, table.c.entry_json).where(table.c.cache_key == entry.cache_key)
+        select(HelionCacheEntry.id, HelionCacheEntry.entry_json).where(HelionCacheEntry.cache_key == entry.cache_key)
     ).first()
     now = utc_now()
     if current is None:
-        session.execute(table.insert().values(**values, created_at=now, updated_at=now))
+        session.execute(insert(HelionCacheEntry).values(**values, created_at=now, updated_at=now))
         return "added"
     if current.entry_json == entry.text:
         return "unchanged"
-    session.execute(update(table).where(table.c.id == current.id).values(**values, updated_at=now))
+    session.execute(update(HelionCacheEntry).where(HelionCacheEntry.id == current.id).values(**values, updated_at=now))
     return "replaced"
-
-
 
 
 def entry_text(session: Session, cache_key: str) -> str | None:
     """The stored entry of `cache_key`, as Helion wrote it, or None."""
-    table = HelionCacheEntry.__table__
-    return session.scalar(select(table.c.entry_json).where(table.c.cache_key == cache_key))
+    return session.scalar(select(HelionCacheEntry.entry_json).where(HelionCacheEntry.cache_key == cache_key))
 
 
 def recent_entries(session: Session, limit: int) -> list[tuple[str, str]]:
     """(cache key, entry text) of the `limit` most recently written entries, newest first."""
-    table = HelionCacheEntry.__table__
     query = (
-        select(table.c.cache_key, table.c.entry_json)
-        .order_by(table.c.updated_at.desc(), table.c.id.desc())
+        select(HelionCacheEntry.cache_key, HelionCacheEntry.entry_json)
+        .order_by(HelionCacheEntry.updated_at.desc(), HelionCacheEntry.id.desc())
         .limit(limit)
     )
     return [(row.cache_key, row.entry_json) for row in session.execute(query)]
 
 
 def count_entries(session: Session) -> int:
-    return int(session.scalar(select(func.count()).select_from(HelionCacheEntry.__table__)) or 0)
+    return int(session.scalar(select(func.count()).select_from(HelionCacheEntry)) or 0)
