@@ -71,11 +71,15 @@ def parse(path: Path, *, kernel: str | None = None, key: Mapping[str, Any] | Non
         try:
             parsed.cache_entry = helion_cache.parse_entry(path.stem, text, where=path.name)
         except ImportValidationError as exc:
+            lines = [q.removeprefix(f"{path.name}: ") for q in exc.problems]
+            if key is None:  # only the entry was asked for: its problems are the file's
+                raise ImportValidationError(
+                    f"{path.name}: not a usable Helion cache entry; nothing was written",
+                    [f"{path.name}: row 1 (config): {line}" for line in lines],
+                ) from None
             # Reported as the row's problems (config_of's own are reported there anyway).
             known = set(config_of(data)[1])
-            entry_problems = [
-                p for p in (q.removeprefix(f"{path.name}: ") for q in exc.problems) if p not in known
-            ]
+            entry_problems = [line for line in lines if line not in known]
     else:
         parsed.warnings.append(
             f"{path.name}: not named by a Helion cache key (<64 hex digits>.best_config), so no "
