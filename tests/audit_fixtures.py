@@ -16,8 +16,8 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from presetdb.store import migrate
-from presetdb.store.models import Config, Kernel, Preset, TuningRun
+from presetdb.store import helion_cache, migrate
+from presetdb.store.models import Config, HelionCacheEntry, Kernel, Preset, TuningRun
 from presetdb.store.repository import MissRecord, PresetInput, Repository
 
 H100, H200 = "nvidia_h100", "nvidia_h200"
@@ -318,10 +318,53 @@ def seed_example_db(path: Path, *, previous_release: bool = False) -> Path:
                     ),
                 ]
             )
+            _helion_cache_entries(session)
             _pin_times(session)
     finally:
         store.dispose()
     return path
+
+
+def _helion_cache_entries(session: Session) -> None:
+    """Two entries of Helion's own cache, as the remote-cache backend and an import write
+    them (presetdb.store.helion_cache), for the helion_cache audit."""
+    import json
+
+    def entry(config: dict[str, Any], hardware: str, spec: str) -> str:
+        fields = {
+            "specialization_key": spec,
+            "extra_results": "()",
+            "compiler_seed_results": "()",
+            "kernel_source_hash": hashlib.sha256(b"plain helion kernel v1").hexdigest(),
+            "hardware": hardware,
+            "runtime_name": "12.8",
+            "backend": "triton",
+            "config_spec_hash": hashlib.sha256(b"config spec v1").hexdigest(),
+            "extra_cache_key": "",
+        }
+        data = {"config": json.dumps(config, indent=2), "key": {"type": "LooseAutotuneCacheKey", "fields": fields}}
+        return json.dumps(data, indent=2)
+
+    big = "((torch.bfloat16, (2, 2), False, frozenset()), 'cuda', None, False)"
+    small = "((torch.bfloat16, (1, 2), False, frozenset()), 'cuda', None, False)"
+    for n, (text, source, provenance) in enumerate(
+        [
+            (
+                entry(CFG_MID, "NVIDIA H100", big),
+                "remote-cache",
+                {"host": "gpu-07", **RUNNING, "presetdb_version": "0.1.0"},
+            ),
+            (entry(CFG_SMALL, "NVIDIA H200", small), "import-helion-cache", {"source_file": "cache.best_config"}),
+        ],
+        start=1,
+    ):
+        key = hashlib.sha256(text.encode()).hexdigest()
+        parsed = helion_cache.parse_entry(key, text, where=f"example entry {n}")
+        helion_cache.store_entry(session, parsed, source, provenance)
+    table = HelionCacheEntry.__table__
+    for row_id in session.scalars(select(table.c.id)).all():
+        stamp = f"2026-11-21T09:{row_id:02d}:00.000000Z"
+        session.execute(update(table).where(table.c.id == row_id).values(created_at=stamp, updated_at=stamp))
 
 
 def _pin_times(session: Session) -> None:

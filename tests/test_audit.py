@@ -45,6 +45,7 @@ EXPECTED_AUDITS = {
     "history",
     "tuning_cost",
     "unverified",
+    "helion_cache",
 }
 
 
@@ -390,3 +391,14 @@ def test_cli_check_source_only_for_stale(example: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(audit, "current_source_hashes", fail)
     out = CliRunner().invoke(app, ["audit", "coverage", "--db", str(example), "--check-source"])
     assert out.exit_code == 2 and "applies to `stale`" in out.output
+
+
+def test_helion_cache_entries(db: ReadOnlyDB) -> None:
+    rows = records(db, "helion_cache")
+    assert [(r["hardware"], r["platform"], r["source"]) for r in rows] == [
+        ("NVIDIA H200", "nvidia_h200", "import-helion-cache"),  # the newer entry first
+        ("NVIDIA H100", "nvidia_h100", "remote-cache"),
+    ]
+    assert rows[0]["written_by"] == "cache.best_config" and rows[1]["written_by"] == "gpu-07"
+    assert rows[1]["helion_version"] == RUNNING["helion_version"] and rows[0]["helion_version"] is None
+    assert json.loads(str(rows[1]["config"])) == CFG_MID

@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 GPU_STACK = ("torch", "triton", "helion")
+POSTGRES_IMAGE = "postgres:16"
+REGISTRY_SERVICES = ("registry-db", "registry-upgrade", "registry-release")
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +66,11 @@ def test_build_contexts_and_targets_exist(compose: dict[str, Any], dockerfile: s
         assert (context / build.get("dockerfile", "Dockerfile")).is_file(), name
         assert build["target"] in _stages(dockerfile), (name, build["target"])
         images[service["image"]] = name
-    # A service without a build section must use an image that another service builds.
+    # A service without a build section must use an image that another service builds
+    # (or PostgreSQL's official image, for the registry).
     for name, service in compose["services"].items():
         if "build" not in service:
-            assert service["image"] in images, name
+            assert service["image"] in images or service["image"] == POSTGRES_IMAGE, name
 
 
 def test_dockerfile_copies_files_that_exist(dockerfile: str) -> None:
@@ -146,6 +149,7 @@ def test_image_requirements_follow_pyproject() -> None:
     assert not [r for r in app_reqs if r.startswith(GPU_STACK)]
     assert any(r.startswith("datasette") for r in app_reqs)
     assert any(r.startswith("sqlalchemy") for r in app_reqs)
+    assert any(r.startswith("psycopg") for r in app_reqs), "the registry services need psycopg"
     gpu = requirements("--gpu")
     assert any(r.startswith("helion") for r in gpu) and any(r.startswith("torch") for r in gpu)
 
@@ -224,3 +228,88 @@ def test_farm_profile_has_a_head_one_worker_per_gpu_and_a_driver(compose: dict[s
         capture_output=True, text=True, check=True,
     ).stdout.split()
     assert any(r.startswith("ray") for r in gpu)
+
+
+# ------------------------------------------------------------------ the registry profile
+
+
+def _url_parts(url: str) -> Any:
+    from sqlalchemy import make_url
+
+    return make_url(url)
+
+
+def test_registry_profile_services(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in REGISTRY_SERVICES:
+        assert services[name]["profiles"] == ["registry"], name
+    for name in ("build", "audit"):
+        assert "profiles" not in services[name], f"{name} must run without a profile"
+    db = services["registry-db"]
+    assert db["image"] == POSTGRES_IMAGE
+    assert "presetdb-registry:/var/lib/postgresql/data" in db["volumes"]
+    assert "presetdb-registry" in compose["volumes"]
+    assert "pg_isready" in " ".join(db["healthcheck"]["test"])
+
+    upgrade = services["registry-upgrade"]
+    assert upgrade["command"][:4] == ["presetdb", "db", "upgrade", "--db"]
+    assert upgrade["depends_on"]["registry-db"]["condition"] == "service_healthy"
+    url = _url_parts(upgrade["command"][4])
+    env = db["environment"]
+    assert url.drivername == "postgresql+psycopg" and url.host == "registry-db"
+    assert (url.username, url.database, url.port) == (env["POSTGRES_USER"], env["POSTGRES_DB"], 5432)
+    assert url.password == env["POSTGRES_PASSWORD"] == "${PRESETDB_REGISTRY_PASSWORD:-presetdb}"
+
+    release = services["registry-release"]
+    command = release["command"]
+    assert command[:3] == ["presetdb", "build", "--from"] and command[3] == upgrade["command"][4]
+    out = command[command.index("--out") + 1]
+    assert out == services["build"]["command"][3], "the release must be the file audit serves"
+    assert "presetdb-data:/data" in release["volumes"]
+    assert release["depends_on"]["registry-upgrade"]["condition"] == "service_completed_successfully"
+    # after `build`, so the registry's release replaces the migrations' file, not the reverse
+    assert release["depends_on"]["build"]["condition"] == "service_completed_successfully"
+    serves = services["audit"]["depends_on"]["registry-release"]
+    assert serves == {"condition": "service_completed_successfully", "required": False}
+    for name in ("registry-upgrade", "registry-release"):
+        assert services[name]["image"] == services["build"]["image"], "the app image runs them"
+
+
+def test_registry_profile_commands_run_here_without_torch(
+    compose: dict[str, Any], pg_empty_url: str, tmp_path: Path
+) -> None:
+    """The one-shot registry services' commands, against a real PostgreSQL server (the
+    URL's host swapped for the test server's; a new, empty database as the volume starts),
+    with the GPU stack unimportable as in the app image; then the release passes `db
+    check` and holds the released seed presets."""
+    registry_url = pg_empty_url
+    services = compose["services"]
+    upgrade = [*services["registry-upgrade"]["command"][1:4], registry_url]
+    release = services["registry-release"]["command"][1:]
+    release[release.index("--from") + 1] = registry_url
+    out = tmp_path / "presets.db"
+    release[release.index("--out") + 1] = str(out)
+    code = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {GPU_STACK!r}:
+            raise ImportError('not in the app image: ' + name)
+sys.meta_path.insert(0, Block())
+from presetdb.cli import main
+for argv in ({upgrade!r}, {release!r}):
+    sys.argv = ['presetdb', *argv]
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code, (argv, exc.code)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    checked = CliRunner().invoke(app, ["db", "check", "--db", str(out)])
+    assert checked.exit_code == 0 and checked.output.strip().endswith("ok"), checked.output
+    manifest = json.loads((tmp_path / "presets.db.manifest.json").read_text())
+    assert manifest["source"].startswith("postgresql+psycopg://") and manifest["counts"]

@@ -61,20 +61,26 @@ def tree(tmp_path: Path) -> Path:
     # Start from the schema-only head: the shipped data migrations (and their seed files)
     # are left out so each test counts exactly the rows its own migrations add.
     versions = root / "migrations" / "versions"
-    dropped = {}
-    for script in versions.glob("*_data_*.py"):
-        text = script.read_text()
-        dropped[_revision_field(text, "revision")] = _revision_field(text, "down_revision")
-        script.unlink()
-    # A schema revision that came after a data revision now follows that one's parent.
+    down_of = {}  # every revision -> its down_revision, read from the scripts
     for script in versions.glob("*.py"):
         text = script.read_text()
-        parent = _revision_field(text, "down_revision")
-        if parent in dropped:
-            while parent in dropped:
-                parent = dropped[parent]
-            text = re.sub(r"^down_revision = .*$", f"down_revision = {parent!r}", text, count=1, flags=re.MULTILINE)
-            script.write_text(text)
+        rev = re.search(r'^revision = ["\']([^"\']+)["\']', text, re.MULTILINE)
+        down = re.search(r'^down_revision = ["\']([^"\']+)["\']', text, re.MULTILINE)
+        if rev:
+            down_of[rev.group(1)] = down.group(1) if down else None
+    removed = set()
+    for script in versions.glob("*_data_*.py"):
+        removed.add(re.search(r'^revision = ["\']([^"\']+)["\']', script.read_text(), re.MULTILINE).group(1))  # type: ignore[union-attr]
+        script.unlink()
+    # A schema revision after a data revision now points at the nearest kept ancestor.
+    for script in versions.glob("*.py"):
+        text = script.read_text()
+        down = re.search(r'^down_revision = ["\']([^"\']+)["\']', text, re.MULTILINE)
+        if down and down.group(1) in removed:
+            kept = down.group(1)
+            while kept in removed:
+                kept = down_of[kept]
+            script.write_text(text.replace(down.group(0), f'down_revision = "{kept}"', 1))
     for seed in (root / "seed_data").glob("*.json"):
         seed.unlink()
     (root / "presetdb" / "migrations").symlink_to(root / "migrations", target_is_directory=True)

@@ -28,7 +28,7 @@ from presetdb.store.engine import Target, connect_sqlite, describe, parse_target
 from presetdb.store.snapshot import copy_to_sqlite
 
 # Columns stamped with the wall clock at import time: excluded from the content digest.
-VOLATILE_COLUMNS = {"created_at", "imported_at"}
+VOLATILE_COLUMNS = {"created_at", "imported_at", "updated_at"}
 
 
 @dataclass(frozen=True)

@@ -279,3 +279,51 @@ class PresetMiss(Base):
     count: Mapped[int] = mapped_column(Integer, default=1)
     first_seen_at: Mapped[str] = mapped_column(String(32), default=utc_now)
     last_seen_at: Mapped[str] = mapped_column(String(32), default=utc_now)
+
+
+CACHE_ENTRY_SOURCES = (
+    "remote-cache",  # Helion's RemoteAutotuneCache through presetdb.helion.remote_cache.Backend
+    "import-helion-cache",  # `presetdb import` of a Helion *.best_config file
+)
+
+
+class HelionCacheEntry(Base):
+    """One entry of Helion's own autotune cache, kept under Helion's cache key: what a
+    plain ``@helion.kernel`` reads back through `presetdb.helion.remote_cache.Backend`.
+
+    The key fields are those of Helion's cache key (``LooseAutotuneCacheKey`` or
+    ``StrictAutotuneCacheKey``) as Helion wrote them; `entry_json` is the
+    ``.best_config`` text itself, served back unchanged. One row per cache key: a newer
+    result for the key replaces the row (Helion keeps no history either).
+    """
+
+    __tablename__ = "helion_cache_entries"
+    __table_args__ = (
+        CheckConstraint(JsonValid("key_fields"), name="key_fields_json"),
+        CheckConstraint(JsonValid("entry_json"), name="entry_json"),
+        CheckConstraint(
+            "source IN (" + ", ".join(f"'{s}'" for s in CACHE_ENTRY_SOURCES) + ")", name="source_known"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cache_key: Mapped[str] = mapped_column(String(64), unique=True)  # Helion's key.stable_hash() (sha256)
+    key_type: Mapped[str] = mapped_column(String(40))  # "LooseAutotuneCacheKey" or "StrictAutotuneCacheKey"
+    hardware: Mapped[str] = mapped_column(String(200))  # Helion's device name, e.g. "NVIDIA H100"
+    runtime_name: Mapped[str | None] = mapped_column(String(200))  # CUDA/HIP version, e.g. "12.8"
+    backend: Mapped[str | None] = mapped_column(String(40))  # Helion backend, e.g. "triton"
+    kernel_source_hash: Mapped[str] = mapped_column(String(64), index=True)  # Helion's: sha256 of the function source
+    specialization_key: Mapped[str] = mapped_column(Text)  # repr of the argument specialization
+    config_spec_hash: Mapped[str] = mapped_column(String(64))  # Helion's ConfigSpec fingerprint ('' if none)
+    key_fields: Mapped[str] = mapped_column(Text)  # every key field as Helion wrote it (canonical JSON)
+    config_id: Mapped[int] = mapped_column(ForeignKey("configs.id"), index=True)
+    entry_json: Mapped[str] = mapped_column(Text)  # the .best_config text, served back as is
+    source: Mapped[str] = mapped_column(String(40))  # one of CACHE_ENTRY_SOURCES
+    source_file: Mapped[str | None] = mapped_column(Text)  # imported file name
+    host: Mapped[str | None] = mapped_column(String(200))  # where the writing process ran
+    torch_version: Mapped[str | None] = mapped_column(String(50))
+    triton_version: Mapped[str | None] = mapped_column(String(50))
+    helion_version: Mapped[str | None] = mapped_column(String(50))
+    presetdb_version: Mapped[str | None] = mapped_column(String(50))
+    created_at: Mapped[str] = mapped_column(String(32), default=utc_now)  # first written
+    updated_at: Mapped[str] = mapped_column(String(32), default=utc_now, index=True)  # last written

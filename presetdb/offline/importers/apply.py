@@ -47,6 +47,7 @@ from presetdb.offline.importers.validate import (
 from presetdb.runtime.platforms import derive_platform_name
 from presetdb.store import migrate
 from presetdb.store.engine import Target, connect_sqlite, parse_target
+from presetdb.store.helion_cache import store_entry
 from presetdb.store.repository import PresetInput, Repository, config_sha256
 
 # Rows kept in a report for printing; counts are always complete.
@@ -98,6 +99,10 @@ class ImportReport:
         default_factory=lambda: {"added": 0, "superseded": 0, "unchanged": 0, "invalid": 0}
     )
     rows: list[RowOutcome] = field(default_factory=list)
+    # Helion cache entries (helion_cache_entries rows) of .best_config files
+    cache_entries: dict[str, int] = field(
+        default_factory=lambda: {"added": 0, "replaced": 0, "unchanged": 0}
+    )
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     run_ids: list[int] = field(default_factory=list)
@@ -130,6 +135,12 @@ class ImportReport:
             text += f", {c['skipped']} valid but not written"
         if self.file_problems:
             text += f", {self.file_problems} file problem(s)"
+        e = self.cache_entries
+        if any(e.values()):
+            text += (
+                f"; Helion cache entries: {e['added']} added, {e['replaced']} replaced, "
+                f"{e['unchanged']} unchanged"
+            )
         return text
 
 
@@ -303,6 +314,14 @@ def _import_one(
     report.warnings.extend(clip(w, 1_000) for w in parsed.warnings)
     for problem in provenance_problems(parsed.name, parsed.provenance):
         report.add_file_problem(problem)
+    if parsed.cache_entry is not None:
+        # Helion's own cache entry, under its cache key (presetdb.store.helion_cache).
+        stored = store_entry(
+            repo.session, parsed.cache_entry, "import-helion-cache", {"source_file": parsed.name}
+        )
+        report.cache_entries[stored] += 1
+    if not parsed.presets:
+        return
     platform, platform_from = platform_and_origin(repo, parsed, options.platform)
     source_path = vllm.repository_path(parsed.path) if parsed.format == "vllm" else None
     run_ids: dict[str, int] = {}  # a row's provenance (canonical JSON) -> its tuning run

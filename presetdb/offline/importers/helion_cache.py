@@ -1,59 +1,51 @@
-"""Helion's local autotune cache: one ``<hash>.best_config`` file per tuned shape.
+"""Helion's local autotune cache: one ``<cache key>.best_config`` file per tuned shape.
 
-Helion 1.5 (``helion/autotuner/local_cache.py``) writes, atomically, a JSON object::
+What an entry is, and how it is checked, lives in `presetdb.store.helion_cache` (the
+Helion remote-cache backend, `presetdb.helion.remote_cache`, uses the same code): a JSON
+object with Helion's ``Config.to_json()`` string under ``config`` and the cache key's
+fields (hardware, kernel source hash, specialization, config spec hash, ...) under
+``key.fields``.
 
-    {"config": "<Config.to_json(): a JSON *string*>",
-     "key": {"type": "LooseAutotuneCacheKey",
-             "fields": {"specialization_key": "...", "kernel_source_hash": "<sha256>",
-                        "hardware": "NVIDIA H100 80GB HBM3", "runtime_name": "12.4",
-                        "backend": "triton", "config_spec_hash": "...", ...}},  # all str()
-     "flat_config": "<JSON string>", "backend_cache_key": "..."}
+A file becomes up to two things:
 
-The file names neither the kernel nor an exact shape (the specialization key is a
-``repr`` of size buckets), so the kernel comes from ``--kernel`` (or is recognised by its
-source hash) and the shape key from ``--key``. Device and source hash come from the file.
+- a row of ``helion_cache_entries`` under the file's cache key (its name, as Helion
+  writes it): what any plain ``@helion.kernel`` on the remote-cache backend reads back.
+  A file under another name keeps no cache entry (the key is a hash of Helion objects
+  and cannot be rebuilt from the file), and says so;
+- a preset, when ``--key`` names the shape: the file records no exact shape (the
+  specialization key is a ``repr`` of size buckets). The kernel comes from ``--kernel``
+  or is recognised by Helion's source hash. Without ``--key`` a file named by its cache
+  key imports as a cache entry only.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from presetdb.errors import ImportValidationError
 from presetdb.offline.importers.records import ParsedFile, Row, file_sha256
+from presetdb.store import helion_cache
+from presetdb.store.helion_cache import MAX_ENTRY_CHARS, config_of, is_cache_key, read_payload
 
-# A cache entry is a few kilobytes; anything far larger is not one.
-MAX_BYTES = 16 << 20
+MAX_BYTES = MAX_ENTRY_CHARS
 
 
-def _load(path: Path) -> dict[str, Any]:
+def _load(path: Path) -> tuple[str, dict[str, Any]]:
     if path.stat().st_size > MAX_BYTES:
         raise ImportValidationError(
             f"{path.name}: {path.stat().st_size} bytes is too large for a Helion cache entry"
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, huge ints
-        raise ImportValidationError(
-            f"{path.name}: not a Helion .best_config file (not JSON: {exc})"
-        ) from None
-    fields = (
-        data.get("key", {}).get("fields")
-        if isinstance(data, dict) and isinstance(data.get("key"), dict)
-        else None
-    )
-    if not isinstance(fields, dict) or "config" not in data:
-        raise ImportValidationError(
-            f"{path.name}: not a Helion .best_config file: expected an object with 'config' and "
-            "'key': {'fields': {...}} (written by Helion's LocalAutotuneCache)"
-        )
-    return data
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ImportValidationError(f"{path.name}: not a Helion .best_config file (not UTF-8: {exc})") from None
+    return text, read_payload(text, path.name)
 
 
 def parse(path: Path, *, kernel: str | None = None, key: Mapping[str, Any] | None = None) -> ParsedFile:
-    data = _load(path)
+    text, data = _load(path)
     fields: dict[str, Any] = data["key"]["fields"]
     hardware = str(fields.get("hardware", "")) or None
     runtime = str(fields.get("runtime_name", "")) or None
@@ -76,24 +68,41 @@ def parse(path: Path, *, kernel: str | None = None, key: Mapping[str, Any] | Non
     backend = fields.get("backend")
     if backend not in (None, "", "triton", "TritonBackend"):
         parsed.warnings.append(f"{path.name}: cache entry is for Helion backend {backend!r}")
-    parsed.rows = _rows(data, kernel, key, parsed.kernel_source_hash)
+    entry_problems: list[str] = []
+    if is_cache_key(path.stem):
+        try:
+            parsed.cache_entry = helion_cache.parse_entry(path.stem, text, where=path.name)
+        except ImportValidationError as exc:
+            lines = [q.removeprefix(f"{path.name}: ") for q in exc.problems]
+            if key is None:  # only the entry was asked for: its problems are the file's
+                raise ImportValidationError(
+                    f"{path.name}: not a usable Helion cache entry; nothing was written",
+                    [f"{path.name}: row 1 (config): {line}" for line in lines],
+                ) from None
+            # Reported as the row's problems (config_of's own are reported there anyway).
+            known = set(config_of(data)[1])
+            entry_problems = [line for line in lines if line not in known]
+    else:
+        parsed.warnings.append(
+            f"{path.name}: not named by a Helion cache key (<64 hex digits>.best_config), so no "
+            "Helion cache entry is kept for it (the remote-cache backend could not find it)"
+        )
+    if key is None and parsed.cache_entry is not None:
+        parsed.presets = False  # a cache entry only: no shape key, no preset
+        return parsed
+    parsed.rows = _rows(data, kernel, key, parsed.kernel_source_hash, entry_problems)
     return parsed
 
 
 def _rows(
-    data: dict[str, Any], kernel: str | None, key: Mapping[str, Any] | None, source_hash: str | None
+    data: dict[str, Any],
+    kernel: str | None,
+    key: Mapping[str, Any] | None,
+    source_hash: str | None,
+    entry_problems: list[str],
 ) -> Iterator[Row]:
-    problems = []
-    raw = data["config"]
-    config: Any
-    try:
-        # Helion stores Config.to_json(), i.e. a JSON document inside a string.
-        config = json.loads(raw) if isinstance(raw, str) else raw
-    except json.JSONDecodeError as exc:
-        config = None
-        problems.append(f"config: not a JSON document ({exc})")
-    if config is not None and not isinstance(config, Mapping):
-        problems.append("config: not a JSON object")
+    config, problems = config_of(data)
+    problems += entry_problems
     if key is None:
         spec = data["key"]["fields"].get("specialization_key", "")
         problems.append(

@@ -81,6 +81,10 @@ class ParsedFile:
     layout: str | None = None  # vLLM files: current | string-keyed | per-kernel
     member: str | None = None  # per-kernel vLLM files: the platform member this part is
     specialization_key: str | None = None  # Helion cache entries: what the entry was tuned for
+    # Helion .best_config files: the entry for helion_cache_entries (a
+    # presetdb.store.helion_cache.CacheEntry), and whether the file also makes presets.
+    cache_entry: Any = None
+    presets: bool = True
 
     @property
     def source(self) -> str:
