@@ -92,3 +92,28 @@ def test_the_platform_comes_from_the_device_name(target: str) -> None:
     write_entry(target, "rms_norm", doc["entries"][0], doc["run"], resolver=registry())
     presets, _ = contents(target)
     assert [p[1] for p in presets] == ["nvidia_h100"]  # "NVIDIA H100 80GB HBM3" is its alias
+
+
+def test_tune_with_a_registry_url_writes_each_shape_as_it_lands(registry_url: str, tmp_path: Path) -> None:
+    """`presetdb tune --db postgresql+psycopg://...` (CPU, Triton interpreter): every finished
+    shape is in the registry when the run ends, with the results file's provenance."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from presetdb.cli import app
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("tune on CPU needs TRITON_INTERPRET=1")
+    out = tmp_path / "tuned.json"
+    args = ["tune", "rms_norm", "--grid", "dtype=float32;hidden=64;num_tokens=2,8", "--device", "cpu",
+            "--out", str(out), "--seed", "3", "--db", registry_url]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    presets, runs = contents(registry_url)
+    stored = {(p[2], json.dumps(p[3], sort_keys=True)) for p in presets if p[0] == "rms_norm" and p[1] == "cpu"}
+    written = {(json.dumps(e["key"], sort_keys=True, separators=(",", ":")), json.dumps(e["config"], sort_keys=True))
+               for e in doc["entries"]}
+    assert len(doc["entries"]) == 2 and written <= stored, (written, stored)
+    assert any(r.source == "tune" and r.seed == 3 for r in runs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -336,11 +336,12 @@ def tune_cmd(
         ),
     ] = True,
     db: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--db", show_default=False,
-            help="Where warm-start configs come from. Default: the run-time layers "
-            "(user overlay > $PRESETDB_PATH > embedded default).",
+            help="Where warm-start configs come from: a file, or a registry URL, which also "
+            "receives every finished shape as it lands. Default: $PRESETDB_REGISTRY if set, "
+            "else the run-time layers (user overlay > $PRESETDB_PATH > embedded default).",
         ),
     ] = None,
     runners_up: Annotated[int, typer.Option("--runners-up", help="Runners-up to re-measure and keep.")] = 3,
@@ -408,10 +409,24 @@ def tune_cmd(
             device=device,
             modules=module or (),
         )
+    from sqlalchemy import URL
+
+    from presetdb.store.engine import parse_target, registry_from_env
+
+    source = parse_target(db) if db else registry_from_env()
+    on_entry = None
+    if isinstance(source, URL):  # a registry: each finished shape is written as it lands
+
+        def on_entry(entry: Any, run: Any, platform: str) -> None:
+            from presetdb.offline.registry_writer import write_entry
+
+            write_entry(source, tuner.rk, entry, run, platform=platform)
+
     try:
         tuner = tuning.Tuner(
             kernel,
             out,
+            on_entry=on_entry,
             effort=effort,
             search=chosen,
             timer=timer,
@@ -426,7 +441,7 @@ def tune_cmd(
             console=err_console,
         )
         if warm_start:
-            tuner.warm_start = tuning.stored_neighbours(tuner.rk, tuner.platform_name(), db=db)
+            tuner.warm_start = tuning.stored_neighbours(tuner.rk, tuner.platform_name(), db=source)
         summary = tuner.run(keys)
     except PresetDBError as exc:
         err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)

@@ -182,8 +182,10 @@ class ResultsFile:
         platform: str,
         run: Mapping[str, Any],
         resume_same: Sequence[str] = (),
+        on_entry: Callable[[Mapping[str, Any], Mapping[str, Any], str], None] | None = None,
     ) -> None:
         self.path = Path(path)
+        self.on_entry = on_entry  # (entry, run, platform), after the entry is saved
         self.kernel = dict(kernel)
         self.platform = platform
         self.run = dict(run)
@@ -316,6 +318,15 @@ class Monitor:
             summary.failed.append((text, error))
             self.console.print(f"[red]failed[/] {escape(text)}: {escape(error)}", highlight=False)
         self.out.save()
+        if outcome.entry is not None and self.out.on_entry is not None:
+            try:  # e.g. into a registry, as each shape lands; the results file has it anyway
+                self.out.on_entry(self.out.entries[-1], self.out.run, self.out.platform)
+            except Exception as exc:  # noqa: BLE001  (a down registry must not stop the tuning)
+                self.console.print(
+                    f"[yellow]warning:[/] {escape(text)} is in the results file but was not written "
+                    f"to the database: {escape(str(exc)[:300])}; import the file later",
+                    highlight=False,
+                )
         if self.progress is not None and self.bar is not None:
             self.progress.advance(self.bar)
             if outcome.worker is not None and outcome.worker.label in self.lines:

@@ -288,7 +288,7 @@ def cpu_timer(repeats: int = 3) -> Timer:
 
 
 def stored_neighbours(
-    rk: Any, platform: str, *, db: Path | None = None, limit: int = WARM_START_NEIGHBOURS
+    rk: Any, platform: str, *, db: Path | str | Any | None = None, limit: int = WARM_START_NEIGHBOURS
 ) -> Callable[[dict[str, Any]], list[dict[str, Any]]]:
     """key -> the stored configs to seed its search: the key's current preset first,
     then the presets of the nearest stored keys (distinct configs, at most `limit`).
@@ -297,19 +297,18 @@ def stored_neighbours(
     ``PRESETDB_PATH`` > the embedded default db), the higher layer winning a key."""
     from presetdb.runtime.layers import open_immutable, open_layers
     from presetdb.settings import Settings
+    from presetdb.store.engine import parse_target
     from presetdb.store.repository import PresetRows, Repository
 
     if db is not None:
-        layer = open_immutable("warm-start", Path(db).expanduser(), strict=True)
+        layer = open_immutable("warm-start", parse_target(db), strict=True)
         layers = [layer] if layer is not None else []
     else:
         settings = Settings.from_env()
         skip = settings.disable_overlay or not settings.user_db_path.exists()  # never create one here
         import dataclasses
 
-        layers, writer = open_layers(dataclasses.replace(settings, disable_overlay=skip))
-        if writer is not None:
-            writer.dispose()
+        layers, _ = open_layers(dataclasses.replace(settings, disable_overlay=skip))
     configs: dict[str, dict[str, Any]] = {}  # canonical key -> config (first layer wins)
     try:
         for layer in layers:
@@ -487,7 +486,10 @@ class Tuner:
         executor: LocalExecutor | RayExecutor | None = None,
         console: Console | None = None,
         progress: bool = True,
+        on_entry: Callable[[Mapping[str, Any], Mapping[str, Any], str], None] | None = None,
     ) -> None:
+        """`on_entry(entry, run, platform)` runs on the driver after each finished shape is
+        saved (e.g. `presetdb.offline.registry_writer.write_entry` into a registry)."""
         if effort not in EFFORTS:
             raise TuneError(f"--effort {effort!r}: use one of {', '.join(EFFORTS)}")
         if timing not in TIMINGS:
@@ -521,6 +523,7 @@ class Tuner:
         self.executor = executor or LocalExecutor(device)
         self.console = console or Console(stderr=True)
         self.progress = progress
+        self.on_entry = on_entry
 
     def platform_name(self) -> str:
         """--platform, else the device's (local) or the cluster's one platform (Ray)."""
@@ -545,7 +548,10 @@ class Tuner:
             "source_hash": self.rk.source_hash(),
             "key_schema": self.rk.key_spec.to_schema(),
         }
-        return ResultsFile(self.out, kernel=kernel, platform=self.platform_name(), run=run, resume_same=("autotune_effort",))
+        return ResultsFile(
+            self.out, kernel=kernel, platform=self.platform_name(), run=run, resume_same=("autotune_effort",),
+            on_entry=self.on_entry,
+        )
 
     def work(self) -> ShapeTuner:
         return ShapeTuner(
