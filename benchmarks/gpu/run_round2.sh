@@ -17,4 +17,9 @@ echo "refine rms_norm exit $?"; tail -4 "$OUT/refine/refine_rms_norm.log"
 timeout 150 python3 -P -m presetdb refine matmul --grid 'dtype=bfloat16;n=6144;k=4096;m=1,37,300' --k 8 --timing graph \
   --out "$OUT/refine/refine_matmul.json" > "$OUT/refine/refine_matmul.log" 2>&1
 echo "refine matmul exit $?"; tail -4 "$OUT/refine/refine_matmul.log"
+# the registry as Helion's remote autotune cache: one real search writes its row, a second
+# process is served from it with no search
+timeout 200 python3 -P benchmarks/gpu/registry_remote_cache.py "$OUT/remote_cache" --budget-seconds 60 \
+  > "$OUT/remote_cache.log" 2>&1
+echo "registry_remote_cache exit $?"; tail -6 "$OUT/remote_cache.log"
 tar czf "$FINAL/round2.tgz" -C "$FINAL" r && rm -rf "$OUT"
