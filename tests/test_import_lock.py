@@ -26,7 +26,7 @@ from presetdb.offline.importers import import_files
 from presetdb.store import migrate
 from presetdb.store.engine import WRITER_LOCK
 
-ROWS = 300  # enough to be a real import; every row is compiled-config checked
+ROWS = 2_000  # a real import: every row is checked against the kernel's ConfigSpec
 LEDGER_TIMEOUT_S = 1.0  # a ledger writer's patience (the store's own is 10 s)
 
 
@@ -140,3 +140,31 @@ def test_registry_writer_lock_is_free_while_an_import_validates(registry_url: st
         engine.dispose()
     assert free == [True]
     assert report.counts["added"] == 20 and stored == 20
+
+
+def test_unverified_vllm_kernels_are_planned_not_written_while_validating(tmp_path: Path) -> None:
+    """A vLLM tree of kernels no module registers: their kernel rows (key schema inferred
+    from the first file) are created in the write transaction at the end, not while the
+    rows are checked; a second platform file of the same kernel still uses the schema the
+    first one will create."""
+    from test_interop_vllm import REAL
+
+    if REAL is None:
+        pytest.skip("shared/fixtures/vllm_real not found (set PRESETDB_SHARED)")
+    db = fresh_db(tmp_path, "delete")
+    checked = 0
+
+    def on_checked(n: int) -> None:
+        nonlocal checked
+        checked += n
+        assert not writer_holds_lock(db), f"the import holds the write lock at row {checked}"
+        assert count(db, "SELECT COUNT(*) FROM kernels") == 0  # nothing created yet
+        if checked == 2:
+            ledger_write(db, '{"row":2}')
+
+    report = import_files(db, [REAL], resolver=registry(), on_checked=on_checked)
+    assert checked == report.counts["added"] == 87
+    assert {s.verified for s in report.file_summaries} == {False}
+    assert count(db, "SELECT COUNT(*) FROM preset_misses") == 1
+    assert count(db, "SELECT COUNT(*) FROM kernels") == 2
+    assert count(db, "SELECT COUNT(*) FROM kernels WHERE key_schema LIKE '%inferred_from%'") == 2

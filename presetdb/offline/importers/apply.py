@@ -218,30 +218,26 @@ def import_files(
     _refuse_ambiguous_platform(parsed_files, platform)
     options = _Options(platform, kernel, dict(key_policies or {}), source_rev)
     with _target(parse_target(db), dry_run) as target:
-        # Both opened (and their schema checked) up front; the writer connects only in
-        # phase 2, so a refused import never opens the file for writing.
         reader = migrate.open_store(target, "ro")
-        try:
-            writer = migrate.open_store(target, "rw")
-        except BaseException:
-            reader.dispose()
-            raise
         try:
             kernels = _Kernels(reader)
             checked = [
                 _check_file(reader, kernels, parsed, report, resolver, options, on_checked)
                 for parsed in parsed_files
             ]
-            reader.dispose()  # phase 1 is over: no connection left open while writing
-            _check_key_policies_used(options, report)
-            if report.problems and not dry_run:
-                for pending in checked:  # nothing is written: the valid rows are "skipped"
-                    _record_unwritten(pending, report, on_row)
-            else:
-                _write_all(writer, checked, report, options, on_row, dry_run=dry_run)
         finally:
-            reader.dispose()
-            writer.dispose()
+            reader.dispose()  # no connection of phase 1 stays open while writing
+        _check_key_policies_used(options, report)
+        if report.problems and not dry_run:
+            # Refused: the file is never opened for writing; the valid rows are "skipped".
+            for pending in checked:
+                _record_unwritten(pending, report, on_row)
+        else:
+            writer = migrate.open_store(target, "rw")
+            try:
+                _write_all(writer, checked, report, options, on_row, dry_run=dry_run)
+            finally:
+                writer.dispose()
     if report.problems and not dry_run:
         raise ImportValidationError(
             f"import refused: {report.counts['invalid']} invalid row(s) and "
