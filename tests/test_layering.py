@@ -13,7 +13,7 @@ import presetdb
 PACKAGE = Path(presetdb.__file__).parent
 # Lower rank first. A module may import from its own folder and from lower ranks.
 RANKS = {
-    "errors": 0, "settings": 0, "keys": 0, "_util": 0,
+    "errors": 0, "settings": 0, "keys": 0, "_util": 0, "_text": 0,
     "store": 1,
     "runtime": 2,
     "helion": 3,

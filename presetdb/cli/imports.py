@@ -381,6 +381,11 @@ def tune_cmd(
     from presetdb.offline import farm
     from presetdb.offline import tune as tuning
 
+    # Arguments first (a usage error, exit 2), then whether this machine can tune at all.
+    if timing not in tuning.TIMINGS:
+        raise typer.BadParameter(f"{plain(timing)!r}: use one of {', '.join(tuning.TIMINGS)}", param_hint="--timing")
+    if effort not in tuning.EFFORTS:
+        raise typer.BadParameter(f"{plain(effort)!r}: use one of {', '.join(tuning.EFFORTS)}", param_hint="--effort")
     check_tune_device(device)
     if module:
         from presetdb.helion.registry import load_kernel_modules

@@ -1,14 +1,22 @@
-"""Writing parsed, validated rows into a database: one transaction, all or nothing.
+"""Writing parsed, validated rows into a database: validate first, then one short
+write transaction, all or nothing.
 
-Rows stream from the parsers through `validate` into `Repository.upsert_preset` inside a
-single write transaction (every file of a vLLM tree included). Once any row is invalid
-nothing more is written, the remaining rows are still checked (so every problem is
-reported at once) and the transaction is rolled back. A file whose rows are all
-unchanged leaves no tuning run behind, so re-importing a file is a no-op. ``dry_run``
-works on a private copy of a SQLite file, so the file itself is never opened for
-writing; on a registry it runs in a transaction that is rolled back.
+Phase 1 only reads. Rows stream from the parsers through `validate` (the slow part:
+Helion's ConfigSpec per row); every problem is collected, and the db is read in short
+read-only transactions (platforms, kernels), never across the validation, so kernel
+processes writing their miss ledger to the same file (or a registry's other writers)
+are never locked out. Kernels, key schemas and tuning runs to create are only planned.
+Any problem ends the import there: nothing was written.
 
-Into a registry, concurrent imports queue on the registry's writer lock (see
+Phase 2 does only fast db work in a single write transaction (every file of a vLLM
+tree included): kernel rows, one tuning run per distinct row provenance, and
+`Repository.upsert_preset` per row. A file whose rows are all unchanged leaves no tuning
+run behind, so re-importing a file is a no-op. ``dry_run`` works on a private copy of a
+SQLite file, so the file itself is never opened for writing; on a registry phase 2 runs
+in a transaction that is rolled back. A dry run writes the valid rows of files without
+file problems, so its report says what each would do.
+
+Into a registry, phase 2 queues on the registry's writer lock (see
 `presetdb.store.engine`): overlapping files never collide on a unique index.
 
 A vLLM file of a kernel no registered module provides is imported *unverified*
@@ -28,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from presetdb._text import clip
-from presetdb.errors import ImportValidationError, UnknownKernelError, UnknownPlatformError
+from presetdb.errors import ImportValidationError, KeySpecError, UnknownKernelError, UnknownPlatformError
 from presetdb.keys import KeySpec, canonical_key
 from presetdb.offline.importers import vllm
 from presetdb.offline.importers.detect import parse_paths
@@ -46,7 +54,7 @@ from presetdb.offline.importers.validate import (
 )
 from presetdb.runtime.platforms import derive_platform_name
 from presetdb.store import migrate
-from presetdb.store.engine import Target, connect_sqlite, parse_target
+from presetdb.store.engine import Store, Target, connect_sqlite, parse_target
 from presetdb.store.helion_cache import store_entry
 from presetdb.store.repository import PresetInput, Repository, config_sha256
 
@@ -117,11 +125,11 @@ class ImportReport:
         self.file_problems += 1
         self.problems.append(problem)
 
-    def record(self, outcome: RowOutcome) -> None:
+    def record(self, outcome: RowOutcome, summary: FileSummary | None = None) -> None:
+        """Count `outcome`, also in its file's `summary` (None: a multi-kernel AOT file)."""
         self.counts[outcome.outcome] = self.counts.get(outcome.outcome, 0) + 1
-        if self.file_summaries:
-            current = self.file_summaries[-1].counts
-            current[outcome.outcome] = current.get(outcome.outcome, 0) + 1
+        if summary is not None:
+            summary.counts[outcome.outcome] = summary.counts.get(outcome.outcome, 0) + 1
         if len(self.rows) < MAX_REPORT_ROWS:
             self.rows.append(outcome)
 
@@ -221,19 +229,26 @@ def import_files(
     _refuse_ambiguous_platform(parsed_files, platform)
     options = _Options(platform, kernel, dict(key_policies or {}), source_rev)
     with _target(parse_target(db), dry_run) as target:
-        store = migrate.open_store(target, "rw")
+        reader = migrate.open_store(target, "ro")
         try:
-            with store.transaction() as session:
-                repo = Repository(session)
-                for parsed in parsed_files:
-                    _import_one(repo, parsed, report, resolver, options, on_row, on_checked)
-                _check_key_policies_used(options, report)
-                if dry_run or report.problems:
-                    raise _Abort
-        except _Abort:
-            pass
+            kernels = _Kernels(reader)
+            checked = [
+                _check_file(reader, kernels, parsed, report, resolver, options, on_checked)
+                for parsed in parsed_files
+            ]
         finally:
-            store.dispose()
+            reader.dispose()  # no connection of phase 1 stays open while writing
+        _check_key_policies_used(options, report)
+        if report.problems and not dry_run:
+            # Refused: the file is never opened for writing; the valid rows are "skipped".
+            for pending in checked:
+                _record_unwritten(pending, report, on_row)
+        else:
+            writer = migrate.open_store(target, "rw")
+            try:
+                _write_all(writer, checked, report, options, on_row, dry_run=dry_run)
+            finally:
+                writer.dispose()
     if report.problems and not dry_run:
         raise ImportValidationError(
             f"import refused: {report.counts['invalid']} invalid row(s) and "
@@ -301,40 +316,86 @@ class _target:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def _import_one(
-    repo: Repository,
+# ---------------------------------------------------------------- phase 1: check
+
+
+@dataclass(frozen=True)
+class _CheckedRow:
+    """A valid row, ready to write: everything phase 2 needs, nothing it must compute."""
+
+    row_no: int
+    where: str
+    kernel: str
+    key_text: str
+    item: PresetInput
+    sha: str
+    raw_config: Any  # as the file holds it, before Helion's normalization
+    provenance: Mapping[str, Any] | None  # the row's own run fields
+
+
+@dataclass
+class _CheckedFile:
+    """One parsed file after phase 1: its rows in file order (valid ones to write,
+    invalid ones already decided) and the kernel rows to create or adopt first."""
+
+    parsed: ParsedFile
+    platform: str
+    source_path: str | None
+    summary: FileSummary | None = None
+    kernel_writes: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (op, kernel, schema)
+    entries: list[_CheckedRow | RowOutcome] = field(default_factory=list)
+    has_file_problem: bool = False
+    cache_only: bool = False  # a Helion .best_config imported as a cache entry only
+
+
+class _Kernels:
+    """Kernel key schemas as phase 2 will leave them: the db's (each read once, in its
+    own short read-only transaction) with the creations and adoptions this import plans.
+    Phase 1 reads only; a kernel a file creates is seen by the next file all the same."""
+
+    def __init__(self, reader: Store) -> None:
+        self._reader = reader
+        self._schemas: dict[str, dict[str, Any] | None] = {}
+
+    def schema(self, name: str) -> dict[str, Any] | None:
+        if name not in self._schemas:
+            with self._reader.read() as session:
+                found = Repository(session).find_kernel(name)
+            self._schemas[name] = None if found is None else dict(found.key_schema)
+        return self._schemas[name]
+
+    def plan(self, name: str, schema: dict[str, Any]) -> None:
+        self._schemas[name] = schema
+
+
+def _check_file(
+    reader: Store,
+    kernels: _Kernels,
     parsed: ParsedFile,
     report: ImportReport,
     resolver: Resolver,
     options: _Options,
-    on_row: Callable[[RowOutcome], None] | None,
-    on_checked: Callable[[int], None] | None = None,
-) -> None:
+    on_checked: Callable[[int], None] | None,
+) -> _CheckedFile:
+    """Phase 1 for one file: every row validated, every problem reported, nothing
+    written. The db is read in short read-only transactions only, never across the
+    rows' validation (a long read would keep a rollback-journal file's writers out)."""
     report.files.append(str(parsed.path))
     report.warnings.extend(clip(w, 1_000) for w in parsed.warnings)
+    file_problems_before = report.file_problems
     for problem in provenance_problems(parsed.name, parsed.provenance):
         report.add_file_problem(problem)
-    if parsed.cache_entry is not None:
-        # Helion's own cache entry, under its cache key (presetdb.store.helion_cache).
-        stored = store_entry(
-            repo.session, parsed.cache_entry, "import-helion-cache", {"source_file": parsed.name}
-        )
-        report.cache_entries[stored] += 1
-    if not parsed.presets:
-        return
-    platform, platform_from = platform_and_origin(repo, parsed, options.platform)
+    if not parsed.presets:  # a Helion cache entry only: stored in phase 2
+        return _CheckedFile(parsed, "", None, cache_only=True)
+    with reader.read() as session:
+        platform, platform_from = platform_and_origin(Repository(session), parsed, options.platform)
     source_path = vllm.repository_path(parsed.path) if parsed.format == "vllm" else None
-    run_ids: dict[str, int] = {}  # a row's provenance (canonical JSON) -> its tuning run
+    pending = _CheckedFile(parsed, platform, source_path)
     seen: dict[tuple[str, str], int] = {}  # (kernel, key) -> first row number
     kernels_ready: set[str] = set()
 
-    def outcome(
-        row_no: int, where: str, kname: str, key_text: str, what: str, sha: str | None = None
-    ) -> None:
-        item = RowOutcome(parsed.name, row_no, where, kname, platform, key_text, what, sha)
-        report.record(item)
-        if on_row is not None:
-            on_row(item)
+    def invalid(row_no: int, where: str, kname: str, key_text: str) -> None:
+        pending.entries.append(RowOutcome(parsed.name, row_no, where, kname, platform, key_text, "invalid"))
 
     file_checker: KernelChecker | None = None
     rows: Iterable[Row] = parsed.rows
@@ -348,17 +409,16 @@ def _import_one(
             if parsed.format != "vllm" or not name:
                 raise UnknownKernelError(f"{parsed.name}: {exc}") from None
             rows = list(parsed.rows)  # vLLM files are small; the key schema needs a key first
-            file_checker = _unverified_checker(repo, name, rows, source_path or parsed.name, options)
+            file_checker = _unverified_checker(kernels, name, rows, source_path or parsed.name, options)
     label = source_path or parsed.name
     if parsed.member is not None:
         label += f" [{parsed.member}]"
     if file_checker is not None:
-        report.file_summaries.append(
-            FileSummary(
-                label, file_checker.name, platform, platform_from,
-                not isinstance(file_checker, UnverifiedChecker), parsed.layout,
-            )
+        pending.summary = FileSummary(
+            label, file_checker.name, platform, platform_from,
+            not isinstance(file_checker, UnverifiedChecker), parsed.layout,
         )
+        report.file_summaries.append(pending.summary)
     by_name: dict[str | None, KernelChecker | None | Exception] = {}
     count = 0
 
@@ -376,7 +436,7 @@ def _import_one(
             found = by_name[row.kernel]
             if isinstance(found, Exception):
                 report.problems.append(problem_line(parsed.name, row, "kernel", str(found)))
-                outcome(row_no, row.where, clip(row.kernel), "", "invalid")
+                invalid(row_no, row.where, clip(row.kernel), "")
                 continue
             if found is None:  # another kernel's entry in a multi-kernel AOT file
                 continue
@@ -384,9 +444,9 @@ def _import_one(
         else:
             checker = file_checker
         if checker.name not in kernels_ready:
-            problem = _prepare_kernel(repo, parsed, checker)
-            if problem:
-                report.add_file_problem(problem)
+            kernel_problem = _prepare_kernel(kernels, pending, parsed, checker)
+            if kernel_problem:
+                report.add_file_problem(kernel_problem)
             kernels_ready.add(checker.name)
         source_hash = _source_hash(parsed, checker, report)
         checked = check_row(row, checker, source_hash=source_hash)
@@ -401,34 +461,206 @@ def _import_one(
                 checked.add("key", f"duplicate of row {first} (one config per key and file)")
         if checked.problems or checked.item is None:
             report.problems.extend(problem_line(parsed.name, row, f, r) for f, r in checked.problems)
-            outcome(row_no, row.where, checker.name, key_text, "invalid")
+            invalid(row_no, row.where, checker.name, key_text)
             continue
         item = checked.item
         if parsed.format == "vllm":
             item = _with_layout(item, row, verified=not isinstance(checker, UnverifiedChecker))
-        sha = config_sha256(item.config)
-        if report.problems:
-            # Already doomed: keep checking, stop writing.
-            outcome(row_no, row.where, checker.name, key_text, "skipped", sha)
+        pending.entries.append(
+            _CheckedRow(
+                row_no, row.where, checker.name, key_text, item, config_sha256(item.config),
+                row.config, row.provenance,
+            )
+        )
+    if count == 0:
+        report.add_file_problem(
+            f"{parsed.name}: holds no entries; nothing to import (a tune run whose every shape "
+            "failed writes such a file: see its output)"
+        )
+    # A file problem (provenance, key schema) keeps the whole file out of a dry run's
+    # writes too; a row's problem only that row.
+    pending.has_file_problem = report.file_problems > file_problems_before
+    return pending
+
+
+def _unverified_checker(
+    kernels: _Kernels, name: str, rows: list[Row], source: str, options: _Options
+) -> UnverifiedChecker:
+    """The checker of a kernel no module registers: the stored kernel's key spec when the
+    db has it (or an earlier file of this import creates it), else one inferred from the
+    file's first non-default key."""
+    stored = kernels.schema(name)
+    spec = KeySpec.from_schema(stored) if stored is not None else None
+    checker = UnverifiedChecker(name, spec, options.key_policies)
+    if spec is None:
+        first = next((r.key for r in rows if isinstance(r.key, Mapping) and r.key), None)
+        if first is not None:
+            checker.learn(first, source)
+    names = set(checker.key_spec.names)
+    for field_name, policy in options.key_policies.items():
+        if field_name not in names:
             continue
-        current = repo.find_preset(checker.name, platform, item.shape_key)
+        options.policies_used.add(field_name)
+        have = next(f.policy for f in checker.key_spec.fields if f.name == field_name)
+        if have != policy:
+            raise ImportValidationError(
+                f"{source}: --key-policy {field_name}={policy}: kernel {name!r} is already stored "
+                f"with {field_name}={have}; a changed key spec needs a new kernel name"
+            )
+    return checker
+
+
+def _aot_checker(resolver: Resolver, row_kernel: str | None, override: str | None) -> KernelChecker | None:
+    """The kernel of an AOT entry (Helion names it after the function); with --kernel,
+    entries of other kernels are left out (None)."""
+    if override is not None:
+        checker = find_checker(resolver, override)
+        return checker if row_kernel is None or row_kernel in checker.aliases() else None
+    return find_checker(resolver, row_kernel)
+
+
+def _prepare_kernel(
+    kernels: _Kernels, pending: _CheckedFile, parsed: ParsedFile, checker: KernelChecker
+) -> str | None:
+    """Plan the kernel row (created or checked in phase 2); a results file's key schema
+    must agree. A kernel first stored unverified (its schema inferred from a file) adopts
+    the registered kernel's key spec when the field names agree. Returns a file problem."""
+    stored = kernels.schema(checker.name)
+    if isinstance(checker, UnverifiedChecker):
+        schema = checker.schema()
+        if stored is None:
+            kernels.plan(checker.name, schema)
+        pending.kernel_writes.append(("ensure", checker.name, schema))
+        return None
+    schema = checker.key_spec.to_schema()
+    if stored is not None and "inferred_from" in stored:
+        if sorted(f["name"] for f in stored.get("fields", [])) != sorted(checker.key_spec.names):
+            return (
+                f"{parsed.name}: kernel {checker.name!r} was stored unverified with key fields "
+                f"{[f['name'] for f in stored.get('fields', [])]}; the registered kernel "
+                f"has {list(checker.key_spec.names)}"
+            )
+        pending.kernel_writes.append(("adopt", checker.name, schema))
+        kernels.plan(checker.name, schema)
+        stored = schema
+    if parsed.key_schema is not None:
+
+        def fields(s: Mapping[str, Any]) -> list[tuple[str, str]]:
+            return [(f.get("name"), f.get("policy")) for f in s.get("fields", [])]
+
+        if fields(parsed.key_schema) != fields(schema):
+            return (
+                f"{parsed.name}: kernel.key_schema {fields(parsed.key_schema)} differs from the "
+                f"registered kernel {checker.name!r} {fields(schema)}"
+            )
+    if stored is not None and _field_policies(stored) != _field_policies(schema):
+        # What `Repository.ensure_kernel` would refuse in phase 2, found before validating.
+        raise KeySpecError(
+            f"kernel {checker.name!r}: key fields {_field_policies(schema)} differ from the "
+            f"stored key schema {_field_policies(stored)}; a changed key spec needs a new "
+            "kernel name (or a schema migration)."
+        )
+    if stored is None:
+        kernels.plan(checker.name, schema)
+    pending.kernel_writes.append(("ensure", checker.name, schema))
+    return None
+
+
+def _field_policies(schema: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [(f["name"], f["policy"]) for f in schema.get("fields", [])]
+
+
+def _source_hash(parsed: ParsedFile, checker: KernelChecker, report: ImportReport) -> str | None:
+    """The kernel source hash to store: the file's, in presetdb's scheme when the file
+    used Helion's (cache files), with a warning when it is not the current source."""
+    file_hash = parsed.kernel_source_hash
+    if file_hash is None:
+        return None
+    current = checker.source_hash()
+    if parsed.format == "helion-cache" and file_hash == checker.helion_source_hash():
+        return current
+    if file_hash != current:
+        warning = (
+            f"{parsed.name}: tuned for a different source of kernel {checker.name!r} "
+            f"(file {file_hash[:12]}, registered {str(current)[:12]}); configs were checked "
+            "against the current ConfigSpec"
+        )
+        if warning not in report.warnings:
+            report.warnings.append(warning)
+    return file_hash
+
+
+# ---------------------------------------------------------------- phase 2: write
+
+
+def _write_all(
+    writer: Store,
+    checked: Sequence[_CheckedFile],
+    report: ImportReport,
+    options: _Options,
+    on_row: Callable[[RowOutcome], None] | None,
+    *,
+    dry_run: bool,
+) -> None:
+    """Phase 2: the one write transaction (on a registry it holds the writer lock), only
+    fast db work. A dry run writes what it can (into its private copy, or rolled back) so
+    the report says what each valid row would do."""
+    try:
+        with writer.transaction() as session:
+            repo = Repository(session)
+            for pending in checked:
+                _write_file(repo, pending, report, options, on_row)
+            if dry_run or report.problems:
+                raise _Abort
+    except _Abort:
+        pass
+
+
+def _write_file(
+    repo: Repository,
+    pending: _CheckedFile,
+    report: ImportReport,
+    options: _Options,
+    on_row: Callable[[RowOutcome], None] | None,
+) -> None:
+    parsed, platform = pending.parsed, pending.platform
+    if parsed.cache_entry is not None:
+        # Helion's own cache entry, under its cache key (presetdb.store.helion_cache).
+        stored = store_entry(repo.session, parsed.cache_entry, "import-helion-cache", {"source_file": parsed.name})
+        report.cache_entries[stored] += 1
+    if pending.cache_only:
+        return
+    for op, name, schema in pending.kernel_writes:
+        if op == "adopt":
+            repo.replace_key_schema(name, schema)
+        repo.ensure_kernel(name, schema)
+    if pending.has_file_problem:  # a dry run with a bad header: its rows are not tried
+        _record_unwritten(pending, report, on_row)
+        return
+    run_ids: dict[str, int] = {}  # a row's provenance (canonical JSON) -> its tuning run
+    for entry in pending.entries:
+        if isinstance(entry, RowOutcome):
+            _record(report, pending, entry, on_row)
+            continue
+        item = entry.item
+        current = repo.find_preset(entry.kernel, platform, item.shape_key)
         if current is not None and (
-            current.config_sha256 == sha
+            current.config_sha256 == entry.sha
             or same_config(current.config, item.config)
             # The file holds exactly the stored config; this machine's ConfigSpec would only
             # respell it (e.g. CPU raises a GPU block size to its own minimum).
-            or same_config(current.config, row.config)
+            or same_config(current.config, entry.raw_config)
         ):
             # A vLLM row keeps its file layout up to date, and any row may become verified;
             # other rows (tuned, with provenance) are left exactly as they are.
-            if current.config_sha256 == sha and (
+            if current.config_sha256 == entry.sha and (
                 current.source == "import-vllm" or (item.verified and not current.verified)
             ):
-                repo.upsert_preset(checker.name, platform, current.run_id, item)
-            outcome(row_no, row.where, checker.name, key_text, "unchanged", sha)
+                repo.upsert_preset(entry.kernel, platform, current.run_id, item)
+            _record(report, pending, _outcome(pending, entry, "unchanged"), on_row)
             continue
         # Rows made on other machines (a tuning farm) carry their own provenance: one run each.
-        provenance = {**parsed.provenance, **(row.provenance or {})}
+        provenance = {**parsed.provenance, **(entry.provenance or {})}
         run_key = json.dumps(provenance, sort_keys=True, default=str)
         run_id = run_ids.get(run_key)
         if run_id is None:
@@ -436,19 +668,39 @@ def _import_one(
                 parsed.source,
                 source_file=parsed.name,
                 source_sha256=parsed.sha256,
-                source_path=source_path,
+                source_path=pending.source_path,
                 source_rev=options.source_rev,
                 **provenance,
             )
             run_id = run_ids[run_key] = run.id
             report.run_ids.append(run_id)
-        result = repo.upsert_preset(checker.name, platform, run_id, item)
-        outcome(row_no, row.where, checker.name, key_text, result.outcome, sha)
-    if count == 0:
-        report.add_file_problem(
-            f"{parsed.name}: holds no entries; nothing to import (a tune run whose every shape "
-            "failed writes such a file: see its output)"
-        )
+        result = repo.upsert_preset(entry.kernel, platform, run_id, item)
+        _record(report, pending, _outcome(pending, entry, result.outcome), on_row)
+
+
+def _record_unwritten(
+    pending: _CheckedFile, report: ImportReport, on_row: Callable[[RowOutcome], None] | None
+) -> None:
+    """The file's outcomes when nothing of it is written: valid rows are "skipped"."""
+    for entry in pending.entries:
+        outcome = entry if isinstance(entry, RowOutcome) else _outcome(pending, entry, "skipped")
+        _record(report, pending, outcome, on_row)
+
+
+def _outcome(pending: _CheckedFile, row: _CheckedRow, what: str) -> RowOutcome:
+    return RowOutcome(
+        pending.parsed.name, row.row_no, row.where, row.kernel, pending.platform, row.key_text, what, row.sha
+    )
+
+
+def _record(
+    report: ImportReport, pending: _CheckedFile, outcome: RowOutcome,
+    on_row: Callable[[RowOutcome], None] | None,
+) -> None:
+    report.record(outcome, pending.summary)
+    if on_row is not None:
+        on_row(outcome)
+
 
 
 def same_config(stored: Any, new: Any) -> bool:
@@ -480,89 +732,3 @@ def _with_layout(item: PresetInput, row: Row, *, verified: bool) -> PresetInput:
         source_key=vllm.compact(key),
         source_config=vllm.compact(ordered),
     )
-
-
-def _unverified_checker(
-    repo: Repository, name: str, rows: list[Row], source: str, options: _Options
-) -> UnverifiedChecker:
-    """The checker of a kernel no module registers: the stored kernel's key spec when the
-    db has it, else one inferred from the file's first non-default key."""
-    stored = repo.find_kernel(name)
-    spec = KeySpec.from_schema(stored.key_schema) if stored is not None else None
-    checker = UnverifiedChecker(name, spec, options.key_policies)
-    if spec is None:
-        first = next((r.key for r in rows if isinstance(r.key, Mapping) and r.key), None)
-        if first is not None:
-            checker.learn(first, source)
-    names = set(checker.key_spec.names)
-    for field_name, policy in options.key_policies.items():
-        if field_name not in names:
-            continue
-        options.policies_used.add(field_name)
-        have = next(f.policy for f in checker.key_spec.fields if f.name == field_name)
-        if have != policy:
-            raise ImportValidationError(
-                f"{source}: --key-policy {field_name}={policy}: kernel {name!r} is already stored "
-                f"with {field_name}={have}; a changed key spec needs a new kernel name"
-            )
-    return checker
-
-
-def _aot_checker(resolver: Resolver, row_kernel: str | None, override: str | None) -> KernelChecker | None:
-    """The kernel of an AOT entry (Helion names it after the function); with --kernel,
-    entries of other kernels are left out (None)."""
-    if override is not None:
-        checker = find_checker(resolver, override)
-        return checker if row_kernel is None or row_kernel in checker.aliases() else None
-    return find_checker(resolver, row_kernel)
-
-
-def _prepare_kernel(repo: Repository, parsed: ParsedFile, checker: KernelChecker) -> str | None:
-    """Create the kernel row (or check it); a results file's key schema must agree. A
-    kernel first stored unverified (its schema inferred from a file) adopts the registered
-    kernel's key spec when the field names agree."""
-    if isinstance(checker, UnverifiedChecker):
-        repo.ensure_kernel(checker.name, checker.schema())
-        return None
-    schema = checker.key_spec.to_schema()
-    stored = repo.find_kernel(checker.name)
-    if stored is not None and "inferred_from" in stored.key_schema:
-        if sorted(f["name"] for f in stored.key_schema.get("fields", [])) != sorted(checker.key_spec.names):
-            return (
-                f"{parsed.name}: kernel {checker.name!r} was stored unverified with key fields "
-                f"{[f['name'] for f in stored.key_schema.get('fields', [])]}; the registered kernel "
-                f"has {list(checker.key_spec.names)}"
-            )
-        repo.replace_key_schema(checker.name, schema)
-    if parsed.key_schema is not None:
-
-        def fields(s: Mapping[str, Any]) -> list[tuple[str, str]]:
-            return [(f.get("name"), f.get("policy")) for f in s.get("fields", [])]
-
-        if fields(parsed.key_schema) != fields(schema):
-            return (
-                f"{parsed.name}: kernel.key_schema {fields(parsed.key_schema)} differs from the "
-                f"registered kernel {checker.name!r} {fields(schema)}"
-            )
-    repo.ensure_kernel(checker.name, schema)
-    return None
-
-
-def _source_hash(parsed: ParsedFile, checker: KernelChecker, report: ImportReport) -> str | None:
-    """The kernel source hash to store: the file's, in presetdb's scheme when the file
-    used Helion's (cache files), with a warning when it is not the current source."""
-    file_hash = parsed.kernel_source_hash
-    if file_hash is None:
-        return None
-    current = checker.source_hash()
-    if parsed.format == "helion-cache" and file_hash == checker.helion_source_hash():
-        return current
-    if file_hash != current:
-        warning = (
-            f"{parsed.name}: tuned for a different source of kernel {checker.name!r} "
-            f"(file {file_hash[:12]}, registered {str(current)[:12]}); configs were checked "
-            "against the current ConfigSpec"
-        )
-        if warning not in report.warnings:
-            report.warnings.append(warning)
-    return file_hash
