@@ -142,6 +142,10 @@ class RegisteredKernel:
     def config_kernel(self, token: Hashable, config: dict[str, Any] | None, kargs: tuple[Any, ...]) -> ConfigKernel:
         """The plain Helion kernel serving `config` (None: Helion's default config) under
         `token`, built on first use. Raises if the config is invalid for these arguments."""
+        if config is None:
+            # Helion's default config depends on the arguments' ranks (one block size per
+            # tiled dim): a kernel called with several ranks needs one default per rank.
+            token = (token, tuple([a.dim() if isinstance(a, torch.Tensor) else None for a in kargs]))
         found = self.config_kernels.get(token)
         if found is not None:
             return found
@@ -214,7 +218,7 @@ class RegisteredKernel:
             return entry.bound
         kargs, _ = self.adapt_args(args)
         res = self.resolution(*args)
-        config = res.choice.config if res.choice is not None else None
+        config = res.choice.config if res.choice is not None else res.config
         return self.config_kernel(res.token, config, kargs).kernel.bind(kargs)
 
     def source_hash(self) -> str:
