@@ -10,18 +10,17 @@
 --   kernel: kernel name as called
 --   platform: platform the call ran on
 --   requested_key: canonical shape key of the call
---   served_key: the stored key that matched ({} = the kernel's default entry)
---   served_platform: platform whose preset matched
---   match: nearest, ceil, floor, default or exact (another platform's)
---   distance: summed log2 distance between the two keys
---   far_fields: per field beyond its limit, [distance, limit]
+--   served_key: the stored key that matched, with its platform when it is another one
+--   match: nearest, ceil or floor
+--   far_fields: per field beyond its limit, [log2 distance, limit]
 --   count: calls counted
---   first_seen_at: first call (UTC)
 --   last_seen_at: latest flush that counted a call (UTC)
 --   covered_now: 1 when this db now has an active preset for exactly the requested key
 -- highlight: {kernel} on {platform} {requested_key}: {count} call(s) matched {served_key}, {far_fields} away
-SELECT n.kernel, n.platform, n.requested_key, n.served_key, n.served_platform, n.match,
-       ROUND(n.distance, 3) AS distance, n.far_fields, n.count, n.first_seen_at, n.last_seen_at,
+SELECT n.kernel, n.platform, n.requested_key,
+       CASE WHEN n.served_platform = n.platform THEN n.served_key
+            ELSE n.served_platform || ':' || n.served_key END AS served_key,
+       n.match, n.far_fields, n.count, n.last_seen_at,
        EXISTS (
            SELECT 1 FROM v_active_presets a
            WHERE a.kernel = n.kernel AND a.platform = n.platform AND a.shape_key = n.requested_key
