@@ -327,7 +327,7 @@ def _far(picker: Any, choice: Any, spec: KeySpec) -> str:
         "nearest": "a call gets this config anyway",
         "rerank": "a call re-ranks the nearest stored configs and Helion's default on its shape (GPU)",
     }[picker.settings.on_far]
-    return f"YES, {choice.far_text()}; PRESETDB_ON_FAR={picker.settings.on_far}: {gets}"
+    return f"yes, {choice.far_text()}; PRESETDB_ON_FAR={picker.settings.on_far}: {gets}"
 
 
 def _fallbacks(picker: Any, choice: Any, spec: KeySpec, features: tuple[KeyValue, ...]) -> str:
