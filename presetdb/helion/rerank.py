@@ -130,6 +130,11 @@ def _compile(
     precompile on a GPU) if given and it works, else one by one until the deadline."""
     import helion
 
+    from presetdb.helion.hooks import split_device_keys
+
+    # Keys this device does not know (an H100's host_tensor_descriptors on a CPU) are kept
+    # in the stored config but left out of what is compiled here, as serving does.
+    configs = [split_device_keys(bound.config_spec, c)[0] for c in configs]
     if batch is not None:
         try:
             return batch(bound, kargs, configs)
