@@ -85,6 +85,7 @@ def parse_max_distance(text: str, name: str = "PRESETDB_MAX_DISTANCE") -> tuple[
         entry = raw.strip()
         if not entry:
             continue
+        scope: tuple[str | None, str]
         if "=" not in entry:
             scope, value = (None, "*"), _distance_value(name, entry, entry)
         else:

@@ -35,6 +35,7 @@ RESULT_TABLES = (
     "presets",
     "preset_candidates",
     "preset_misses",
+    "preset_near_misses",
 )
 
 

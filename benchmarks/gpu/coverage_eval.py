@@ -184,7 +184,7 @@ def main() -> int:
             config = bound.autotune(kargs, force=True)
             seconds = time.perf_counter() - t0
             fn = bound.compile_config(config)
-            ms = graph_timer(lambda f=fn: f(*kargs))
+            ms = graph_timer(lambda f=fn, a=kargs: f(*a))
             result["autotune"].append({
                 "kernel": row["kernel"], "key": row["key"], "autotune_seconds": round(seconds, 1),
                 "budget_seconds": opts.autotune_budget, "autotuned_ms": ms, "rerank_ms": row["rerank_ms"],
@@ -232,8 +232,8 @@ def write(result: dict[str, Any], out: Path) -> None:
                   f"{json.dumps({k: round(v, 2) for k, v in r['distances'].items()})}" for r in slow_near]
     secs = [r["refine_seconds"] for r in rows]
     if secs:
-        lines += ["", f"refine per shape: median {statistics.median(secs):.1f} s, max {max(secs):.1f} s over {len(secs)} shapes "
-                  f"(k={result['k']} stored configs + Helion's default, compiles included)"]
+        lines += ["", (f"refine per shape: median {statistics.median(secs):.1f} s, max {max(secs):.1f} s over {len(secs)} shapes "
+                  f"(k={result['k']} stored configs + Helion's default, compiles included)")]
     for a in result["autotune"]:
         if "error" in a:
             lines.append(f"- quick autotune {a['kernel']} {json.dumps(a['key'])}: failed: {a['error']}")

@@ -637,7 +637,10 @@ class Repository:
         ).order_by(t.count.desc(), t.id)
         if kernel is not None:
             query = query.where(t.kernel == kernel)
-        return [NearMissRecord(*row[:9], bool(row[9]), *row[10:]) for row in self.session.execute(query)]
+        return [
+            NearMissRecord(k, p, rk, sp, sk, m, lay, d, dist, bool(far), ff, n, first, last)
+            for k, p, rk, sp, sk, m, lay, d, dist, far, ff, n, first, last in self.session.execute(query)
+        ]
 
 
 # ---------------------------------------------------------------- helpers
