@@ -34,6 +34,7 @@ import presetdb.kernels  # noqa: F401  (registers the kernels)
 from presetdb.cli import app
 from presetdb.helion import rerank
 from presetdb.helion._accel.dispatch import exact_key
+from presetdb.helion.hooks import DEFAULT_TOKEN
 from presetdb.helion.registry import get_kernel
 from presetdb.keys import canonical_key
 from presetdb.offline import queue as queueing
@@ -130,8 +131,9 @@ def test_far_default_runs_helions_default_config_and_says_why(rms: Any) -> None:
     x, w = _inputs(3)
     res = rms.resolution(x, w, EPS)
     assert res.choice is None and res.far is not None and res.far.preset.key == NEAR8
-    bound = rms.bound(x, w, EPS)
-    assert bound._config == bound.config_spec.default_config()
+    assert res.token == DEFAULT_TOKEN and res.config is None  # Helion's default config kernel
+    # (the one default config kernel of this rank: Helion's default for the first shape it served)
+    assert block_sizes_of(rms.bound(x, w, EPS)) != CONFIG8["block_sizes"]
     assert rms.last_choice is None
     # a call 1.0 (log2) away (ceil 8 for 4 rows) is not far: the stored config serves it
     assert _call(rms, 4) == []
