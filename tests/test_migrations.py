@@ -35,7 +35,6 @@ RESULT_TABLES = (
     "presets",
     "preset_candidates",
     "preset_misses",
-    "preset_near_misses",
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,8 +60,27 @@ def tree(tmp_path: Path) -> Path:
     shutil.copy(MAIN / "pyproject.toml", root / "pyproject.toml")
     # Start from the schema-only head: the shipped data migrations (and their seed files)
     # are left out so each test counts exactly the rows its own migrations add.
-    for script in (root / "migrations" / "versions").glob("*_data_*.py"):
+    versions = root / "migrations" / "versions"
+    down = {}
+    for script in versions.glob("[0-9]*.py"):
+        text = script.read_text()
+        revision = re.search(r"^revision = ['\"](\w+)['\"]", text, re.MULTILINE)
+        parent = re.search(r"^down_revision = ['\"](\w+)['\"]", text, re.MULTILINE)
+        if revision is not None:
+            down[revision.group(1)] = parent.group(1) if parent else None
+    dropped = set()
+    for script in versions.glob("*_data_*.py"):
+        dropped.add(re.search(r"^revision = ['\"](\w+)['\"]", script.read_text(), re.MULTILINE).group(1))  # type: ignore[union-attr]
         script.unlink()
+    # A schema revision chained after data revisions now follows the schema one before them.
+    for script in versions.glob("[0-9]*.py"):
+        text = script.read_text()
+        parent = re.search(r"^down_revision = ['\"](\w+)['\"]", text, re.MULTILINE)
+        if parent is not None and parent.group(1) in dropped:
+            kept = parent.group(1)
+            while kept in dropped:
+                kept = down[kept]
+            script.write_text(text[: parent.start()] + f'down_revision = "{kept}"' + text[parent.end() :])
     for seed in (root / "seed_data").glob("*.json"):
         seed.unlink()
     (root / "presetdb" / "migrations").symlink_to(root / "migrations", target_is_directory=True)

@@ -143,9 +143,13 @@ class RegisteredKernel:
         """The plain Helion kernel serving `config` (None: Helion's default config) under
         `token`, built on first use. Raises if the config is invalid for these arguments."""
         if config is None:
-            # Helion's default config depends on the arguments' ranks (one block size per
-            # tiled dim): a kernel called with several ranks needs one default per rank.
-            token = (token, tuple([a.dim() if isinstance(a, torch.Tensor) else None for a in kargs]))
+            # Helion's default config depends on what Helion specializes on: the arguments'
+            # dtypes, ranks (one block size per tiled dim) and size buckets (0, 1, 2+ per
+            # dim): one default config kernel per such signature, as Helion binds them.
+            token = (token, tuple([
+                (a.dtype, tuple([min(int(s), 2) for s in a.shape])) if isinstance(a, torch.Tensor) else None
+                for a in kargs
+            ]))
         found = self.config_kernels.get(token)
         if found is not None:
             return found
