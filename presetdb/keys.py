@@ -17,6 +17,14 @@ Fields are matched in spec order: the first field picks its best stored value, t
 remaining candidates are those stored keys with that value, and so on. The chosen key
 therefore always exists, and the order of fields states which dimension matters most.
 
+The far-match guard: every numeric field has a maximum distance (log2 of the ratio
+between the stored and the actual value, the distance a `Match` reports). A match with
+any field beyond its limit is *far* (`far_fields`). The limit of a field comes from, most
+specific first: the deployment's ``PRESETDB_MAX_DISTANCE`` entry for ``kernel.field``,
+then for ``field``, the field's own `KeyField.max_distance` (registration), the
+deployment's ``kernel.*``, then ``*``, the spec's `KeySpec.max_distance` (the kernel's
+default), and `DEFAULT_MAX_DISTANCE`. Exactly at the limit is not far.
+
 This module is pure Python (no torch) so the store, importers and CLI can use it.
 """
 
@@ -26,7 +34,7 @@ import bisect
 import json
 import math
 import operator
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -36,6 +44,8 @@ from presetdb.errors import KeySpecError
 Policy = Literal["exact", "nearest", "ceil", "floor"]
 POLICIES: tuple[Policy, ...] = ("exact", "nearest", "ceil", "floor")
 DEFAULT_KEY = "{}"
+# A stored value up to 2x above or below the call's serves it without being "far".
+DEFAULT_MAX_DISTANCE = 1.0
 
 KeyValue = str | int | float | bool
 
@@ -74,6 +84,9 @@ class KeyField:
     policy: Policy
     extract: Callable[..., KeyValue] | None = field(default=None, compare=False, repr=False)
     description: str = ""
+    # Largest log2 distance a stored value may be from the call's and not be "far"
+    # (None: the spec's, else DEFAULT_MAX_DISTANCE). Meaningless for `exact` fields.
+    max_distance: float | None = None
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -81,6 +94,14 @@ class KeyField:
                 f"key field {self.name!r}: unknown policy {self.policy!r}; "
                 f"use one of {', '.join(POLICIES)}"
             )
+        _check_limit(f"key field {self.name!r}: max_distance", self.max_distance)
+
+
+def _check_limit(what: str, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+        raise KeySpecError(f"{what} must be a number >= 0 (log2 distance; inf: never far), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -88,11 +109,34 @@ class KeySpec:
     """The ordered fields that select a config for one kernel."""
 
     fields: tuple[KeyField, ...]
+    # The kernel's default limit for its fields (None: DEFAULT_MAX_DISTANCE); see the module docstring.
+    max_distance: float | None = None
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields]
         if len(set(names)) != len(names):
             raise KeySpecError(f"key spec has duplicate field names: {names}")
+        _check_limit("key spec max_distance", self.max_distance)
+
+    def limits(self, kernel: str, overrides: Sequence[DistanceLimit] = ()) -> dict[str, float]:
+        """The maximum distance of each numeric field (see the module docstring for the
+        order); `overrides` are the deployment's (`Settings.max_distance`)."""
+        by_scope = {(o.kernel, o.field): o.limit for o in overrides if o.kernel in (None, kernel)}
+        base = DEFAULT_MAX_DISTANCE if self.max_distance is None else float(self.max_distance)
+        out: dict[str, float] = {}
+        for f in self.fields:
+            if f.policy == "exact":
+                continue
+            for scope in ((kernel, f.name), (None, f.name)):
+                if scope in by_scope:
+                    out[f.name] = by_scope[scope]
+                    break
+            else:
+                if f.max_distance is not None:
+                    out[f.name] = float(f.max_distance)
+                else:
+                    out[f.name] = by_scope.get((kernel, "*"), by_scope.get((None, "*"), base))
+        return out
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -107,12 +151,16 @@ class KeySpec:
 
     def to_schema(self) -> dict[str, Any]:
         """The JSON stored in `kernels.key_schema`: what SQL readers see."""
-        return {
-            "fields": [
-                {"name": f.name, "policy": f.policy, "description": f.description}
-                for f in self.fields
-            ]
-        }
+        fields: list[dict[str, Any]] = []
+        for f in self.fields:
+            item: dict[str, Any] = {"name": f.name, "policy": f.policy, "description": f.description}
+            if f.max_distance is not None:
+                item["max_distance"] = f.max_distance
+            fields.append(item)
+        schema: dict[str, Any] = {"fields": fields}
+        if self.max_distance is not None:
+            schema["max_distance"] = self.max_distance
+        return schema
 
     @classmethod
     def from_schema(cls, schema: Mapping[str, Any] | str) -> KeySpec:
@@ -125,8 +173,13 @@ class KeySpec:
                 if not isinstance(name, str) or not name:
                     raise TypeError(f"field name {name!r} is not a non-empty string")
                 description = item.get("description", "")
-                fields.append(KeyField(name=name, policy=policy, description=str(description)))
-            return cls(tuple(fields))
+                fields.append(
+                    KeyField(
+                        name=name, policy=policy, description=str(description),
+                        max_distance=item.get("max_distance"),
+                    )
+                )
+            return cls(tuple(fields), max_distance=data.get("max_distance"))
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise KeySpecError(
                 "key schema must look like {'fields': [{'name': ..., 'policy': ...}]}: "
@@ -154,6 +207,26 @@ class KeySpec:
                 elif not math.isfinite(value) or value < 0:
                     problems.append(f"key field {f.name!r} must be finite and >= 0, got {value!r}")
         return problems
+
+
+@dataclass(frozen=True)
+class DistanceLimit:
+    """One deployment override of the far-match guard: `kernel` None applies to every
+    kernel, `field` "*" to every numeric field."""
+
+    kernel: str | None
+    field: str
+    limit: float
+
+
+def far_fields(distances: Mapping[str, float], limits: Mapping[str, float]) -> dict[str, float]:
+    """The fields of a match whose distance is beyond their limit (field -> distance)."""
+    return {name: d for name, d in distances.items() if d > limits.get(name, math.inf)}
+
+
+def total_distance(distances: Mapping[str, float]) -> float:
+    """One number for a match's distance: the sum of its fields' log2 distances."""
+    return float(sum(distances.values()))
 
 
 def _refuse(spec: KeySpec, text: str, key: Any) -> None:
@@ -322,6 +395,25 @@ class KeyIndex(Generic[T]):
         text, payload = node
         kind = "exact" if not kinds else (kinds.pop() if len(kinds) == 1 else "nearest")
         return Match(text, payload, kind, distances)  # type: ignore[arg-type]
+
+    def entries(self) -> dict[str, T]:
+        """Every stored key text -> its payload, the default entry included (a walk of the
+        trie: for rare callers such as a re-rank, not for lookups)."""
+        out: dict[str, T] = {}
+        depth = len(self.spec.fields)
+
+        def walk(level: _Level, d: int) -> None:
+            for child in level.children.values():
+                if d == depth - 1:
+                    out[child[0]] = child[1]
+                else:
+                    walk(child, d + 1)
+
+        if depth:
+            walk(self._root, 0)
+        if self.default is not None:
+            out[self.default[0]] = self.default[1]
+        return out
 
     def nearest_keys(self, features: tuple[KeyValue, ...], limit: int = 3) -> list[str]:
         """Stored keys ranked by total log2 distance: for 'did you mean' messages."""

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from presetdb.store import helion_cache, migrate
 from presetdb.store.models import Config, HelionCacheEntry, Kernel, Preset, TuningRun
-from presetdb.store.repository import MissRecord, PresetInput, Repository
+from presetdb.store.repository import MissRecord, NearMissRecord, PresetInput, Repository
 
 H100, H200 = "nvidia_h100", "nvidia_h200"
 RMS_SCHEMA = {
@@ -319,6 +319,24 @@ def seed_example_db(path: Path, *, previous_release: bool = False) -> Path:
                 ]
             )
             _helion_cache_entries(session)
+            # Near misses: a softmax over a vocabulary served the 8192 key (16x away, far) and
+            # an rms_norm one token class up (ceil, not far).
+            repo.record_near_misses(
+                [
+                    NearMissRecord(
+                        "softmax", H100, '{"dtype":"bfloat16","n":128256,"num_rows":8}', H100,
+                        '{"dtype":"bfloat16","n":8192,"num_rows":8}', "nearest", "default",
+                        '{"n":3.969,"num_rows":0.0}', 3.969, True, '{"n":[3.969,1.0]}', 120,
+                        "2026-11-19T08:00:00.000000Z", "2026-11-20T09:30:00.000000Z",
+                    ),
+                    NearMissRecord(
+                        "rms_norm", H100, '{"dtype":"bfloat16","hidden":4096,"num_tokens":100}', H100,
+                        '{"dtype":"bfloat16","hidden":4096,"num_tokens":128}', "ceil", "default",
+                        '{"hidden":0.0,"num_tokens":0.356}', 0.356, False, "{}", 900,
+                        "2026-11-19T08:00:00.000000Z", "2026-11-20T09:30:00.000000Z",
+                    ),
+                ]
+            )
             _pin_times(session)
     finally:
         store.dispose()

@@ -42,6 +42,7 @@ EXPECTED_AUDITS = {
     "config_reuse",
     "quarantined",
     "most_wanted",
+    "far",
     "history",
     "tuning_cost",
     "unverified",

@@ -83,7 +83,8 @@ def test_repeated_calls_are_served_by_the_memo(preset_store, monkeypatch) -> Non
     assert (resolve.calls, lookup.calls) == (0, 0)
 
 
-def test_a_quarantine_moves_memoized_calls_to_the_next_row(preset_store) -> None:
+def test_a_quarantine_moves_memoized_calls_to_the_next_row(preset_store, monkeypatch) -> None:
+    monkeypatch.setenv("PRESETDB_ON_FAR", "nearest")  # the 64-row key is far from 5 rows: serve it anyway
     rms = _rms_with_two_rows(preset_store)
     x, w = torch.randn(5, 16, device=DEVICE), torch.randn(16, device=DEVICE)
     for _ in range(3):
@@ -176,6 +177,7 @@ def test_exact_key_separates_what_can_change_a_call() -> None:
 
 def test_the_memo_is_bounded_and_starts_over(preset_store, monkeypatch) -> None:
     monkeypatch.setattr(memo, "CALL_MEMO_LIMIT", 2)
+    monkeypatch.setenv("PRESETDB_MAX_DISTANCE", "num_tokens=2")  # 3 rows -> the 8-row key is near
     rms = _rms_with_two_rows(preset_store)
     w = torch.randn(16, device=DEVICE)
     for rows in (3, 4, 5, 6, 7):  # five exact shapes, one bucketed runner

@@ -25,7 +25,7 @@ def test_demo_serves_exact_nearest_and_default_rows_from_the_shipped_presets(mon
     for name, rows in tables.items():
         by_case = {row.case: row for row in rows}
         cases = dict(demo.CASES[name])
-        assert set(by_case) == {"exact", "nearest", "miss"}, name
+        assert set(by_case) == {"exact", "nearest", "far", "miss"}, name
         assert all(row.ok and row.max_err >= 0 for row in rows), name
         # exact: the requested key itself is stored and served
         exact = by_case["exact"]
@@ -37,6 +37,11 @@ def test_demo_serves_exact_nearest_and_default_rows_from_the_shipped_presets(mon
         chosen: dict[str, Any] = json.loads(near.chosen)
         assert chosen != cases["nearest"] and chosen["dtype"] == "bfloat16", name
         # a dtype never tuned: the kernel's default entry
+        # far: the nearest stored key is 8x away (n, d or hidden): Helion's default config runs
+        far = by_case["far"]
+        assert far.match.startswith("far: ") and "> max 1 (log2 distance)" in far.match, (name, far.match)
+        assert "Helion default config (PRESETDB_ON_FAR=default)" in far.match and far.config == "(Helion default)"
+        assert json.loads(far.chosen)["dtype"] == "bfloat16", name
         miss = by_case["miss"]
         assert (miss.match, miss.chosen) == ("default", "{}"), name
         assert miss.config != "(Helion default)", name  # the stored default entry's config

@@ -62,6 +62,13 @@ def _example(shape_key: dict[str, Any], device: str = "cpu", dtype: Any = None) 
     return x, torch.randn_like(x)
 
 
+@pytest.fixture(autouse=True)
+def _no_far_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests store a few keys for calls of every size: the far-match guard (tested in
+    tests/test_coverage_guard.py) would serve them Helion's default config instead."""
+    monkeypatch.setenv("PRESETDB_MAX_DISTANCE", "*=inf")
+
+
 @pytest.fixture(scope="module")
 def kernels() -> Iterator[tuple[Any, Any]]:
     scale = register_kernel(

@@ -117,7 +117,8 @@ def test_matmul_bf16(preset_store) -> None:
     assert block_sizes_of(rk.bound(a, b)) == [16, 16, 32]
 
 
-def test_different_stored_configs_compile_different_kernels(preset_store) -> None:
+def test_different_stored_configs_compile_different_kernels(preset_store, monkeypatch) -> None:
+    monkeypatch.setenv("PRESETDB_MAX_DISTANCE", "num_tokens=3")  # 9 rows -> the 64-row key (2.83 away) serves
     rk = get_kernel("rms_norm")
     preset_store.add("rms_norm", rk.key_spec, {"dtype": "float32", "hidden": 16, "num_tokens": 2}, {"block_sizes": [1]})
     preset_store.add("rms_norm", rk.key_spec, {"dtype": "float32", "hidden": 16, "num_tokens": 64}, {"block_sizes": [4]})

@@ -601,7 +601,7 @@ def parse_audit(name: str, text: str) -> Audit:
 
 
 # Summary order: what can hurt a deployment first. Unlisted audits follow by name.
-AUDIT_ORDER = ("coverage", "stale", "slower", "quarantined", "missing_provenance", "most_wanted")
+AUDIT_ORDER = ("coverage", "stale", "slower", "quarantined", "missing_provenance", "most_wanted", "far")
 
 
 @cache

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from presetdb.cli import audit, build, db, imports, presets, refine, shapes
+from presetdb.cli import audit, build, db, imports, presets, queue, refine, shapes
 from presetdb.cli.common import console, err_console, safe
 from presetdb.errors import PresetDBError
 
@@ -19,7 +19,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-for module in (db, presets, imports, build, audit, shapes, refine):
+for module in (db, presets, imports, build, audit, shapes, refine, queue):
     module.register(app)
 
 

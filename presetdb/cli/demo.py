@@ -1,9 +1,10 @@
 """`presetdb demo`: the whole path on any machine.
 
 Loads the default db (or ``PRESETDB_PATH``), detects the platform, and runs each example
-kernel through ``torch.ops.presetdb.*`` on three shapes: one tuned exactly, one that needs
-a nearest/ceil match, one the seed data does not cover (a dtype never tuned, served by the
-kernel's default entry). Each call prints the key chosen, the match kind, the config,
+kernel through ``torch.ops.presetdb.*`` on four shapes: one tuned exactly, one that needs
+a nearest/ceil match, one whose nearest stored key is far (8x away: beyond the far-match
+guard, so ``PRESETDB_ON_FAR`` decides), one the seed data does not cover (a dtype never
+tuned, served by the kernel's default entry). Each call prints the key chosen, the match kind, the config,
 where the config came from, and the error against the PyTorch reference. On a GPU it also
 times the preset against Helion's default config and PyTorch.
 
@@ -32,21 +33,25 @@ CASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "rms_norm": [
         ("exact", {"dtype": "bfloat16", "hidden": 2048, "num_tokens": 16}),
         ("nearest", {"dtype": "bfloat16", "hidden": 3000, "num_tokens": 10}),
+        ("far", {"dtype": "bfloat16", "hidden": 256, "num_tokens": 16}),
         ("miss", {"dtype": "float32", "hidden": 2048, "num_tokens": 16}),
     ],
     "silu_mul": [
         ("exact", {"dtype": "bfloat16", "d": 2048, "num_tokens": 16}),
         ("nearest", {"dtype": "bfloat16", "d": 3000, "num_tokens": 10}),
+        ("far", {"dtype": "bfloat16", "d": 256, "num_tokens": 16}),
         ("miss", {"dtype": "float32", "d": 2048, "num_tokens": 16}),
     ],
     "softmax": [
         ("exact", {"dtype": "bfloat16", "n": 2048, "num_rows": 16}),
         ("nearest", {"dtype": "bfloat16", "n": 2500, "num_rows": 10}),
+        ("far", {"dtype": "bfloat16", "n": 256, "num_rows": 16}),
         ("miss", {"dtype": "float32", "n": 2048, "num_rows": 16}),
     ],
     "matmul": [
         ("exact", {"dtype": "bfloat16", "m": 16, "n": 2048, "k": 2048}),
         ("nearest", {"dtype": "bfloat16", "m": 12, "n": 2500, "k": 2048}),
+        ("far", {"dtype": "bfloat16", "m": 16, "n": 256, "k": 2048}),
         ("miss", {"dtype": "float32", "m": 16, "n": 512, "k": 512}),
     ],
 }
@@ -131,14 +136,19 @@ def run_demo(*, force_interpret: bool = False) -> int:
             ok = err <= tol * max(1.0, scale)
             failures += not ok
             choice = last_choice(name)
-            if choice is None:
+            far = rk.resolution(*args).far  # a far match that was not served
+            if choice is None and far is not None:
+                served = "Helion default config" if picker.settings.on_far == "default" else "re-ranked config"
+                match = f"{far.far_text()}: {served} (PRESETDB_ON_FAR={picker.settings.on_far})"
+                chosen, config, prov = far.preset.shape_key, "(Helion default)", "-"
+            elif choice is None:
                 match = "miss (Helion default config)"
                 if quarantined:  # e.g. a GPU-only config the interpreter cannot run
                     match = "stored config quarantined here (see warning): Helion default config"
                 chosen, config, prov = "-", "(Helion default)", "-"
             else:
                 p = choice.preset
-                chosen, match = p.shape_key, choice.kind
+                chosen, match = p.shape_key, choice.kind + (f" ({choice.far_text()})" if choice.far else "")
                 config = _config_summary(p.config)
                 tuned_on = (p.device_name or "?").removeprefix("NVIDIA ").split(" ")[0]
                 prov = f"{tuned_on} {(p.tuned_at or p.created_at)[:10]} helion {p.helion_version or '?'} [{choice.layer} db]"

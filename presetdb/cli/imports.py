@@ -296,6 +296,13 @@ def tune_cmd(
     grid: Annotated[
         str | None, typer.Option("--grid", help="e.g. 'dtype=bfloat16;hidden=2048,4096;num_tokens=1,16,128'.")
     ] = None,
+    from_queue: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--from-queue", help="Take the shapes from a tuning queue: a `presetdb queue --format json` file or "
+            "ledger dbs (user overlays); repeatable, best-ranked first.",
+        ),
+    ] = None,
     effort: Annotated[str, typer.Option("--effort", help="Helion autotune effort: quick | full.")] = "quick",
     budget_seconds: Annotated[
         int | None, typer.Option("--budget-seconds", help="Time budget per shape for Helion's search.")
@@ -376,6 +383,8 @@ def tune_cmd(
     Example: presetdb tune rms_norm --grid 'dtype=bfloat16;hidden=4096;num_tokens=1,16,128' --effort quick --out rms_norm_h100.json
 
     Example: presetdb tune rms_norm --shapes shapes.json --executor ray --address auto --platform nvidia_h100 --out rms_norm_h100.json
+
+    Example (the keys production served far away): presetdb tune softmax --from-queue queue.json --out softmax_h100.json
     """
     from presetdb.errors import PresetDBError
     from presetdb.offline import farm
@@ -386,14 +395,12 @@ def tune_cmd(
         raise typer.BadParameter(f"{plain(timing)!r}: use one of {', '.join(tuning.TIMINGS)}", param_hint="--timing")
     if effort not in tuning.EFFORTS:
         raise typer.BadParameter(f"{plain(effort)!r}: use one of {', '.join(tuning.EFFORTS)}", param_hint="--effort")
-    check_tune_device(device)
     if module:
         from presetdb.helion.registry import load_kernel_modules
 
         load_kernel_modules(module)
-    if (shapes is None) == (grid is None):
-        raise typer.BadParameter("give exactly one of --shapes FILE or --grid SPEC")
-    keys = tuning.load_shapes(shapes) if shapes is not None else tuning.parse_grid(grid or "")
+    keys = shapes_from(kernel, shapes, grid, from_queue, tuning.load_shapes)
+    check_tune_device(device)
     if search not in ("helion", "sample"):
         raise typer.BadParameter("use helion or sample", param_hint="--search")
     if timing not in tuning.TIMINGS:
@@ -482,6 +489,22 @@ def check_tune_device(device: str) -> None:
             )
     elif os.environ.get("TRITON_INTERPRET") != "1":
         raise TuneError("--device cpu runs Helion kernels in Triton's interpreter: set TRITON_INTERPRET=1")
+
+
+def shapes_from(kernel: str, shapes: Path | None, grid: str | None, from_queue: list[str] | None, read_shapes: Any) -> list[dict[str, Any]]:
+    """The shapes of `tune`/`refine`: exactly one of --shapes, --grid, --from-queue."""
+    from presetdb.offline import queue as queueing
+    from presetdb.offline import tune as tuning
+
+    given = [name for name, value in (("--shapes", shapes), ("--grid", grid), ("--from-queue", from_queue)) if value]
+    if len(given) != 1:
+        raise typer.BadParameter("give exactly one of --shapes FILE, --grid SPEC or --from-queue FILE|DB")
+    if from_queue:
+        keys = queueing.shapes_from_queue(from_queue, kernel)
+        if not keys:
+            raise typer.BadParameter(f"the queue has no {kernel} keys", param_hint="--from-queue")
+        return keys
+    return read_shapes(shapes) if shapes is not None else tuning.parse_grid(grid or "")
 
 
 def register(app: typer.Typer) -> None:

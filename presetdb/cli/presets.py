@@ -367,6 +367,7 @@ def _print_choice(picker: Any, choice: Any, spec: KeySpec, features: tuple[KeyVa
     echo(f"why:        {choice.describe()}")
     echo(f"match:      {choice.match} (kind {choice.kind})")
     echo(f"distances:  {_distances(choice, spec, features)}")
+    echo(f"far:        {_far(picker, choice, spec)}")
     echo(f"fallbacks:  {_fallbacks(picker, choice, spec, features)}")
     echo(f"layer:      {choice.layer} ({layer.path})")
     echo(f"platforms:  requested {choice.requested_platform}; chain {' > '.join(picker.chain)}")
@@ -402,6 +403,20 @@ def _distances(choice: Any, spec: KeySpec, features: tuple[KeyValue, ...]) -> st
         else:
             parts.append(f"{f.name} 0 ({f.policy}: {actual})")
     return "; ".join(parts)
+
+
+def _far(picker: Any, choice: Any, spec: KeySpec) -> str:
+    """The far-match guard's verdict and what a call would get (PRESETDB_ON_FAR)."""
+    limits = picker.limits(choice.kernel, spec)
+    shown = ", ".join(f"{name} {value:g}" for name, value in limits.items()) or "none (no numeric fields)"
+    if not choice.far:
+        return f"no (max log2 distance per field: {shown})"
+    gets = {
+        "default": "a call gets Helion's default config instead",
+        "nearest": "a call gets this config anyway",
+        "rerank": "a call re-ranks the nearest stored configs and Helion's default on its shape (GPU)",
+    }[picker.settings.on_far]
+    return f"yes, {choice.far_text()}; PRESETDB_ON_FAR={picker.settings.on_far}: {gets}"
 
 
 def _fallbacks(picker: Any, choice: Any, spec: KeySpec, features: tuple[KeyValue, ...]) -> str:

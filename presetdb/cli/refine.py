@@ -24,6 +24,13 @@ def refine_cmd(
     grid: Annotated[
         str | None, typer.Option("--grid", help="e.g. 'dtype=bfloat16;n=4096;k=14336;m=1,16,37'.")
     ] = None,
+    from_queue: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--from-queue", help="Take the shapes from a tuning queue: a `presetdb queue --format json` file or "
+            "ledger dbs (user overlays); repeatable, best-ranked first.",
+        ),
+    ] = None,
     db: DbOption = None,
     k: Annotated[int, typer.Option("--k", help="Distinct stored configs to try per shape (nearest keys first).")] = 8,
     timing: Annotated[
@@ -53,17 +60,17 @@ def refine_cmd(
     The file is rewritten after every shape: rerunning skips finished shapes, and Ctrl-C keeps them.
 
     Example: presetdb refine matmul --shapes matmul_llama3.json --db presets.db --k 8 --out matmul_refined_h100.json
+
+    Example (the keys production served far away): presetdb refine softmax --from-queue queue.json --out softmax_refined.json
     """
+    from presetdb.cli.imports import shapes_from
     from presetdb.offline import refine as refining
-    from presetdb.offline import tune as tuning
 
     if module:
         from presetdb.helion.registry import load_kernel_modules
 
         load_kernel_modules(module)
-    if (shapes is None) == (grid is None):
-        raise typer.BadParameter("give exactly one of --shapes FILE or --grid SPEC")
-    keys = refining.shapes_for_kernel(shapes, kernel) if shapes is not None else tuning.parse_grid(grid or "")
+    keys = shapes_from(kernel, shapes, grid, from_queue, lambda path: refining.shapes_for_kernel(path, kernel))
     refiner = refining.Refiner(
         kernel,
         out,

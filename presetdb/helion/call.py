@@ -8,7 +8,7 @@ function that later calls reuse.
 
 How presetdb overrides it: it never lets Helion choose. `call` (below) adapts the
 arguments, extracts the shape key, asks the picker (memory only) for the stored config,
-applies the miss/far policy (`presetdb.helion.hooks.serve`), and runs a plain Helion
+applies the miss/far policy and counts near misses (`presetdb.helion.hooks.serve`), and runs a plain Helion
 kernel built for exactly that config (`RegisteredKernel.config_kernel`; ``config=`` pinned,
 so ``HELION_AUTOTUNE_EFFORT`` or ``HELION_FORCE_AUTOTUNE`` cannot route around the store).
 Where the fast path is on (`presetdb.helion._accel`: verified Helion/Triton versions),
@@ -96,14 +96,15 @@ def run(rk: RegisteredKernel, served: hooks.Served, args: tuple[Any, ...], exact
     if runners is None:  # the public path: Helion's own call of the config kernel
         out = target(*args)
         if exact is not None and served.choice is not None:
-            rk.memo.remember(exact, (epoch, served.choice, target.kernel, None))
+            rk.memo.remember(exact, (epoch, served.choice, hooks.memo_run(served.choice, target.kernel), None))
         return out
     meta = runners.key(args)
     entry = None if meta is None else runners.lookup(meta, args)
     if entry is None:
         return through_helion(target, args, meta)
     if exact is not None and served.choice is not None and entry.memoizable:
-        rk.memo.remember(exact, (epoch, served.choice, entry.run, entry))  # misses are not: each is counted
+        # misses are not memoized (each is counted); a near miss's memoized run counts its calls
+        rk.memo.remember(exact, (epoch, served.choice, hooks.memo_run(served.choice, entry.run), entry))
     return entry.run(*args)
 
 

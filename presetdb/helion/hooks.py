@@ -8,7 +8,21 @@ policy (``PRESETDB_ON_MISS``, read once per picker) says:
 - ``strict``   `PresetMissError` naming kernel, platform, features and nearest keys;
 - ``autotune`` Helion's real autotuner (or an injected search, see
                `set_autotune_search`) for that key; the result is stored in the user
-               overlay through the ledger, so the next process reuses it.
+               overlay through the ledger, so the next process reuses it;
+- ``rerank``   the k nearest stored configs and Helion's default timed on the key's shape
+               (`presetdb.helion.rerank`), the winner stored in the overlay likewise.
+
+A stored key beyond the far-match guard (`Choice.far`) follows ``PRESETDB_ON_FAR``, one
+`FarMatchWarning` per (kernel, key) saying which field is how far:
+
+- ``default``  (the default) Helion's default config: a config tuned 16x away ran at
+               0.20x of Helion's default on an H100 (docs/coverage.md);
+- ``nearest``  the far stored config anyway;
+- ``rerank``   as the miss policy ``rerank``; without a GPU, the far stored config.
+
+Every call served by anything but an exact key of its own platform is counted in the
+near-miss ledger: here (`Choice.tally`) and, for calls the call memo serves, by the
+memo's entry (`memo_entry`). An exact match pays one attribute test.
 
 Helion's ``key=``/``autotuner_fn=`` hooks (`key_hook`, `PresetConfigSearch`) serve the
 same answers to anyone who calls the registered Helion kernel directly (tuning scripts):
@@ -51,23 +65,33 @@ NOTHING: Any = object()  # default_output: the default config could not run the 
 
 
 
+class FarMatchWarning(UserWarning):
+    """The nearest stored key is beyond the far-match guard (PRESETDB_MAX_DISTANCE)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Served:
     """What runs for one call: a stored row (`choice`), else `config` (None: Helion's
-    default config). `token` names the config kernel that runs it."""
+    default config). `token` names the config kernel that runs it; `far` is a far match
+    that was not served (PRESETDB_ON_FAR=default or rerank)."""
 
     choice: Choice | None
     token: Hashable
     config: dict[str, Any] | None = None
+    far: Choice | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
-    """What a call resolves to, for introspection and Helion's key= hook."""
+    """What a call resolves to, for introspection and Helion's key= hook: the stored row
+    that runs (`choice`), else `config` (None: Helion's default), and a far match that
+    was not served (`far`)."""
 
     features: tuple[KeyValue, ...]
     choice: Choice | None
     token: Hashable
+    config: dict[str, Any] | None = None
+    far: Choice | None = None
 
 
 # ---------------------------------------------------------------- policy and warnings
@@ -119,7 +143,13 @@ def serve(
 ) -> Served:
     """What runs for a call (kernel-body `args`) the picker answered with `choice` (None: a miss)."""
     if choice is not None:
-        return Served(choice, choice.preset.config_sha256)
+        tally = choice.tally
+        if tally is None:  # an exact key of the call's own platform
+            return Served(choice, choice.preset.config_sha256)
+        tally.hit()
+        if not choice.far_fields:
+            return Served(choice, choice.preset.config_sha256)
+        return serve_far(rk, picker, features, choice)
     policy = policy_for(picker)
     if policy == "strict":
         raise miss_error(rk, picker, features, why)
@@ -129,6 +159,12 @@ def serve(
         config = autotune_and_store(rk, picker, features, args)
         if config is not None:
             return Served(None, ("autotune", canonical_key(key)), config)
+    if policy == "rerank":
+        from presetdb.helion import rerank
+
+        config = rerank.online(rk, picker, features, None)
+        if config is not None:
+            return Served(None, ("rerank", canonical_key(key)), config)
     text = canonical_key(key)
     warn_once(
         rk.name, text, "miss",
@@ -140,19 +176,70 @@ def serve(
     return Served(None, DEFAULT_TOKEN)
 
 
+def serve_far(rk: RegisteredKernel, picker: Picker, features: tuple[KeyValue, ...], choice: Choice) -> Served:
+    """A far match (counted already): what PRESETDB_ON_FAR says, warned once per key."""
+    policy = picker.settings.on_far
+    text = canonical_key(rk.key_spec.key_of(features))
+    where = (f"presetdb: {rk.name} {text} on {picker.platform}: the nearest stored key "
+             f"{choice.preset.shape_key} ({choice.platform}) is {choice.far_text()}")
+    if policy == "rerank":
+        from presetdb.helion import rerank
+
+        config = rerank.online(rk, picker, features, choice)
+        if config is not None:
+            return Served(None, ("rerank", text), config, far=choice)
+        policy = "nearest"  # no GPU, busy or failed: warned by rerank
+    if policy == "nearest":
+        warn_once(rk.name, text, "far",
+                  f"{where}; serving it anyway (PRESETDB_ON_FAR=nearest). Tune or refine this key "
+                  "(`presetdb queue` lists such keys).", FarMatchWarning)
+        return Served(choice, choice.preset.config_sha256)
+    warn_once(rk.name, text, "far",
+              f"{where}; running Helion's default config instead (PRESETDB_ON_FAR=default). Tune or "
+              "refine this key (`presetdb queue` lists such keys), or set PRESETDB_ON_FAR=rerank.",
+              FarMatchWarning)
+    return Served(None, DEFAULT_TOKEN, far=choice)
+
+
+def memo_run(choice: Choice, run: Callable[..., Any]) -> Callable[..., Any]:
+    """What the call memo runs for `choice`: `run` itself for an exact match (untouched
+    hot path), one that counts each call first for a near miss (the near-miss ledger)."""
+    tally = choice.tally
+    if tally is None:
+        return run
+    hit = tally.hit
+
+    def counted(*args: Any) -> Any:
+        hit()
+        return run(*args)
+
+    return counted
+
+
 def resolve(
     rk: RegisteredKernel, picker: Picker, features: tuple[KeyValue, ...], *, record: bool = True
 ) -> Resolution:
     """The resolution of a call. `record=False` (introspection) applies no policy
-    bookkeeping: no miss counted, no warning, no strict-mode error, no search."""
+    bookkeeping: no miss or near miss counted, no warning, no strict-mode error, no search."""
     choice = picker.resolve(rk.name, rk.key_spec, features)
-    if choice is not None:
-        return Resolution(features, choice, choice.preset.config_sha256)
     if record:
-        return Resolution(features, None, serve(rk, picker, features, None).token)
-    if policy_for(picker) == "autotune":
-        return Resolution(features, None, ("autotune", canonical_key(rk.key_spec.key_of(features))))
-    return Resolution(features, None, DEFAULT_TOKEN)
+        served = serve(rk, picker, features, choice)
+        return Resolution(features, served.choice, served.token, served.config, served.far)
+    if choice is not None and (not choice.far_fields or picker.settings.on_far == "nearest"):
+        return Resolution(features, choice, choice.preset.config_sha256)
+    text = canonical_key(rk.key_spec.key_of(features))
+    policy = picker.settings.on_far if choice is not None else policy_for(picker)
+    if policy == "rerank":
+        from presetdb.helion import rerank
+
+        config = rerank.done(rk.name, text)
+        if config is not None:
+            return Resolution(features, None, ("rerank", text), config, choice)
+        if choice is not None:  # not re-ranked here (yet): the far config is what would run
+            return Resolution(features, choice, choice.preset.config_sha256)
+    if choice is None and policy == "autotune":
+        return Resolution(features, None, ("autotune", text))
+    return Resolution(features, None, DEFAULT_TOKEN, None, choice)
 
 
 def quarantine(rk: RegisteredKernel, picker: Picker, choice: Choice, reason: str) -> None:
@@ -248,6 +335,12 @@ def config_for(rk: RegisteredKernel, bound: Any, args: tuple[object, ...]) -> he
     features = rk.features_of_kernel_args(args)
     choice = picker.resolve(rk.name, rk.key_spec, features)
     why = ""
+    if choice is not None and choice.far_fields:
+        served = serve(rk, picker, features, choice, args=args)
+        if served.choice is None:  # PRESETDB_ON_FAR: Helion's default or a re-ranked config
+            if served.config is not None:
+                return bound.config_spec.normalized_config(served.config)
+            return bound.config_spec.default_config()
     if choice is not None:
         try:
             portable, _ = split_device_keys(bound.config_spec, choice.config)
@@ -330,9 +423,16 @@ def _bench_ms(fn: Callable[..., Any], args: tuple[object, ...]) -> float | None:
 
 
 def provenance(bound: Any, effort: str, result: SearchResult, started: str, finished: str) -> dict[str, Any]:
-    """tuning_runs fields describing this machine and software."""
+    """tuning_runs fields describing this machine and software (`bound` None: the
+    current device)."""
+    if bound is not None:
+        device = bound.env.device.type
+    else:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     return autotune.capture_provenance(
-        bound.env.device.type,
+        device,
         autotune_effort=effort,
         seed=result.seed,
         benchmark_method=result.method or None,

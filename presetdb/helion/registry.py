@@ -224,7 +224,7 @@ class RegisteredKernel:
             return entry.bound
         kargs, _ = self.adapt_args(args)
         res = self.resolution(*args)
-        config = res.choice.config if res.choice is not None else None
+        config = res.choice.config if res.choice is not None else res.config
         return self.config_kernel(res.token, config, kargs).kernel.bind(kargs)
 
     def source_hash(self) -> str:

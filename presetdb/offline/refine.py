@@ -8,8 +8,9 @@ timer, and keeps the fastest as a preset. Every candidate's time is kept as a ru
 so an auditor sees what the winner beat. Candidates are compiled once each (on a GPU
 through Helion's own batch compiler, which precompiles in parallel processes).
 
-`refine_shape` is the per-shape work: it takes plain data (kernel name or object, shape
-key, candidate configs, timing name) so a Ray executor can run it on another machine;
+`refine_shape` is the per-shape work (`presetdb.helion.rerank.rank_configs`, shared with
+the run-time ``rerank`` policy): it takes plain data (kernel name or object, shape key,
+candidate configs, timing name) so a Ray executor can run it on another machine;
 `Refiner` is the local loop around it: it reads the candidates from a database, writes a
 presetdb-results/1 file (run source ``refine``) after every shape, resumes a file it
 finds, and keeps finished shapes on Ctrl-C. The timer is injectable: on a CPU
@@ -19,9 +20,7 @@ finds, and keeps finished shapes on Ctrl-C. The timer is injectable: on a CPU
 from __future__ import annotations
 
 import json
-import statistics
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,15 +30,23 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from presetdb.errors import PresetDBError
+from presetdb.helion.rerank import (
+    DEFAULT_ORIGIN,
+    GRAPH_METHOD,
+    Candidate,
+    RefineError,
+    RefineResult,
+    TimedCall,
+    Timer,
+    distinct_nearest,
+    graph_timer,
+    rank_configs,
+)
 from presetdb.keys import KeyIndex, KeySpec, canonical_key
 from presetdb.offline.importers import presetdb_results
 from presetdb.offline.tune import (
     DO_BENCH_METHOD,
-    FINAL_ROUNDS,
-    Timer,
     TuneSummary,
-    _check_close,
     capture_provenance,
     cpu_timer,
     do_bench_timer,
@@ -48,57 +55,12 @@ from presetdb.offline.tune import (
 )
 from presetdb.runtime.platforms import derive_platform_name
 
+# Re-exported: the per-shape work lives in presetdb.helion.rerank (the run-time policy uses it too).
+__all__ = ["DEFAULT_ORIGIN", "Candidate", "RefineError", "RefineResult", "Refiner", "TimedCall", "refine_shape"]
+
 TIMINGS = ("graph", "flush")
 DEFAULT_K = 8
-DEFAULT_ORIGIN = "helion-default"
-GRAPH_METHOD = (
-    "triton.testing.do_bench_cudagraph median (rep=100 ms; CUDA-graph replay: warm L2, no host "
-    "time), after one warm-up call; the 3 fastest and the default re-timed 3 more times, round robin, median"
-)
 CPU_METHOD = "median of wall time, 3 calls after one warm-up (CPU)"
-
-
-class RefineError(PresetDBError):
-    """A refine run cannot start or a shape cannot be refined."""
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A config to time on a shape, and where it came from (a stored key, or Helion's default)."""
-
-    config: dict[str, Any]
-    origin: str
-
-
-@dataclass(frozen=True)
-class RefineResult:
-    entry: dict[str, Any]  # a presetdb-results/1 entry
-    winner_origin: str
-    failed: tuple[tuple[str, str], ...] = ()  # (origin, why) of candidates that did not run
-
-
-class TimedCall:
-    """One candidate bound to the shape's arguments: what a timer calls. `config` and
-    `origin` let an injected timer (tests) tell the candidates apart."""
-
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], config: dict[str, Any] | None, origin: str) -> None:
-        self.fn, self.args, self.config, self.origin = fn, args, config, origin
-
-    def __call__(self) -> Any:
-        return self.fn(*self.args)
-
-
-# ---------------------------------------------------------------- timers
-
-
-def graph_timer(fn: Callable[[], object]) -> float:
-    """Milliseconds per call as a CUDA-graph replay: the serving condition (warm L2, no host time)."""
-    import torch
-    import triton.testing
-
-    fn()
-    torch.cuda.synchronize()
-    return float(triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median"))
 
 
 def timer_for(timing: str, device: str) -> tuple[Timer, str]:
@@ -144,18 +106,8 @@ class StoredConfigs:
             return []
         by_key = dict(self.entries)
         features = tuple(key[name] for name in self.spec.names)
-        out: list[Candidate] = []
-        seen: set[str] = set()
-        for text in self._index.nearest_keys(features, limit=len(self._index)):
-            config = by_key[text]
-            marker = json.dumps(config, sort_keys=True)
-            if marker in seen:
-                continue
-            seen.add(marker)
-            out.append(Candidate(config, text))
-            if len(out) >= k:
-                break
-        return out
+        ranked = self._index.nearest_keys(features, limit=len(self._index))
+        return distinct_nearest(((text, by_key[text]) for text in ranked), k)
 
 
 # ---------------------------------------------------------------- one shape
@@ -170,41 +122,15 @@ def _plain(rk: Any) -> Any:
     return plain
 
 
-def _normalized(bound: Any, config: Mapping[str, Any]) -> dict[str, Any]:
-    """Helion's normalized form of a stored config for this shape (raises if it does not fit)."""
+def _parallel_compile(bound: Any, kargs: tuple[Any, ...], configs: list[dict[str, Any]]) -> list[Any]:
+    """Helion's benchmark provider compiles the batch with its parallel precompile (GPU)."""
     import helion
 
-    from presetdb.helion.hooks import split_device_keys
+    from presetdb.helion.autotune import build_search
 
-    portable, device_only = split_device_keys(bound.config_spec, config)
-    normalized = bound.config_spec.normalized_config(helion.Config(**portable))
-    return {**dict(normalized.config), **device_only}
-
-
-def _compile(bound: Any, kargs: tuple[Any, ...], configs: list[dict[str, Any]], parallel: bool) -> list[Any]:
-    """A compiled function (or the exception) per config. On a GPU Helion's benchmark
-    provider compiles the batch with its parallel precompile; anywhere else, or if that
-    fails, each config is compiled in turn."""
-    import helion
-
-    if parallel:
-        try:
-            from presetdb.helion.autotune import build_search
-
-            search = build_search(bound, kargs)
-            results = search.benchmark_batch(
-                [helion.Config(**c) for c in configs], desc="refine", raise_if_no_viable_config=False
-            )
-            return [r.fn if r.status == "ok" else RuntimeError(f"Helion: {r.status}") for r in results]
-        except Exception:  # noqa: BLE001, S110  (fall back to compiling one by one)
-            pass
-    out: list[Any] = []
-    for config in configs:
-        try:
-            out.append(bound.compile_config(helion.Config(**config), allow_print=False))
-        except Exception as exc:  # noqa: BLE001  (a candidate that fails is left out, with its reason)
-            out.append(exc)
-    return out
+    search = build_search(bound, kargs)
+    results = search.benchmark_batch([helion.Config(**c) for c in configs], desc="refine", raise_if_no_viable_config=False)
+    return [r.fn if r.status == "ok" else RuntimeError(f"Helion: {r.status}") for r in results]
 
 
 def refine_shape(
@@ -218,102 +144,19 @@ def refine_shape(
     check: bool = True,
     parallel_compile: bool | None = None,
 ) -> RefineResult:
-    """Time `candidates` and Helion's default config on the exact shape `key`; the
-    fastest (after the 3 fastest and the default are re-timed round robin) is the entry.
-
-    `kernel` is a registered kernel or its name (Ray workers load the kernel modules).
-    Raises RefineError when no candidate runs and computes what the reference does."""
+    """`presetdb.helion.rerank.rank_configs` on `kernel` (a registered kernel or its name:
+    Ray workers load the kernel modules) with --timing's timer on `device`; on a GPU the
+    candidates are compiled in parallel by Helion's own batch compiler."""
     if isinstance(kernel, str):
         from presetdb.helion.registry import get_kernel, load_kernel_modules
 
         load_kernel_modules()
         kernel = get_kernel(kernel)
-    rk = kernel
-    clock = timer or timer_for(timing, device)[0]
-    started = time.perf_counter()
-    args = tuple(rk.example_inputs(dict(key), device))
-    kargs, restore = rk.adapt_args(args)
-    kargs = tuple(kargs)
-    bound = _plain(rk).bind(kargs)
-    failed: list[tuple[str, str]] = []
-    chosen: list[Candidate] = [Candidate(dict(bound.config_spec.default_config()), DEFAULT_ORIGIN)]
-    seen = {json.dumps(chosen[0].config, sort_keys=True)}
-    for cand in candidates:
-        try:
-            config = _normalized(bound, cand.config)
-        except Exception as exc:  # noqa: BLE001  (a stored config that does not fit this shape)
-            failed.append((cand.origin, f"invalid here: {type(exc).__name__}: {exc}"[:300]))
-            continue
-        marker = json.dumps(config, sort_keys=True)
-        if marker not in seen:
-            seen.add(marker)
-            chosen.append(Candidate(config, cand.origin))
     parallel = device.startswith("cuda") if parallel_compile is None else parallel_compile
-    compiled = _compile(bound, kargs, [c.config for c in chosen], parallel)
-    calls: list[TimedCall] = []
-    times: list[float] = []
-    for cand, fn in zip(chosen, compiled, strict=True):
-        if isinstance(fn, BaseException):
-            failed.append((cand.origin, f"compile: {type(fn).__name__}: {fn}"[:300]))
-            continue
-        call = TimedCall(fn, kargs, cand.config, cand.origin)
-        try:
-            ms = clock(call)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            failed.append((cand.origin, f"run: {type(exc).__name__}: {exc}"[:300]))
-            continue
-        calls.append(call)
-        times.append(ms)
-    if not calls:
-        raise RefineError(f"shape {canonical_key(key)}: none of {len(chosen)} candidate(s) ran: {failed}")
-    # One timing each is noisy: the 3 fastest and Helion's default are timed again, round
-    # robin, and ranked by median (as `presetdb tune` does).
-    order = sorted(range(len(calls)), key=lambda i: times[i])
-    default_index = next((i for i, c in enumerate(calls) if c.origin == DEFAULT_ORIGIN), None)
-    finalists = list(dict.fromkeys([*order[:3], *([] if default_index is None else [default_index])]))
-    rounds = {i: [times[i]] for i in finalists}
-    for _ in range(FINAL_ROUNDS):
-        for i in finalists:
-            rounds[i].append(clock(calls[i]))
-    for i in finalists:
-        times[i] = statistics.median(rounds[i])
-    order = sorted(range(len(calls)), key=lambda i: (i not in rounds, times[i]))
-    winner = None
-    wrong: set[int] = set()
-    expected = rk.reference(*args) if check else None
-    for i in order:
-        if check:
-            try:
-                out = calls[i]()
-                _check_close(out if restore is None else restore(out), expected, key)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # noqa: BLE001  (TuneError: wrong values; anything else: it broke)
-                failed.append((calls[i].origin, f"wrong result: {exc}"[:300]))
-                wrong.add(i)
-                continue
-        winner = i
-        break
-    if winner is None:
-        raise RefineError(f"shape {canonical_key(key)}: no candidate computed what the reference does: {failed}")
-    config = rk.validate_config(dict(calls[winner].config or {}), dict(key) or None)
-    runners = [{"config": calls[i].config, "latency_ms": times[i]} for i in order if i != winner and i not in wrong]
-    reference = TimedCall(lambda *a: rk.baseline(*a), args, None, "reference")
-    entry: dict[str, Any] = {
-        "key": dict(key),
-        "config": config,
-        "latency_ms": times[winner],
-        "default_ms": None if default_index is None else times[default_index],
-        "reference_ms": clock(reference),
-        "configs_tried": len(calls),
-        "tuning_seconds": round(time.perf_counter() - started, 3),
-    }
-    if runners:
-        entry["runners_up"] = runners
-    entry = {k: v for k, v in entry.items() if v is not None}
-    return RefineResult(entry, calls[winner].origin, tuple(failed))
+    return rank_configs(
+        kernel, key, candidates, timer=timer or timer_for(timing, device)[0], device=device, check=check,
+        plain=_plain(kernel), compile_batch=_parallel_compile if parallel else None,
+    )
 
 
 # ---------------------------------------------------------------- shapes files

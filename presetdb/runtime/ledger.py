@@ -1,10 +1,18 @@
 """The ledger: the one writer of a serving process.
 
 Kernel calls never write SQLite. What a process learns while serving (misses counted
-per key, stored configs that failed and are quarantined, configs autotuned on a miss) is
-handed to the ledger: misses are counted in memory, everything else goes into a bounded
-queue. One daemon thread drains the queue into the user overlay, flushes the miss counts
-every `FLUSH_SECONDS`, and is flushed at exit. It is also the only code of a serving
+per key, near misses -- calls served by anything but an exact key of their own platform
+-- counted per requested and served key, stored configs that failed and are quarantined,
+configs autotuned or re-ranked on a miss) is handed to the ledger: misses and near misses
+are counted in memory, everything else goes into a bounded queue. One daemon thread
+drains the queue into the user overlay, flushes the counts every `FLUSH_SECONDS`, and is
+flushed at exit.
+
+A near miss is counted through its `Tally`, made once per (requested key, served key)
+when the picker builds the `Choice` and kept by the choice (and by the call memo): a
+call adds one to an int, nothing more. `last_seen_at` is the time of the flush that
+wrote a count (so within `FLUSH_SECONDS` of the call); `first_seen_at` is when the
+tally was made, at the key's first resolve. It is also the only code of a serving
 process that creates the overlay (schema-only, when missing) or brings an old one to the
 package's schema: the file is ours, and this thread is not a kernel call's.
 
@@ -14,6 +22,7 @@ A write that fails is warned about once and dropped: bookkeeping never fails a c
 from __future__ import annotations
 
 import atexit
+import json
 import queue
 import threading
 import warnings
@@ -29,10 +38,11 @@ from presetdb.errors import SchemaTooOldError
 from presetdb.keys import canonical_key
 from presetdb.store import migrate
 from presetdb.store.engine import Store
-from presetdb.store.repository import MissRecord, Repository
+from presetdb.store.repository import MissRecord, NearMissRecord, Repository
 
 FLUSH_SECONDS = 2.0
 QUEUE_LIMIT = 1024  # pending writes; beyond it new ones are dropped with a warning
+TALLY_LIMIT = 65_536  # near misses tracked per process; beyond it new ones go uncounted
 
 Job = Callable[[Repository], Any]
 
@@ -49,7 +59,54 @@ class _Miss:
     last: str = field(default_factory=utc_now)
 
 
+@dataclass(frozen=True)
+class NearMiss:
+    """What one near miss is: the call's key and platform, what served it and how far."""
+
+    kernel: str
+    platform: str  # the call's
+    requested_key: str
+    served_platform: str
+    served_key: str
+    match: str
+    layer: str
+    distances: dict[str, float]
+    far_fields: dict[str, tuple[float, float]]  # field -> (distance, limit)
+
+    @property
+    def ident(self) -> tuple[str, str, str, str, str]:
+        return (self.kernel, self.platform, self.requested_key, self.served_platform, self.served_key)
+
+
+class Tally:
+    """The call count of one near miss. `hit()` is the whole per-call cost (an int
+    increment under the GIL; two threads racing may lose a count, never corrupt one)."""
+
+    __slots__ = ("count", "first", "flushed", "near")
+
+    def __init__(self, near: NearMiss) -> None:
+        self.near = near
+        self.count = 0
+        self.flushed = 0  # the count already written
+        self.first = utc_now()
+
+    def hit(self) -> None:
+        self.count += 1
+
+    def record(self, count: int, last: str) -> NearMissRecord:
+        n = self.near
+        return NearMissRecord(
+            n.kernel, n.platform, n.requested_key, n.served_platform, n.served_key, n.match, n.layer,
+            json.dumps(n.distances, sort_keys=True, separators=(",", ":")),
+            None if n.match == "default" else float(sum(n.distances.values())),
+            bool(n.far_fields),
+            json.dumps({k: list(v) for k, v in n.far_fields.items()}, sort_keys=True, separators=(",", ":")),
+            count, self.first, last,
+        )
+
+
 _STOP: Any = object()
+_COUNTS: Any = object()  # a queue item: write the counted misses and near misses now
 
 
 class Ledger:
@@ -61,6 +118,7 @@ class Ledger:
         self._on_written = on_written
         self._lock = threading.Lock()
         self._misses: dict[tuple[str, str, str], _Miss] = {}
+        self._tallies: dict[tuple[str, str, str, str, str], Tally] = {}
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_LIMIT)
         self._thread: threading.Thread | None = None
         self._store: Store | None = None
@@ -84,6 +142,31 @@ class Ledger:
         with self._lock:
             return [MissRecord(k, p, f, m.reason, m.count, m.first, m.last) for (k, p, f), m in self._misses.items()]
 
+    def tally(self, near: NearMiss) -> Tally:
+        """The tally of this near miss (the same one for the same requested and served
+        keys, so counts survive the picker's reloads). Not a per-call function: the
+        picker calls it when it builds a choice."""
+        ident = near.ident
+        found = self._tallies.get(ident)
+        if found is not None:
+            found.near = near  # the latest facts (limits may have changed)
+            return found
+        with self._lock:
+            found = self._tallies.get(ident)
+            if found is None:
+                found = Tally(near)
+                if len(self._tallies) < TALLY_LIMIT:
+                    self._tallies = {**self._tallies, ident: found}  # replaced, never mutated: readers need no lock
+                else:
+                    self._warn_once("tallies", f"presetdb: more than {TALLY_LIMIT} near-miss keys; new ones are not counted")
+        self._ensure_thread()
+        return found
+
+    def pending_near_misses(self) -> list[NearMissRecord]:
+        """Counts not written yet (one record per near miss called since the last flush)."""
+        now = utc_now()
+        return [t.record(t.count - t.flushed, now) for t in self._tallies.values() if t.count > t.flushed]
+
     def submit(self, job: Job, *, changes_presets: bool = True) -> Future[Any]:
         """Queue `job(repository)` to run in one overlay transaction. The future holds its
         result (or exception); a full queue drops the job (the future says so)."""
@@ -101,11 +184,11 @@ class Ledger:
         return future
 
     def flush(self, timeout: float | None = 30.0) -> int:
-        """Write the counted misses and wait for every queued write; returns the number
-        of miss rows written."""
+        """Write the counted misses and near misses and wait for every queued write;
+        returns the number of (miss and near-miss) rows written."""
         if self.path is None:
             return 0
-        done = self.submit(self._write_misses, changes_presets=False)
+        done = self.submit(_COUNTS, changes_presets=False)
         try:
             return int(done.result(timeout=timeout) or 0)
         except Exception:  # noqa: BLE001  (already warned on the writer thread)
@@ -138,15 +221,18 @@ class Ledger:
             try:
                 item = self._queue.get(timeout=FLUSH_SECONDS)
             except queue.Empty:
-                if self._misses:
-                    self._guarded(self._write_misses, changes=False, future=None)
+                self._write_counts(None)
                 continue
             if item is _STOP:
                 return
             job, changes, future = item
-            self._guarded(job, changes=changes, future=future)
+            if job is _COUNTS:
+                self._write_counts(future)
+            else:
+                self._guarded(job, changes=changes, future=future)
 
-    def _guarded(self, job: Job, *, changes: bool, future: Future[Any] | None) -> None:
+    def _guarded(self, job: Job, *, changes: bool, future: Future[Any] | None) -> bool:
+        """Run `job` in one overlay transaction; False when it failed (warned once)."""
         try:
             store = self._writer()
             with store.transaction() as session:
@@ -155,7 +241,7 @@ class Ledger:
             self._warn_once(type(exc).__name__, f"presetdb: could not write to the user overlay {self.path}: {exc}")
             if future is not None:
                 future.set_exception(exc)
-            return
+            return False
         if changes and self._on_written is not None:
             try:
                 self._on_written()
@@ -163,6 +249,7 @@ class Ledger:
                 pass
         if future is not None:
             future.set_result(result)
+        return True
 
     def _writer(self) -> Store:
         if self._store is None:
@@ -180,13 +267,30 @@ class Ledger:
             self._store = migrate.open_store(path, "rw")
         return self._store
 
-    def _write_misses(self, repo: Repository) -> int:
+    def _write_counts(self, future: Future[Any] | None) -> None:
+        """Write what was counted since the last time; with nothing counted the overlay
+        is not even opened (a process that only read creates no file)."""
         with self._lock:
-            records = [MissRecord(k, p, f, m.reason, m.count, m.first, m.last) for (k, p, f), m in self._misses.items()]
+            misses = [MissRecord(k, p, f, m.reason, m.count, m.first, m.last) for (k, p, f), m in self._misses.items()]
             self._misses = {}
-        if records:
-            repo.record_misses(records)
-        return len(records)
+        now = utc_now()
+        taken = [(t, t.count) for t in self._tallies.values() if t.count > t.flushed]
+        near = [t.record(count - t.flushed, now) for t, count in taken]
+        if not misses and not near:
+            if future is not None:
+                future.set_result(0)
+            return
+
+        def write(repo: Repository) -> int:
+            if misses:
+                repo.record_misses(misses)
+            if near:
+                repo.record_near_misses(near)
+            return len(misses) + len(near)
+
+        if self._guarded(write, changes=False, future=future):
+            for tally, count in taken:  # written: not counted again
+                tally.flushed = count
 
     def _warn_once(self, kind: str, message: str) -> None:
         if kind in self._warned:

@@ -30,15 +30,15 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from presetdb._text import clip, quoted
 from presetdb.errors import StoreError, StoreWarning
-from presetdb.keys import KeyIndex, KeySpec, KeyValue
+from presetdb.keys import DEFAULT_KEY, KeyIndex, KeySpec, KeyValue, canonical_key, far_fields
 from presetdb.runtime.layers import Layer, open_layers
-from presetdb.runtime.ledger import Ledger
+from presetdb.runtime.ledger import Ledger, NearMiss, Tally
 from presetdb.runtime.platforms import DeviceInfo, PlatformInfo, detect_device, resolve_platform
 from presetdb.settings import Settings
 from presetdb.store import migrate
@@ -66,6 +66,11 @@ class Choice:
     platform: str  # platform whose preset answered
     requested_platform: str
     layer: str  # "overlay" | "deployment" | "default"
+    # The far-match guard: fields whose distance is beyond their limit -> (distance, limit).
+    far_fields: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # The near-miss ledger's counter of this (requested key, served key); None for an
+    # exact match on the call's own platform (nothing to count).
+    tally: Tally | None = field(default=None, compare=False, repr=False)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -79,13 +84,30 @@ class Choice:
     def kind(self) -> str:
         return "fallback-platform" if self.fallback else self.match
 
+    @property
+    def far(self) -> bool:
+        """The stored key is beyond the far-match guard (PRESETDB_MAX_DISTANCE)."""
+        return bool(self.far_fields)
+
+    def far_text(self) -> str:
+        """'far: n 4 > max 1 (log2)' or '' when the match is not far."""
+        if not self.far_fields:
+            return ""
+        parts = ", ".join(f"{name} {_num(d)} > max {_num(limit)}" for name, (d, limit) in self.far_fields.items())
+        return f"far: {parts} (log2 distance)"
+
     def describe(self) -> str:
-        far = {k: round(v, 2) for k, v in self.distances.items() if v}
-        how = self.match + (f" (log2 distance {far})" if far else "")
+        away = {k: round(v, 2) for k, v in self.distances.items() if v}
+        how = self.match + (f" (log2 distance {away})" if away else "")
         where = f"{self.layer} db"
         if self.fallback:
             where += f", fallback platform {self.platform} for {self.requested_platform}"
-        return f"{self.kernel}: key {self.preset.shape_key} by {how} from {where}"
+        far = f"; {self.far_text()}" if self.far_fields else ""
+        return f"{self.kernel}: key {self.preset.shape_key} by {how} from {where}{far}"
+
+
+def _num(value: float) -> str:
+    return f"{value:.3g}"
 
 
 # KeyIndex payload: (layer name, a row of that layer's PresetRows). Only strings and
@@ -102,6 +124,7 @@ class _KernelIndex:
     # Both dicts are replaced, never mutated, so readers need no lock.
     loaded: dict[str, KeyIndex[_Payload] | None]
     rows: dict[tuple[str, str], PresetRows]  # (platform, layer name) -> rows loaded
+    limits: dict[str, float] = field(default_factory=dict)  # far-match guard per numeric field
 
 
 class Picker:
@@ -170,22 +193,54 @@ class Picker:
             idx = self._slice(kernel, index, platform)
             m = idx.match(features) if idx is not None else None
             if m is not None:
-                return self._choice(kernel, index, platform, m.payload, m.kind, m.distances)
+                return self._choice(kernel, index, platform, m.payload, m.kind, m.distances, features)
         for platform in self.chain:
             idx = self._slice(kernel, index, platform)
             m = idx.default_match() if idx is not None else None
             if m is not None:
-                return self._choice(kernel, index, platform, m.payload, "default", {})
+                return self._choice(kernel, index, platform, m.payload, "default", {}, features)
         return None
 
     def _choice(
         self, kernel: str, index: _KernelIndex, platform: str, payload: _Payload, match: str,
-        distances: dict[str, float],
+        distances: dict[str, float], features: tuple[KeyValue, ...],
     ) -> Choice:
         layer, row = payload
         # The record is built here, for the preset served, not for every row loaded.
         preset = index.rows[(platform, layer)].record(row)
-        return Choice(kernel, preset, match, distances, platform, self.platform, layer)
+        far = {name: (d, index.limits[name]) for name, d in far_fields(distances, index.limits).items()}
+        tally = None
+        if match != "exact" or platform != self.platform:
+            # Counted per call by hooks.serve / the call memo; made once per resolve here.
+            requested = canonical_key(index.spec.key_of(features))
+            tally = self.ledger.tally(
+                NearMiss(kernel, self.platform, requested, platform, preset.shape_key, match, layer, distances, far)
+            )
+        return Choice(kernel, preset, match, distances, platform, self.platform, layer, far, tally)
+
+    def limits(self, kernel: str, spec: KeySpec) -> dict[str, float]:
+        """The far-match guard's maximum distance per numeric field of `kernel`."""
+        return dict(self._index(kernel, spec).limits)
+
+    def neighbours(
+        self, kernel: str, spec: KeySpec, features: tuple[KeyValue, ...]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """(origin, config) of every stored key on the platform chain, nearest first
+        (own platform's before fallbacks'; the default entry last): candidates for a
+        re-rank. Origins read 'platform:key'."""
+        index = self._index(kernel, spec)
+        found: list[tuple[str, dict[str, Any]]] = []
+        for platform in self.chain:
+            idx = self._slice(kernel, index, platform)
+            if idx is None:
+                continue
+            payloads = idx.entries()
+            for key in [*idx.nearest_keys(features, limit=len(idx)), DEFAULT_KEY]:
+                payload = payloads.get(key)
+                if payload is not None:
+                    layer, row = payload
+                    found.append((f"{platform}:{key}", index.rows[(platform, layer)].record(row).config))
+        return found
 
     def nearest_keys(self, kernel: str, spec: KeySpec, features: tuple[KeyValue, ...], limit: int = 3) -> list[str]:
         """Stored keys closest to the features on the requested platform chain."""
@@ -212,7 +267,7 @@ class Picker:
     def _build(self, kernel: str, spec: KeySpec) -> _KernelIndex:
         """The kernel's index with its own platform loaded (fallbacks load on demand)."""
         self.loads += 1
-        index = _KernelIndex(spec, {}, {})
+        index = _KernelIndex(spec, {}, {}, spec.limits(kernel, self.settings.max_distance))
         self._slice(kernel, index, self.chain[0])
         return index
 
@@ -418,10 +473,11 @@ class Picker:
         timings: dict[str, Any],
         *,
         timeout: float | None = 60.0,
+        source: str = "autotune",
     ) -> None:
-        """Store a locally autotuned config in the overlay (source 'autotune'). Written by
-        the ledger's thread; this waits for it (a search took far longer), so the next
-        call is served the new row."""
+        """Store a config found at run time (an autotune, a re-rank) in the overlay, under
+        a tuning run of `source` with `provenance`. Written by the ledger's thread; this
+        waits for it (the search took far longer), so the next call is served the new row."""
         if self.ledger.path is None:
             warnings.warn("presetdb: no writable overlay; the autotuned config is not kept", StoreWarning, stacklevel=2)
             return
@@ -430,7 +486,7 @@ class Picker:
         def write(repo: Repository) -> None:
             repo.ensure_kernel(kernel, schema)
             _ensure_platform(repo, platform, info)
-            run = repo.add_run("autotune", **provenance)
+            run = repo.add_run(source, **provenance)
             repo.upsert_preset(kernel, platform, run.id, PresetInput(shape_key, config, **timings))
 
         self.ledger.submit(write).result(timeout=timeout)

@@ -32,6 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql.expression import ColumnElement
+from sqlalchemy.sql.naming import conv
 
 from presetdb._util import utc_now
 
@@ -327,3 +328,37 @@ class HelionCacheEntry(Base):
     presetdb_version: Mapped[str | None] = mapped_column(String(50))
     created_at: Mapped[str] = mapped_column(String(32), default=utc_now)  # first written
     updated_at: Mapped[str] = mapped_column(String(32), default=utc_now, index=True)  # last written
+class PresetNearMiss(Base):
+    """Near-miss ledger: calls served by anything but an exact key of their own platform
+    (nearest/ceil/floor, the default entry, a fallback platform), counted per requested
+    and served key in the user overlay: what `presetdb queue` ranks and the `far` audit lists."""
+
+    __tablename__ = "preset_near_misses"
+    __table_args__ = (
+        UniqueConstraint(
+            "kernel", "platform", "requested_key", "served_platform", "served_key",
+            name=conv("uq_preset_near_misses_ident"),  # the convention's name passes PostgreSQL's 63
+        ),
+        CheckConstraint("count >= 1", name="count_positive"),
+        CheckConstraint("distance IS NULL OR distance >= 0", name="distance_nonnegative"),
+        CheckConstraint(JsonValid("requested_key"), name="requested_key_json"),
+        CheckConstraint(JsonValid("served_key"), name="served_key_json"),
+        CheckConstraint(JsonValid("distances"), name="distances_json"),
+        CheckConstraint(JsonValid("far_fields"), name="far_fields_json"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kernel: Mapped[str] = mapped_column(String(200))  # by name, as for preset_misses
+    platform: Mapped[str] = mapped_column(String(100))  # the platform the call ran on
+    requested_key: Mapped[str] = mapped_column(Text)  # canonical shape key of the call
+    served_platform: Mapped[str] = mapped_column(String(100))  # whose preset served it
+    served_key: Mapped[str] = mapped_column(Text)  # the stored key that served it ("{}": default entry)
+    match: Mapped[str] = mapped_column(String(20))  # exact (another platform's) / nearest / ceil / floor / default
+    layer: Mapped[str] = mapped_column(String(20))  # overlay / deployment / default
+    distances: Mapped[str] = mapped_column(Text)  # {"field": log2 distance, ...}
+    distance: Mapped[float | None] = mapped_column(Float)  # their sum; NULL for the default entry
+    far: Mapped[bool] = mapped_column(Boolean)  # a field beyond its max distance (PRESETDB_MAX_DISTANCE)
+    far_fields: Mapped[str] = mapped_column(Text)  # {"field": [distance, limit], ...} of those fields
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    first_seen_at: Mapped[str] = mapped_column(String(32), default=utc_now)
+    last_seen_at: Mapped[str] = mapped_column(String(32), default=utc_now)

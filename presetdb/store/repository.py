@@ -36,6 +36,7 @@ from presetdb.store.models import (
     Preset,
     PresetCandidate,
     PresetMiss,
+    PresetNearMiss,
     TuningRun,
     utc_now,
 )
@@ -185,6 +186,27 @@ class MissRecord:
     platform: str
     features: str
     reason: str
+    count: int
+    first_seen_at: str
+    last_seen_at: str
+
+
+@dataclass(frozen=True)
+class NearMissRecord:
+    """Calls of one requested key served by one stored key that was not an exact match of
+    the call's own platform (see models.PresetNearMiss)."""
+
+    kernel: str
+    platform: str
+    requested_key: str
+    served_platform: str
+    served_key: str
+    match: str
+    layer: str
+    distances: str  # JSON {"field": log2 distance}
+    distance: float | None
+    far: bool
+    far_fields: str  # JSON {"field": [distance, limit]}
     count: int
     first_seen_at: str
     last_seen_at: str
@@ -625,6 +647,57 @@ class Repository:
         if kernel is not None:
             query = query.where(PresetMiss.kernel == kernel)
         return [MissRecord(**row._mapping) for row in self.session.execute(query)]
+
+    # near-miss ledger ----------------------------------------------------------
+    def record_near_misses(self, records: Iterable[NearMissRecord]) -> None:
+        """Add counts to the near-miss ledger (one row per kernel x platform x requested
+        key x served platform x served key); the latest match facts win."""
+        t = PresetNearMiss
+        for r in records:
+            check_lengths(
+                t.__table__,
+                {"kernel": r.kernel, "platform": r.platform, "served_platform": r.served_platform,
+                 "match": r.match, "layer": r.layer},
+                "near-miss ledger row",
+            )
+            row = self.session.scalar(
+                select(t).where(
+                    t.kernel == r.kernel, t.platform == r.platform, t.requested_key == r.requested_key,
+                    t.served_platform == r.served_platform, t.served_key == r.served_key,
+                )
+            )
+            facts = {
+                "match": r.match, "layer": r.layer, "distances": r.distances, "distance": r.distance,
+                "far": bool(r.far), "far_fields": r.far_fields,
+            }
+            if row is None:
+                self.session.add(
+                    t(
+                        kernel=r.kernel, platform=r.platform, requested_key=r.requested_key,
+                        served_platform=r.served_platform, served_key=r.served_key, count=r.count,
+                        first_seen_at=r.first_seen_at, last_seen_at=r.last_seen_at, **facts,
+                    )
+                )
+            else:
+                row.count += r.count
+                row.first_seen_at = min(row.first_seen_at, r.first_seen_at)
+                row.last_seen_at = max(row.last_seen_at, r.last_seen_at)
+                for name, value in facts.items():
+                    setattr(row, name, value)
+        self.session.flush()
+
+    def near_misses(self, kernel: str | None = None) -> list[NearMissRecord]:
+        t = PresetNearMiss
+        query = select(
+            t.kernel, t.platform, t.requested_key, t.served_platform, t.served_key, t.match, t.layer,
+            t.distances, t.distance, t.far, t.far_fields, t.count, t.first_seen_at, t.last_seen_at,
+        ).order_by(t.count.desc(), t.id)
+        if kernel is not None:
+            query = query.where(t.kernel == kernel)
+        return [
+            NearMissRecord(k, p, rk, sp, sk, m, lay, d, dist, bool(far), ff, n, first, last)
+            for k, p, rk, sp, sk, m, lay, d, dist, far, ff, n, first, last in self.session.execute(query)
+        ]
 
 
 # ---------------------------------------------------------------- helpers
