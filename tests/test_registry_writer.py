@@ -117,3 +117,26 @@ def test_tune_with_a_registry_url_writes_each_shape_as_it_lands(registry_url: st
                for e in doc["entries"]}
     assert len(doc["entries"]) == 2 and written <= stored, (written, stored)
     assert any(r.source == "tune" and r.seed == 3 for r in runs)
+
+
+def test_refine_with_a_registry_url_writes_each_shape_as_it_lands(registry_url: str, tmp_path: Path) -> None:
+    """`presetdb refine --db postgresql+psycopg://...` (CPU, Triton interpreter): candidates
+    come from the registry, and every refined shape is written back into it."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from presetdb.cli import app
+
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("refine on CPU needs TRITON_INTERPRET=1")
+    import_files(registry_url, [RESULTS])
+    out = tmp_path / "refined.json"
+    args = ["refine", "rms_norm", "--grid", "dtype=bfloat16;hidden=4096;num_tokens=20", "--device", "cpu",
+            "--platform", "nvidia_h100", "--k", "2", "--no-check", "--db", registry_url, "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(out.read_text())["entries"]
+    presets, _ = contents(registry_url)
+    served = [p for p in presets if p[2] == '{"dtype":"bfloat16","hidden":4096,"num_tokens":20}']
+    assert len(served) == 1 and served[0][1] == "nvidia_h100" and served[0][4] == entry["latency_ms"]

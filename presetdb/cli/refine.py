@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -71,10 +71,22 @@ def refine_cmd(
 
         load_kernel_modules(module)
     keys = shapes_from(kernel, shapes, grid, from_queue, lambda path: refining.shapes_for_kernel(path, kernel))
+    from sqlalchemy import URL
+
+    source = db_path(db)
+    on_entry = None
+    if isinstance(source, URL):  # a registry: each refined shape is written as it lands
+
+        def on_entry(entry: Any, run: Any, platform: str) -> None:
+            from presetdb.offline.registry_writer import write_entry
+
+            write_entry(source, refiner.rk, entry, run, platform=platform)
+
     refiner = refining.Refiner(
         kernel,
         out,
-        db=db_path(db),
+        on_entry=on_entry,
+        db=source,
         k=k,
         timing=timing,
         device=device,

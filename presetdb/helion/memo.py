@@ -32,7 +32,7 @@ def exact_key(args: Sequence[object], floats_by_value: bool = False) -> tuple[Ha
     subclasses, unknown argument types).
 
     A kernel's features may read tensor metadata and non-float scalars, never a float's
-    value (docs/CONTRACTS.md)."""
+    value (docs/architecture.md)."""
     key: tuple[Hashable, ...] = ()  # grown by concatenation: cheaper than a list for a few args
     previous = None
     tensors = 0

@@ -20,7 +20,7 @@ finds, and keeps finished shapes on Ctrl-C. The timer is injectable: on a CPU
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +54,7 @@ from presetdb.offline.tune import (
     utc_now,
 )
 from presetdb.runtime.platforms import derive_platform_name
+from presetdb.store.engine import describe, parse_target
 
 # Re-exported: the per-shape work lives in presetdb.helion.rerank (the run-time policy uses it too).
 __all__ = ["DEFAULT_ORIGIN", "Candidate", "RefineError", "RefineResult", "Refiner", "TimedCall", "refine_shape"]
@@ -205,7 +206,10 @@ class Refiner:
         parallel_compile: bool | None = None,
         console: Console | None = None,
         progress: bool = True,
+        on_entry: Callable[[Mapping[str, Any], Mapping[str, Any], str], None] | None = None,
     ) -> None:
+        """`on_entry(entry, run, platform)` runs after each refined shape is saved (e.g.
+        `presetdb.offline.registry_writer.write_entry` into a registry)."""
         if k < 0:
             raise RefineError(f"--k {k}: give 0 or more stored configs to try")
         if isinstance(kernel, str):
@@ -215,7 +219,8 @@ class Refiner:
             kernel = get_kernel(kernel)
         self.rk = kernel
         self.out = Path(out)
-        self.db = Path(db)
+        self.db = parse_target(db)  # a file or a registry URL
+        self.on_entry = on_entry
         self.k = k
         self.timing = timing
         chosen, method = timer_for(timing, device)
@@ -233,7 +238,8 @@ class Refiner:
     def benchmark_method(self, source_platform: str) -> str:
         return (
             f"refine: the {self.k} nearest stored configs ({self.rk.name} on {source_platform}, "
-            f"{self.db.name}) and Helion's default, timed on the exact shape; {self._method}"
+            f"{self.db.name if isinstance(self.db, Path) else describe(self.db)}) and Helion's default, "
+            f"timed on the exact shape; {self._method}"
         )
 
     def _start_document(self) -> dict[str, Any]:
@@ -247,7 +253,7 @@ class Refiner:
         self.stored = StoredConfigs.load(self.db, self.rk.name, self.rk.key_spec, source_platform)
         if not self.stored.entries:
             self.console.print(
-                f"[yellow]warning:[/] {escape(str(self.db))} has no active {self.rk.name} presets on "
+                f"[yellow]warning:[/] {escape(describe(self.db))} has no active {self.rk.name} presets on "
                 f"{escape(source_platform)}: only Helion's default config will be timed",
                 highlight=False,
             )
@@ -341,6 +347,16 @@ class Refiner:
                         entry = result.entry
                         doc["entries"].append(entry)
                         summary.done += 1
+                        self._save(doc, failures)
+                        if self.on_entry is not None:
+                            try:  # e.g. into a registry, as each shape lands; the file has it anyway
+                                self.on_entry(entry, doc["run"], doc["platform"])
+                            except Exception as exc:  # noqa: BLE001  (a down registry must not stop the run)
+                                self.console.print(
+                                    f"[yellow]warning:[/] {escape(text)} is in the results file but was not "
+                                    f"written to the database: {escape(str(exc)[:300])}; import the file later",
+                                    highlight=False,
+                                )
                         default = entry.get("default_ms")
                         self.console.print(
                             f"[green]refined[/] {escape(text)}: {entry['latency_ms']:.4f} ms from "

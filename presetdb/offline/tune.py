@@ -147,7 +147,7 @@ def load_shapes(path: Path) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class SearchRequest:
-    kernel: Any  # the registered kernel (docs/CONTRACTS.md)
+    kernel: Any  # the registered kernel (docs/architecture.md)
     plain: Any  # a helion.Kernel of the same function without presetdb's hooks (seeded)
     key: dict[str, Any]
     args: tuple[Any, ...]

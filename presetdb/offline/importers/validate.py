@@ -62,7 +62,7 @@ class Resolver(Protocol):
 
 
 class RegisteredKernelChecker:
-    """A `KernelChecker` over a registered kernel (see docs/CONTRACTS.md)."""
+    """A `KernelChecker` over a registered kernel (see docs/architecture.md)."""
 
     def __init__(self, rk: Any) -> None:
         self.rk = rk
