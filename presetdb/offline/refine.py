@@ -86,7 +86,7 @@ class StoredConfigs:
     _index: KeyIndex[dict[str, Any]] | None = None
 
     @classmethod
-    def load(cls, db: Path, kernel: str, spec: KeySpec, platform: str) -> StoredConfigs:
+    def load(cls, db: Path | Any, kernel: str, spec: KeySpec, platform: str) -> StoredConfigs:
         from presetdb.store import migrate
         from presetdb.store.repository import Repository
 
@@ -194,7 +194,7 @@ class Refiner:
         kernel: Any,
         out: Path,
         *,
-        db: Path,
+        db: Path | str | Any,
         k: int = DEFAULT_K,
         timing: str = "graph",
         timer: Timer | None = None,

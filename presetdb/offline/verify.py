@@ -59,7 +59,7 @@ class VerifyReport:
 
 
 def verify(
-    db: Path,
+    db: Path | Any,
     *,
     modules: Sequence[str] = (),
     kernel: str | None = None,

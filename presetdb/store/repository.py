@@ -545,10 +545,8 @@ class Repository:
                 .join(Platform, Platform.id == Preset.platform_id)
                 .where(*where)
             )
-            runs = {
-                row[0]: tuple(row[1:])
-                for row in conn.execute(select(*_RUN_COLUMNS).where(TuningRun.id.in_(used)))
-            }
+            found = conn.execute(select(*_RUN_COLUMNS).where(TuningRun.id.in_(used)))
+            runs = {int(str(row[0])): tuple(row[1:]) for row in found}
         return PresetRows(kernel, platform, rows, runs)
 
     def all_presets(self, *, status: str | None = "active") -> list[PresetRecord]:
