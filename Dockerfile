@@ -19,6 +19,7 @@ COPY seed_data seed_data
 # queries from presetdb/audit/sql/*.sql, column descriptions from the models) is generated
 # here, from the installed package, so it cannot drift from it.
 RUN pip install --no-deps . \
+ && presetdb build --embedded \
  && presetdb audit --datasette-metadata /app/datasette-metadata.json
 WORKDIR /data
 EXPOSE 8001

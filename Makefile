@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,registry,farm]' "helion==$(HELION)"
+	$(VENV)/bin/presetdb build --embedded > /dev/null  # the package's default db, from its migrations
 	touch $(STAMP)
 
 $(STAMP_2): pyproject.toml Makefile
@@ -26,6 +27,7 @@ $(STAMP_2): pyproject.toml Makefile
 	$(PY_2) -m pip install -q --upgrade pip
 	$(PY_2) -m pip install -q torch==2.13.0
 	$(PY_2) -m pip install -q -e '.[dev,registry,farm]' "helion==$(HELION_2)"
+	$(VENV_2)/bin/presetdb build --embedded > /dev/null
 	touch $(STAMP_2)
 
 # The whole suite on CPU (Helion kernels in the Triton interpreter), once per Helion version.

@@ -1,9 +1,10 @@
 """The embedded default db: ``presetdb/data/default.db``, shipped inside the package.
 
 It is every packaged migration (schema and seed data) built into one compacted file by
-`presetdb build --embedded` (`presetdb.offline.build.build_embedded`) when the package
-changes, and committed with it; a test checks its content digest against a fresh build,
-so it cannot drift from the migrations. A serving process only opens it, immutable: it
+an explicit command, `presetdb build --embedded` (`presetdb.offline.build.build_embedded`),
+which `make` runs after installing and which a wheel build must run first; it is not
+committed. A test checks its content digest against a fresh build, so it cannot drift from
+the migrations. A serving process only opens it, immutable: it
 is never built, migrated or written at run time.
 """
 
