@@ -50,6 +50,10 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, src / name)
     env = {**os.environ, "PIP_NO_INDEX": "1"}
+    # A release builds the embedded default db before the wheel (it is not committed).
+    embedded = src / "presetdb" / "data" / "default.db"
+    _run([sys.executable, "-c", f"from presetdb.offline.build import build_database; build_database({str(embedded)!r})"],
+         cwd=work, env=env)
     _run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--skip-dependency-check", "--outdir", work / "dist", src], cwd=work, env=env)
     wheel = next((work / "dist").glob("presetdb-*.whl"))
     venv = work / "venv"
