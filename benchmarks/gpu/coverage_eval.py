@@ -69,7 +69,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", type=Path, required=True, help="the presets served (e.g. presetdb/data/default.db)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
-    parser.add_argument("--platform", default="nvidia_h100")
+    parser.add_argument("--platform", default=None, help="default: the GPU's own (as a server resolves it)")
     parser.add_argument("--shapes", type=Path, default=ROOT / "benchmarks/shapes/heldout_coverage.json")
     parser.add_argument("--per-kernel", type=int, default=6, help="held-out shapes per kernel (evenly spaced)")
     parser.add_argument("--k", type=int, default=6, help="stored configs a rerank times besides Helion's default")
@@ -80,6 +80,12 @@ def main() -> int:
     opts = parser.parse_args()
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="coverage-eval-"))
+    if opts.platform is None:
+        import torch
+
+        from presetdb.runtime.platforms import derive_platform_name
+
+        opts.platform = derive_platform_name(torch.cuda.get_device_name()) if opts.device == "cuda" else "cpu"
     os.environ.update(
         PRESETDB_PATH=str(opts.db.resolve()), PRESETDB_PLATFORM=opts.platform,
         PRESETDB_USER_DB=str(tmp / "overlay.db"), PRESETDB_CACHE_DIR=str(tmp / "cache"),

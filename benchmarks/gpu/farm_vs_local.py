@@ -63,22 +63,36 @@ def tune(kernel: str, executor: str, shapes: Path, out: Path, budget: int, log: 
     return seconds
 
 
-def remeasure(
-    kernel: str, local: dict[str, Any], farm: dict[str, Any], rounds: int, device: str
-) -> list[dict[str, Any]]:
-    """Both runs' configs per shape, timed side by side (graph replay, interleaved)."""
+def time_side_by_side(kernel: str, key: dict[str, Any], configs: dict[str, dict[str, Any]], rounds: int,
+                      device: str) -> dict[str, float]:
+    """Median ms of each named config on `key`'s shape, timed side by side (graph replay on a
+    GPU, interleaved rounds)."""
     import helion
 
     from presetdb.helion.autotune import plain_kernel
     from presetdb.helion.registry import get_kernel, load_kernel_modules
-    from presetdb.keys import canonical_key
     from presetdb.offline.tune import cpu_timer, graph_timer
 
     timer = graph_timer if device == "cuda" else cpu_timer(1)
-
     load_kernel_modules()
     rk = get_kernel(kernel)
     plain = plain_kernel(rk, effort="quick", seed=1, budget_seconds=None)
+    args = tuple(rk.adapt_args(tuple(rk.example_inputs(key, device)))[0])
+    bound = plain.bind(args)
+    runs = {name: bound.compile_config(helion.Config(**cfg)) for name, cfg in configs.items()}
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            samples[name].append(timer(functools.partial(fn, *args)))
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def remeasure(
+    kernel: str, local: dict[str, Any], farm: dict[str, Any], rounds: int, device: str
+) -> list[dict[str, Any]]:
+    """Both runs' configs per shape, timed side by side (graph replay, interleaved)."""
+    from presetdb.keys import canonical_key
+
     by_key = {canonical_key(e["key"]): e for e in farm["entries"]}
     rows = []
     for entry in local["entries"]:
@@ -86,22 +100,12 @@ def remeasure(
         other = by_key.get(canonical_key(key))
         if other is None:
             continue
-        args = tuple(rk.adapt_args(tuple(rk.example_inputs(key, device)))[0])
-        bound = plain.bind(args)
-        runs = {
-            name: bound.compile_config(helion.Config(**cfg))
-            for name, cfg in (("local", entry["config"]), ("ray", other["config"]))
-        }
-        samples: dict[str, list[float]] = {"local": [], "ray": []}
-        for _ in range(rounds):
-            for name, fn in runs.items():
-                samples[name].append(timer(functools.partial(fn, *args)))
-        local_ms, ray_ms = (statistics.median(samples[n]) for n in ("local", "ray"))
+        ms = time_side_by_side(kernel, key, {"local": entry["config"], "ray": other["config"]}, rounds, device)
         rows.append({
             "key": key,
-            "local_ms": local_ms,
-            "ray_ms": ray_ms,
-            "ray_over_local": ray_ms / local_ms,
+            "local_ms": ms["local"],
+            "ray_ms": ms["ray"],
+            "ray_over_local": ms["ray"] / ms["local"],
             "same_config": entry["config"] == other["config"],
             "local_tuning_seconds": entry.get("tuning_seconds"),
             "ray_tuning_seconds": other.get("tuning_seconds"),

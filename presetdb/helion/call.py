@@ -15,7 +15,8 @@ Where the fast path is on (`presetdb.helion._accel`: verified Helion/Triton vers
 the compiled host function is called directly and its Triton kernel launched directly.
 On either path a call whose exact metadata was seen before skips the key, the picker and
 the policy (`presetdb.helion.memo`, valid while the picker's epoch stands and, on the
-fast path, Helion's specialization state).
+fast path, Helion's specialization state); on the public path the memo holds the
+compiled config from Helion's public ``BoundKernel.compile_config``.
 
 A stored config that fails to compile or launch is the row's fault only if Helion's
 default config runs the same call; then it is quarantined (in memory at once, in the
@@ -96,7 +97,10 @@ def run(rk: RegisteredKernel, served: hooks.Served, args: tuple[Any, ...], exact
     if runners is None:  # the public path: Helion's own call of the config kernel
         out = target(*args)
         if exact is not None and served.choice is not None:
-            rk.memo.remember(exact, (epoch, served.choice, hooks.memo_run(served.choice, target.kernel), None))
+            # later calls with this exact metadata run the compiled config directly
+            # (public BoundKernel.compile_config: cached by Helion, no re-binding per call)
+            compiled = target.kernel.bind(args).compile_config(target.config, allow_print=False)
+            rk.memo.remember(exact, (epoch, served.choice, hooks.memo_run(served.choice, compiled), None))
         return out
     meta = runners.key(args)
     entry = None if meta is None else runners.lookup(meta, args)

@@ -5,8 +5,9 @@ Valid because a kernel's features are a function of the exact metadata (a kernel
 author's contract, docs/architecture.md) and the picker's answer only changes with its
 epoch. An entry is (picker epoch, choice, run, fast-path entry or None): with the fast
 path on, `run` is the published runner and the entry also checks that Helion has learned
-nothing since (its specialization generation); on the public path `run` is the config
-kernel itself, which Helion specializes per call. Misses are never memoized.
+nothing since (its specialization generation); on the public path `run` is the
+compiled config of that exact metadata (Helion's public ``BoundKernel.compile_config``).
+Misses are never memoized.
 """
 
 from __future__ import annotations

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Seed presets v2 on a GPU (issue [seed-v2]): refine the v2 tuning grids
+# (benchmarks/shapes/tune_v2_<kernel>.json) with graph timing. Resumable: earlier partial
+# results in $CARRY_DIR (default benchmarks/results/<device>/seed_v2) are copied in first and
+# `presetdb refine` skips finished shapes. Stops starting work after DEADLINE_S seconds.
+#   bash benchmarks/gpu/run_seed_v2.sh DEVICE_DIR DEADLINE_S [KERNEL...]
+set -uo pipefail
+dir=$1; deadline=$2; shift 2
+kernels=${*:-rms_norm silu_mul softmax matmul}
+FINAL=${OUT:-out}
+out="$FINAL/seed_v2"; mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+start=$(date +%s)
+for k in $kernels; do
+  [ -f "$dir/refine_$k.json" ] && cp "$dir/refine_$k.json" "$out/refine_$k.json"
+  left=$(( deadline - ($(date +%s) - start) ))
+  [ "$left" -le 20 ] && { echo "deadline: skipping $k"; continue; }
+  echo "== $k (${left}s left)"
+  timeout -s INT "$left" python3 -P -m presetdb refine "$k" --shapes "benchmarks/shapes/tune_v2_$k.json" --k 8 \
+    --timing graph --out "$out/refine_$k.json" > "$out/refine_$k.log" 2>&1
+  echo "refine $k exit $?"; grep -v '━' "$out/refine_$k.log" | tail -3
+done
+tar czf "$FINAL/seed_v2.tgz" -C "$FINAL" seed_v2 && rm -rf "$out"
