@@ -98,8 +98,10 @@ def distinct_nearest(ranked: Iterable[tuple[str, Mapping[str, Any]]], k: int) ->
     return out
 
 
-def check_close(actual: Any, expected: Any, key: Mapping[str, Any]) -> None:
-    """The candidate must compute what the PyTorch reference computes."""
+def check_close(
+    actual: Any, expected: Any, key: Mapping[str, Any], error: type[PresetDBError] = RefineError
+) -> None:
+    """The candidate must compute what the PyTorch reference computes; raises `error`."""
     import torch
 
     pairs = zip(actual, expected, strict=True) if isinstance(actual, (tuple, list)) else [(actual, expected)]
@@ -109,7 +111,7 @@ def check_close(actual: Any, expected: Any, key: Mapping[str, Any]) -> None:
             try:
                 torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
             except AssertionError as exc:
-                raise RefineError(f"shape {canonical_key(key)}: disagrees with the reference: {exc}") from None
+                raise error(f"shape {canonical_key(key)}: disagrees with the reference: {exc}") from None
 
 
 def _normalized(bound: Any, config: Mapping[str, Any]) -> dict[str, Any]:

@@ -77,6 +77,7 @@ from rich.text import Text
 from presetdb.errors import FarmError, TuneError
 from presetdb.keys import canonical_key
 from presetdb.offline.importers import presetdb_results
+from presetdb.offline.importers.records import PROVENANCE_FIELDS
 from presetdb.store.models import utc_now
 
 FARM_INSTALL = "pip install 'presetdb[farm]'"
@@ -86,18 +87,8 @@ ACCELERATOR_RESOURCE = "accelerator_type:"  # Ray's own, from the detected GPU
 FORWARDED_PREFIXES = ("HELION_", "TRITON_")
 FORWARDED_NAMES = ("PRESETDB_KERNEL_MODULES",)
 TRACEBACK_TAIL = 3000  # characters of a failure's traceback kept in the file
-MACHINE_FIELDS = (
-    "tuned_by",
-    "host",
-    "device_name",
-    "sm_count",
-    "driver_version",
-    "cuda_version",
-    "torch_version",
-    "triton_version",
-    "helion_version",
-    "presetdb_version",
-)
+# Provenance of the machine that ran a shape (the driver may have no GPU): host, device, versions.
+MACHINE_FIELDS = PROVENANCE_FIELDS[: PROVENANCE_FIELDS.index("presetdb_version") + 1]
 
 __all__ = [
     "FARM_INSTALL",

@@ -44,6 +44,7 @@ from rich.console import Console
 from presetdb import __version__
 from presetdb.errors import TuneError  # re-exported: its old import path
 from presetdb.helion.autotune import build_search, capture_provenance, machine_provenance, plain_kernel, utc_now
+from presetdb.helion.rerank import check_close
 from presetdb.keys import KeyIndex, canonical_key, parse_key
 from presetdb.offline.farm import (
     LocalExecutor,
@@ -391,7 +392,7 @@ class ShapeTuner:
         best = bound.compile_config(helion.Config(**config))
         if self.check:
             out = best(*kargs)
-            _check_close(out if restore is None else restore(out), rk.reference(*args), key)
+            check_close(out if restore is None else restore(out), rk.reference(*args), key, TuneError)
         default_config = dict(bound.config_spec.default_config())
         default = bound.compile_config(helion.Config(**default_config))
         calls: list[Callable[[], object]] = [lambda: best(*kargs), lambda: default(*kargs)]
@@ -595,19 +596,3 @@ class Tuner:
             progress=self.progress,
             describe=describe_entry,
         )
-
-
-def _check_close(actual: Any, expected: Any, key: Mapping[str, Any]) -> None:
-    """The tuned config must compute what the PyTorch reference computes."""
-    import torch
-
-    pairs = zip(actual, expected, strict=True) if isinstance(actual, (tuple, list)) else [(actual, expected)]
-    for got, want in pairs:
-        if isinstance(got, torch.Tensor):
-            tol = 2e-2 if got.dtype in (torch.float16, torch.bfloat16) else 1e-3
-            try:
-                torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=tol)
-            except AssertionError as exc:
-                raise TuneError(
-                    f"shape {canonical_key(key)}: tuned config disagrees with the reference: {exc}"
-                ) from None

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -546,7 +546,7 @@ class Repository:
                 .where(*where)
             )
             found = conn.execute(select(*_RUN_COLUMNS).where(TuningRun.id.in_(used)))
-            runs = {int(str(row[0])): tuple(row[1:]) for row in found}
+            runs = {cast(int, row[0]): tuple(row[1:]) for row in found}
         return PresetRows(kernel, platform, rows, runs)
 
     def all_presets(self, *, status: str | None = "active") -> list[PresetRecord]:
