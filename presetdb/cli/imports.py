@@ -12,6 +12,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from presetdb.cli.common import DbOption, console, db_path, err_console, plain, safe, warn_if_served
+from presetdb.cli.executors import (
+    AddressOption,
+    CpusPerTaskOption,
+    ExecutorOption,
+    GpusPerTaskOption,
+    MaxRetriesOption,
+    make_executor,
+)
 from presetdb.errors import KeySpecError
 from presetdb.keys import parse_key
 
@@ -356,21 +364,11 @@ def tune_cmd(
         list[str] | None,
         typer.Option("--module", help="Import this module first (it registers your kernel); repeatable."),
     ] = None,
-    executor: Annotated[
-        str, typer.Option("--executor", help="local (this process) | ray (one task per shape on a Ray cluster).")
-    ] = "local",
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address", help="Ray cluster: auto (the one `ray start` made here) or ray://HOST:PORT. "
-            "Default: a new local Ray cluster on this machine's GPUs.",
-        ),
-    ] = None,
-    gpus_per_task: Annotated[float, typer.Option("--gpus-per-task", help="GPUs per shape (Ray).")] = 1,
-    cpus_per_task: Annotated[float, typer.Option("--cpus-per-task", help="CPUs reserved per shape (Ray).")] = 1,
-    max_retries: Annotated[
-        int, typer.Option("--max-retries", help="Retries of a shape whose worker process died (Ray).")
-    ] = 2,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    gpus_per_task: GpusPerTaskOption = 1,
+    cpus_per_task: CpusPerTaskOption = 1,
+    max_retries: MaxRetriesOption = 2,
 ) -> None:
     """Autotune a kernel per shape with Helion and write a presetdb-results/1 file (GPU).
 
@@ -387,7 +385,6 @@ def tune_cmd(
     Example (the keys production served far away): presetdb tune softmax --from-queue queue.json --out softmax_h100.json
     """
     from presetdb.errors import PresetDBError
-    from presetdb.offline import farm
     from presetdb.offline import tune as tuning
 
     # Arguments first (a usage error, exit 2), then whether this machine can tune at all.
@@ -405,22 +402,19 @@ def tune_cmd(
         raise typer.BadParameter("use helion or sample", param_hint="--search")
     if timing not in tuning.TIMINGS:
         raise typer.BadParameter(f"use {' or '.join(tuning.TIMINGS)}", param_hint="--timing")
-    if executor not in ("local", "ray"):
-        raise typer.BadParameter("use local or ray", param_hint="--executor")
+    runner = make_executor(
+        executor,
+        address=address,
+        gpus_per_task=gpus_per_task,
+        cpus_per_task=cpus_per_task,
+        max_retries=max_retries,
+        platform=platform,
+        device=device,
+        modules=module,
+    )
     on_cpu = device == "cpu"
     timer = tuning.cpu_timer() if on_cpu else None
     chosen = tuning.sample_search(timer=timer) if search == "sample" or on_cpu else None
-    runner: farm.LocalExecutor | farm.RayExecutor = farm.LocalExecutor(device)
-    if executor == "ray":
-        runner = farm.RayExecutor(
-            address,
-            gpus_per_task=gpus_per_task,
-            cpus_per_task=cpus_per_task,
-            max_retries=max_retries,
-            platform=platform,
-            device=device,
-            modules=module or (),
-        )
     from sqlalchemy import URL
 
     from presetdb.store.engine import parse_target, registry_from_env

@@ -8,6 +8,14 @@ from typing import Annotated, Any
 import typer
 
 from presetdb.cli.common import DbOption, console, db_path, err_console
+from presetdb.cli.executors import (
+    AddressOption,
+    CpusPerTaskOption,
+    ExecutorOption,
+    GpusPerTaskOption,
+    MaxRetriesOption,
+    make_executor,
+)
 
 
 def refine_cmd(
@@ -38,7 +46,12 @@ def refine_cmd(
         typer.Option("--timing", help="graph: CUDA-graph replay (as served); flush: do_bench with an L2 flush."),
     ] = "graph",
     platform: Annotated[
-        str | None, typer.Option("--platform", "-p", help="Canonical platform of the results (default: from the device).")
+        str | None,
+        typer.Option(
+            "--platform", "-p",
+            help="Canonical platform of the results (default: from the device, or the Ray cluster's one "
+            "platform). With --executor ray, tasks go only to GPUs of this platform.",
+        ),
     ] = None,
     candidates_from: Annotated[
         str | None,
@@ -50,8 +63,15 @@ def refine_cmd(
     ] = True,
     module: Annotated[
         list[str] | None,
-        typer.Option("--module", help="Import this module first (it registers your kernel); repeatable."),
+        typer.Option(
+            "--module", help="Import this module first (it registers your kernel; Ray workers import it too); repeatable."
+        ),
     ] = None,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    gpus_per_task: GpusPerTaskOption = 1,
+    cpus_per_task: CpusPerTaskOption = 1,
+    max_retries: MaxRetriesOption = 2,
 ) -> None:
     """Time the k nearest stored configs and Helion's default on each shape; keep the fastest (GPU).
 
@@ -59,7 +79,11 @@ def refine_cmd(
 
     The file is rewritten after every shape: rerunning skips finished shapes, and Ctrl-C keeps them.
 
+    --executor ray fans the shapes out over every GPU of a Ray cluster (pip install 'presetdb[farm]'; docs/farm.md).
+
     Example: presetdb refine matmul --shapes matmul_llama3.json --db presets.db --k 8 --out matmul_refined_h100.json
+
+    Example: presetdb refine matmul --shapes matmul_llama3.json --db presets.db --executor ray --address auto --platform nvidia_h100 --out matmul_refined_h100.json
 
     Example (the keys production served far away): presetdb refine softmax --from-queue queue.json --out softmax_refined.json
     """
@@ -71,6 +95,16 @@ def refine_cmd(
 
         load_kernel_modules(module)
     keys = shapes_from(kernel, shapes, grid, from_queue, lambda path: refining.shapes_for_kernel(path, kernel))
+    runner = make_executor(
+        executor,
+        address=address,
+        gpus_per_task=gpus_per_task,
+        cpus_per_task=cpus_per_task,
+        max_retries=max_retries,
+        platform=platform,
+        device=device,
+        modules=module,
+    )
     from sqlalchemy import URL
 
     source = db_path(db)
@@ -93,6 +127,8 @@ def refine_cmd(
         platform=platform,
         candidates_from=candidates_from,
         check=check,
+        executor=runner,
+        console=err_console,
     )
     summary = refiner.run(keys)
     console.print(

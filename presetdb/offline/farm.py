@@ -18,7 +18,8 @@ API (what tune uses and refine plugs into)::
 - ``work(task: ShapeTask) -> dict`` does one shape and returns its results-file entry
   (``key``, ``config``, timings, ...). It may add ``run``: the provenance of the machine
   that did it (`presetdb.helion.autotune.capture_provenance`), which the file keeps per
-  row; the file's header adopts the first row's machine fields. It must be picklable
+  row; the file's header adopts the first row's machine fields; and ``_note``: a short
+  text for the shape's console line (`ShapeOutcome.note`, not saved). It must be picklable
   (a module-level function or an instance of a module-level class; Ray ships it to
   the worker by reference, so its module must be importable there) and it must look the
   kernel up by ``task.kernel`` (`presetdb.helion.registry.get_kernel`): workers import
@@ -87,6 +88,7 @@ ACCELERATOR_RESOURCE = "accelerator_type:"  # Ray's own, from the detected GPU
 FORWARDED_PREFIXES = ("HELION_", "TRITON_")
 FORWARDED_NAMES = ("PRESETDB_KERNEL_MODULES",)
 TRACEBACK_TAIL = 3000  # characters of a failure's traceback kept in the file
+NOTE = "_note"  # an entry member the work may add for the console line; never saved
 # Provenance of the machine that ran a shape (the driver may have no GPU): host, device, versions.
 MACHINE_FIELDS = PROVENANCE_FIELDS[: PROVENANCE_FIELDS.index("presetdb_version") + 1]
 
@@ -141,6 +143,7 @@ class ShapeOutcome:
     traceback: str | None = None  # its tail
     worker: WorkerInfo | None = None
     finished: float = 0.0  # time.time()
+    note: str = ""  # the work's ``_note`` (e.g. where refine's winner came from)
 
 
 def run_task(work: ShapeWork, task: ShapeTask, worker: WorkerInfo | None) -> ShapeOutcome:
@@ -155,7 +158,9 @@ def run_task(work: ShapeWork, task: ShapeTask, worker: WorkerInfo | None) -> Sha
             worker=worker,
             finished=time.time(),
         )
-    return ShapeOutcome(task.key, entry=dict(entry), worker=worker, finished=time.time())
+    entry = dict(entry)
+    note = str(entry.pop(NOTE, "") or "")
+    return ShapeOutcome(task.key, entry=entry, worker=worker, finished=time.time(), note=note)
 
 
 # ---------------------------------------------------------------- the results file

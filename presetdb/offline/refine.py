@@ -10,26 +10,31 @@ through Helion's own batch compiler, which precompiles in parallel processes).
 
 `refine_shape` is the per-shape work (`presetdb.helion.rerank.rank_configs`, shared with
 the run-time ``rerank`` policy): it takes plain data (kernel name or object, shape key,
-candidate configs, timing name) so a Ray executor can run it on another machine;
-`Refiner` is the local loop around it: it reads the candidates from a database, writes a
-presetdb-results/1 file (run source ``refine``) after every shape, resumes a file it
-finds, and keeps finished shapes on Ctrl-C. The timer is injectable: on a CPU
-(``TRITON_INTERPRET=1``) `presetdb.offline.tune.cpu_timer` stands in for the GPU timers.
+candidate configs, timing name). `RefineWork` wraps it as the farm's per-shape work
+(`presetdb.offline.farm`): picklable, so a Ray worker on another machine runs it.
+`Refiner` is the run: in the driver it reads the candidates from a database (the k
+nearest stored configs of each shape, handed to the work as plain dicts), then
+`farm.run_shapes` runs the shapes one after another here (`LocalExecutor`) or one Ray
+task per shape on a cluster's GPUs (`RayExecutor`), writes a presetdb-results/1 file
+(run source ``refine``, per-row provenance of the machine that timed it) after every
+shape, resumes a file it finds, and keeps finished shapes on Ctrl-C. The timer is
+injectable: on a CPU (``TRITON_INTERPRET=1``) `presetdb.offline.tune.cpu_timer` stands
+in for the GPU timers; without one, the work picks --timing's timer where it runs.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from presetdb import __version__
+from presetdb.helion.autotune import capture_provenance, machine_provenance, plain_kernel
 from presetdb.helion.rerank import (
     DEFAULT_ORIGIN,
     GRAPH_METHOD,
@@ -43,21 +48,23 @@ from presetdb.helion.rerank import (
     rank_configs,
 )
 from presetdb.keys import KeyIndex, KeySpec, canonical_key
+from presetdb.offline.farm import NOTE, LocalExecutor, RayExecutor, ResultsFile, ShapeOutcome, ShapeTask, run_shapes
 from presetdb.offline.importers import presetdb_results
-from presetdb.offline.tune import (
-    DO_BENCH_METHOD,
-    TuneSummary,
-    capture_provenance,
-    cpu_timer,
-    do_bench_timer,
-    plain_kernel,
-    utc_now,
-)
+from presetdb.offline.tune import DO_BENCH_METHOD, TuneSummary, cpu_timer, do_bench_timer
 from presetdb.runtime.platforms import derive_platform_name
 from presetdb.store.engine import describe, parse_target
 
 # Re-exported: the per-shape work lives in presetdb.helion.rerank (the run-time policy uses it too).
-__all__ = ["DEFAULT_ORIGIN", "Candidate", "RefineError", "RefineResult", "Refiner", "TimedCall", "refine_shape"]
+__all__ = [
+    "DEFAULT_ORIGIN",
+    "Candidate",
+    "RefineError",
+    "RefineResult",
+    "RefineWork",
+    "Refiner",
+    "TimedCall",
+    "refine_shape",
+]
 
 TIMINGS = ("graph", "flush")
 DEFAULT_K = 8
@@ -183,11 +190,68 @@ def shapes_for_kernel(path: Path, kernel: str) -> list[dict[str, Any]]:
     return load_shapes(path)
 
 
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- one shape, anywhere
+
+
+def candidates_of(configs: Sequence[Mapping[str, Any]]) -> list[Candidate]:
+    """`ShapeTask.configs` (plain ``{"config", "origin"}`` dicts) -> the candidates to time."""
+    return [Candidate(dict(c["config"]), str(c["origin"])) for c in configs]
+
+
+def describe_result(result: RefineResult) -> str:
+    """The console line of a refined shape: its time, where the winner came from, the others."""
+    entry = result.entry
+    default = entry.get("default_ms")
+    reference = entry.get("reference_ms")
+    return (
+        f"{entry['latency_ms']:.4f} ms from {result.winner_origin} ({entry['configs_tried']} timed; "
+        f"Helion default {'-' if default is None else f'{default:.4f}'} ms, PyTorch "
+        f"{'-' if reference is None else f'{reference:.4f}'} ms) in {entry['tuning_seconds']:.1f} s"
+    )
+
+
+@dataclass(frozen=True)
+class RefineWork:
+    """The work of one shape (`presetdb.offline.farm.ShapeWork`): `refine_shape` on the
+    candidates the driver chose (``task.configs``). Picklable: it runs in the refining
+    process or in a Ray worker, which looks the kernel up by name and, without an injected
+    timer, times with --timing's timer for its own device. Returns the results-file entry
+    with the worker's provenance as ``run``."""
+
+    device: str = "cuda"
+    timing: str = "graph"
+    timer: Timer | None = None  # None: --timing's timer, chosen where the work runs
+    benchmark_method: str = ""
+    check: bool = True
+    parallel_compile: bool | None = None
+
+    def __call__(self, task: ShapeTask) -> dict[str, Any]:
+        from presetdb.helion.registry import get_kernel
+
+        result = self.refine(get_kernel(task.kernel), task.key, candidates_of(task.configs))
+        entry = dict(result.entry)
+        entry["run"] = capture_provenance(self.device, benchmark_method=self.benchmark_method)
+        entry[NOTE] = describe_result(result)
+        return entry
+
+    def refine(self, rk: Any, key: Mapping[str, Any], candidates: Sequence[Candidate]) -> RefineResult:
+        return refine_shape(
+            rk, key, candidates, device=self.device, timing=self.timing, timer=self.timer, check=self.check,
+            parallel_compile=self.parallel_compile,
+        )
+
+
+def describe_outcome(outcome: ShapeOutcome) -> str:
+    where = f" on {outcome.worker.label}" if outcome.worker is not None else ""
+    return f"{outcome.note or 'refined'}{where}"
+
+
+# ---------------------------------------------------------------- the run
 
 
 class Refiner:
-    """Refines one kernel over shape keys into one results file (resumable)."""
+    """Refines one kernel over shape keys into one results file (resumable), shape by
+    shape in this process or fanned out over a Ray cluster (`presetdb.offline.farm`)."""
 
     def __init__(
         self,
@@ -204,12 +268,13 @@ class Refiner:
         candidates_from: str | None = None,
         check: bool = True,
         parallel_compile: bool | None = None,
+        executor: LocalExecutor | RayExecutor | None = None,
         console: Console | None = None,
         progress: bool = True,
         on_entry: Callable[[Mapping[str, Any], Mapping[str, Any], str], None] | None = None,
     ) -> None:
-        """`on_entry(entry, run, platform)` runs after each refined shape is saved (e.g.
-        `presetdb.offline.registry_writer.write_entry` into a registry)."""
+        """`on_entry(entry, run, platform)` runs on the driver after each refined shape is
+        saved (e.g. `presetdb.offline.registry_writer.write_entry` into a registry)."""
         if k < 0:
             raise RefineError(f"--k {k}: give 0 or more stored configs to try")
         if isinstance(kernel, str):
@@ -223,13 +288,14 @@ class Refiner:
         self.on_entry = on_entry
         self.k = k
         self.timing = timing
-        chosen, method = timer_for(timing, device)
-        self.timer = timer or chosen
+        method = timer_for(timing, device)[1]  # an unknown --timing fails here
+        self.timer = timer
         self.device = device
         self.platform = platform
         self.candidates_from = candidates_from
         self.check = check
         self.parallel_compile = parallel_compile
+        self.executor = executor or LocalExecutor(device)
         self.console = console or Console(stderr=True)
         self.progress = progress
         self._method = benchmark_method or (method if timer is None else "injected timer")
@@ -242,72 +308,79 @@ class Refiner:
             f"timed on the exact shape; {self._method}"
         )
 
-    def _start_document(self) -> dict[str, Any]:
-        run = capture_provenance(self.device, autotune_effort="none", seed=0, benchmark_method="")
-        run.pop("seed", None)  # nothing random in a refine run
-        run["source"] = "refine"
-        platform = self.platform or derive_platform_name(run["device_name"])
-        self.platform = platform
-        source_platform = self.candidates_from or platform
-        run["benchmark_method"] = self.benchmark_method(source_platform)
-        self.stored = StoredConfigs.load(self.db, self.rk.name, self.rk.key_spec, source_platform)
-        if not self.stored.entries:
-            self.console.print(
-                f"[yellow]warning:[/] {escape(describe(self.db))} has no active {self.rk.name} presets on "
-                f"{escape(source_platform)}: only Helion's default config will be timed",
-                highlight=False,
-            )
-        if self.out.exists():
-            doc = presetdb_results.load(self.out)
-            old = doc["run"]
-            if doc["kernel"]["name"] != self.rk.name or doc["platform"] != platform:
-                raise RefineError(
-                    f"{self.out}: holds {doc['kernel']['name']} on {doc['platform']}, not "
-                    f"{self.rk.name} on {platform}; use another --out file"
-                )
-            if old.get("source") != "refine":
-                raise RefineError(f"{self.out}: is a {old.get('source')} run, not refine; use another --out file")
-            if doc["kernel"].get("source_hash") not in (None, self.rk.source_hash()):
-                raise RefineError(
-                    f"{self.out}: was started for another version of {self.rk.name}'s source; use another --out file"
-                )
-            if old.get("device_name") not in (None, run["device_name"]):
-                raise RefineError(
-                    f"{self.out}: was refined on {old['device_name']!r}, this is {run['device_name']!r}; "
-                    "results of two devices do not go in one file"
-                )
-            if old.get("benchmark_method") not in (None, run["benchmark_method"]):
-                raise RefineError(
-                    f"{self.out}: was refined with other settings ({old['benchmark_method']!r}); "
-                    "resume with the same --k, --timing and db, or use another --out file"
-                )
-            run["started_at"] = old.get("started_at") or utc_now()
-            doc["run"] = run
-            doc.pop("failures", None)  # failed shapes are tried again
-            return doc
-        run["started_at"] = utc_now()
-        return presetdb_results.document(
-            run=run,
-            kernel={"name": self.rk.name, "source_hash": self.rk.source_hash(), "key_schema": self.rk.key_spec.to_schema()},
-            platform=platform,
-            entries=[],
+    def platform_name(self) -> str:
+        """--platform, else the device's (local) or the Ray cluster's one platform."""
+        if not self.platform:
+            if isinstance(self.executor, RayExecutor) and self.device.startswith("cuda"):
+                self.platform = self.executor.cluster_platform()
+            else:
+                self.platform = derive_platform_name(machine_provenance(self.device)["device_name"])
+        return self.platform
+
+    def results_file(self) -> ResultsFile:
+        platform = self.platform_name()
+        run: dict[str, Any] = {
+            "source": "refine",
+            "presetdb_version": __version__,
+            "autotune_effort": "none",  # nothing searched; nothing random either (no seed)
+            "benchmark_method": self.benchmark_method(self.candidates_from or platform),
+        }
+        resume_same = ["source", "benchmark_method"]
+        if not isinstance(self.executor, RayExecutor):
+            # This process times the shapes: its machine heads the file, and a file it
+            # resumes must be of the same device. (On Ray the first worker's heads it.)
+            run = {**machine_provenance(self.device), **run}
+            resume_same.append("device_name")
+        kernel = {"name": self.rk.name, "source_hash": self.rk.source_hash(), "key_schema": self.rk.key_spec.to_schema()}
+        return ResultsFile(
+            self.out, kernel=kernel, platform=platform, run=run, resume_same=resume_same, on_entry=self.on_entry
         )
 
-    def _save(self, doc: dict[str, Any], failures: list[dict[str, Any]]) -> None:
-        doc["run"]["finished_at"] = utc_now()
-        presetdb_results.write(
-            self.out,
-            presetdb_results.document(
-                run=doc["run"], kernel=doc["kernel"], platform=doc["platform"], entries=doc["entries"], failures=failures
-            ),
+    def check_resumable(self, out: ResultsFile) -> None:
+        """A file to resume must be a refine run of this kernel, platform, source, device
+        and settings (`ResultsFile.open` checks it too; this says it in refine's words)."""
+        if not out.path.exists():
+            return
+        doc = presetdb_results.load(out.path)
+        old, run, name = doc["run"], out.run, self.rk.name
+        if doc["kernel"]["name"] != name or doc["platform"] != out.platform:
+            raise RefineError(
+                f"{self.out}: holds {doc['kernel']['name']} on {doc['platform']}, not "
+                f"{name} on {out.platform}; use another --out file"
+            )
+        if old.get("source") != "refine":
+            raise RefineError(f"{self.out}: is a {old.get('source')} run, not refine; use another --out file")
+        if doc["kernel"].get("source_hash") not in (None, self.rk.source_hash()):
+            raise RefineError(f"{self.out}: was started for another version of {name}'s source; use another --out file")
+        if run.get("device_name") and old.get("device_name") not in (None, run["device_name"]):
+            raise RefineError(
+                f"{self.out}: was refined on {old['device_name']!r}, this is {run['device_name']!r}; "
+                "results of two devices do not go in one file"
+            )
+        if old.get("benchmark_method") not in (None, run["benchmark_method"]):
+            raise RefineError(
+                f"{self.out}: was refined with other settings ({old['benchmark_method']!r}); "
+                "resume with the same --k, --timing and db, or use another --out file"
+            )
+
+    def configs_for(self, key: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The driver's part of a shape: the k nearest stored configs, as plain data."""
+        assert self.stored is not None, "run() loads the stored configs"
+        return [{"config": c.config, "origin": c.origin} for c in self.stored.nearest(key, self.k)]
+
+    def work(self) -> RefineWork:
+        return RefineWork(
+            device=self.device,
+            timing=self.timing,
+            timer=self.timer,
+            benchmark_method=self._method,
+            check=self.check,
+            parallel_compile=self.parallel_compile,
         )
 
     def refine(self, key: Mapping[str, Any]) -> RefineResult:
-        assert self.stored is not None
-        return refine_shape(
-            self.rk, key, self.stored.nearest(key, self.k), device=self.device, timing=self.timing,
-            timer=self.timer, check=self.check, parallel_compile=self.parallel_compile,
-        )
+        """One shape in this process (no file)."""
+        return self.work().refine(self.rk, key, candidates_of(self.configs_for(key)))
 
     def run(self, shapes: Sequence[Mapping[str, Any]]) -> TuneSummary:
         keys = []
@@ -316,58 +389,30 @@ class Refiner:
             if problems:
                 raise RefineError(f"shape {canonical_key(shape)}: " + "; ".join(problems))
             keys.append(dict(shape))
-        doc = self._start_document()
-        done = {canonical_key(e["key"]) for e in doc["entries"]}
-        todo = [k for k in keys if canonical_key(k) not in done]
-        summary = TuneSummary(self.out, total=len(keys), skipped=len(keys) - len(todo))
-        failures: list[dict[str, Any]] = []
-        self._save(doc, failures)
-        columns = (
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(),
-        )
-        bar = Progress(*columns, console=self.console) if self.progress else nullcontext()
-        with bar as progress:
-            task = progress.add_task(f"refine {self.rk.name}", total=len(todo)) if progress is not None else None
-            try:
-                for key in todo:
-                    text = canonical_key(key)
-                    if progress is not None and task is not None:
-                        progress.update(task, description=f"{self.rk.name} {escape(text)}")
-                    try:
-                        result = self.refine(key)
-                    except KeyboardInterrupt:
-                        raise
-                    except Exception as exc:  # noqa: BLE001  (one shape's failure must not end the run)
-                        message = f"{type(exc).__name__}: {exc}"[:2000]
-                        failures.append({"key": key, "error": message})
-                        summary.failed.append((text, message))
-                        self.console.print(f"[red]failed[/] {escape(text)}: {escape(message)}", highlight=False)
-                    else:
-                        entry = result.entry
-                        doc["entries"].append(entry)
-                        summary.done += 1
-                        self._save(doc, failures)
-                        if self.on_entry is not None:
-                            try:  # e.g. into a registry, as each shape lands; the file has it anyway
-                                self.on_entry(entry, doc["run"], doc["platform"])
-                            except Exception as exc:  # noqa: BLE001  (a down registry must not stop the run)
-                                self.console.print(
-                                    f"[yellow]warning:[/] {escape(text)} is in the results file but was not "
-                                    f"written to the database: {escape(str(exc)[:300])}; import the file later",
-                                    highlight=False,
-                                )
-                        default = entry.get("default_ms")
-                        self.console.print(
-                            f"[green]refined[/] {escape(text)}: {entry['latency_ms']:.4f} ms from "
-                            f"{escape(result.winner_origin)} ({entry['configs_tried']} timed; Helion default "
-                            f"{'-' if default is None else f'{default:.4f}'} ms, PyTorch "
-                            f"{entry['reference_ms']:.4f} ms) in {entry['tuning_seconds']:.1f} s",
-                            highlight=False,
-                        )
-                    self._save(doc, failures)
-                    if progress is not None and task is not None:
-                        progress.advance(task)
-            except KeyboardInterrupt:
-                summary.interrupted = True
-        return summary
+        try:
+            if isinstance(self.executor, RayExecutor):
+                self.executor.prepare()  # a cluster that cannot run this fails before the file is touched
+            out = self.results_file()
+            source_platform = self.candidates_from or out.platform
+            self.stored = StoredConfigs.load(self.db, self.rk.name, self.rk.key_spec, source_platform)
+            if not self.stored.entries:
+                self.console.print(
+                    f"[yellow]warning:[/] {escape(describe(self.db))} has no active {escape(self.rk.name)} presets "
+                    f"on {escape(source_platform)}: only Helion's default config will be timed",
+                    highlight=False,
+                )
+            self.check_resumable(out)
+            return run_shapes(
+                self.rk.name,
+                keys,
+                self.work(),
+                out=out,
+                executor=self.executor,
+                configs_for=self.configs_for,
+                console=self.console,
+                progress=self.progress,
+                describe=describe_outcome,
+            )
+        finally:
+            if isinstance(self.executor, RayExecutor):
+                self.executor.close()  # a cluster started for this run stops with it

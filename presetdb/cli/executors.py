@@ -1,0 +1,61 @@
+"""The executor options `presetdb tune` and `presetdb refine` share (docs/farm.md):
+where the shapes run, this process or one Ray task per shape on a cluster's GPUs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from presetdb.offline.farm import LocalExecutor, RayExecutor
+
+EXECUTORS = ("local", "ray")
+
+ExecutorOption = Annotated[
+    str, typer.Option("--executor", help="local (this process) | ray (one task per shape on a Ray cluster).")
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="Ray cluster: auto (the one `ray start` made here) or ray://HOST:PORT. "
+        "Default: a new local Ray cluster on this machine's GPUs.",
+    ),
+]
+GpusPerTaskOption = Annotated[float, typer.Option("--gpus-per-task", help="GPUs per shape (Ray).")]
+CpusPerTaskOption = Annotated[float, typer.Option("--cpus-per-task", help="CPUs reserved per shape (Ray).")]
+MaxRetriesOption = Annotated[
+    int, typer.Option("--max-retries", help="Retries of a shape whose worker process died (Ray).")
+]
+
+
+def make_executor(
+    executor: str,
+    *,
+    address: str | None,
+    gpus_per_task: float,
+    cpus_per_task: float,
+    max_retries: int,
+    platform: str | None,
+    device: str,
+    modules: Sequence[str] | None,
+) -> LocalExecutor | RayExecutor:
+    """--executor and its options -> the executor (Ray is imported only when it runs:
+    without it, the run fails saying how to install it)."""
+    from presetdb.offline import farm
+
+    if executor not in EXECUTORS:
+        raise typer.BadParameter(f"use {' or '.join(EXECUTORS)}", param_hint="--executor")
+    if executor == "local":
+        return farm.LocalExecutor(device)
+    return farm.RayExecutor(
+        address,
+        gpus_per_task=gpus_per_task,
+        cpus_per_task=cpus_per_task,
+        max_retries=max_retries,
+        platform=platform,
+        device=device,
+        modules=modules or (),
+    )
