@@ -4,7 +4,7 @@ install command, except in CI (CI=true), where a missing Ray fails them."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,12 @@ def require_ray() -> Any:
 
 
 @contextmanager
-def local_cluster(gpus: int = 2, gpu_type: str = "H200") -> Iterator[dict[str, float]]:
+def local_cluster(gpus: int = 2, gpu_type: str = "H200", pythonpath: Sequence[Path] = ()) -> Iterator[dict[str, float]]:
     """A cluster on this machine: 2 CPUs and `gpus` fake GPUs of `gpu_type`; its workers
-    run the Triton interpreter and import tests/ modules (the work wrappers)."""
+    run the Triton interpreter and import modules from tests/ (the work wrappers) and
+    `pythonpath` (e.g. a user's kernel module)."""
     ray = require_ray()
+    path = os.pathsep.join(str(p) for p in (TESTS, *pythonpath))
     ray.init(
         num_cpus=2,
         num_gpus=gpus,
@@ -39,7 +41,7 @@ def local_cluster(gpus: int = 2, gpu_type: str = "H200") -> Iterator[dict[str, f
         include_dashboard=False,
         object_store_memory=80 * 1024 * 1024,
         logging_level="warning",
-        runtime_env={"env_vars": {"PYTHONPATH": str(TESTS), "TRITON_INTERPRET": "1"}},
+        runtime_env={"env_vars": {"PYTHONPATH": path, "TRITON_INTERPRET": "1"}},
     )
     try:
         yield dict(ray.cluster_resources())

@@ -5,6 +5,7 @@ names each candidate's time. Checks the choice, runners-up, provenance, import a
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from import_fixtures import active, load, registry
 from typer.testing import CliRunner
 
 from presetdb.cli import app
+from presetdb.errors import FarmError
 from presetdb.keys import canonical_key
 from presetdb.offline import refine as refining
 from presetdb.offline.importers import import_files, presetdb_results
@@ -175,3 +177,21 @@ def test_cli_refine_on_cpu(stored_db: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["refine", "softmax", "--shapes", str(shapes), "--db", str(stored_db), "--out", str(out)])
     assert isinstance(result.exception, refining.RefineError)
     assert "held.json: no 'softmax' member; it has matmul, rms_norm" in str(result.exception)
+
+
+def test_cli_refine_executor_options(stored_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--executor is tune's option: an unknown one is a usage error; ray without Ray
+    installed stops before the results file, saying how to install it."""
+    out = tmp_path / "x.json"
+    base = ["refine", "rms_norm", "--grid", "dtype=float32;hidden=64;num_tokens=8", "--db", str(stored_db),
+            "--device", "cpu", "--out", str(out)]  # fmt: skip
+    bogus = CliRunner().invoke(app, [*base, "--executor", "bogus"], env={"COLUMNS": "300"})
+    assert bogus.exit_code == 2 and "use local or ray" in bogus.output
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
+    result = CliRunner().invoke(app, [*base, "--executor", "ray"])
+    assert isinstance(result.exception, FarmError)
+    assert "--executor ray needs Ray, which is not installed: pip install 'presetdb[farm]'" in str(result.exception)
+    assert not out.exists()
+    help_text = " ".join(CliRunner().invoke(app, ["refine", "--help"], env={"COLUMNS": "300"}).output.split())
+    for option in ("--executor", "--address", "--gpus-per-task", "--cpus-per-task", "--max-retries"):
+        assert option in help_text

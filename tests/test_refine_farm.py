@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,9 +46,39 @@ GRID = "dtype=float32;hidden=64;num_tokens=8,16"
 TIMES = ((canonical_key(FAR), 1.0), (canonical_key(MIDDLE), 2.0), (canonical_key(NEAR), 3.0), ("helion-default", 4.0))
 
 
+# A project's own kernel, in a module only --module names (test_kernel_modules.py's relu).
+USER_MODULE = "userkernels_refine_farm"
+USER_KERNEL = textwrap.dedent(
+    """
+    import torch, helion.language as hl
+    from presetdb import register_kernel
+    from presetdb.keys import KeyField, KeySpec
+
+    spec = KeySpec((KeyField("dtype", "exact", lambda x: str(x.dtype).removeprefix("torch.")),
+                    KeyField("n", "nearest", lambda x: x.shape[1]),
+                    KeyField("rows", "ceil", lambda x: x.shape[0])))
+
+    @register_kernel(name="user_relu_farm", key_spec=spec, reference=torch.relu,
+                     example_inputs=lambda key, device="cpu", dtype=None: (torch.randn(key["rows"], key["n"], device=device),))
+    def user_relu(x: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(x)
+        for tile in hl.tile(x.size()):
+            out[tile] = torch.relu(x[tile])
+        return out
+    """
+)
+
+
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[dict[str, float]]:
-    with local_cluster() as resources:
+def user_modules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("usermodules")
+    (folder / f"{USER_MODULE}.py").write_text(USER_KERNEL)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cluster(user_modules: Path) -> Iterator[dict[str, float]]:
+    with local_cluster(pythonpath=[user_modules]) as resources:
         yield resources
 
 
@@ -153,3 +185,27 @@ def test_refine_for_a_platform_the_cluster_lacks_fails_before_the_file(
             "--executor", "ray", "--platform", "nvidia_h100", "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert isinstance(result.exception, FarmError) and not out.exists()
+
+
+def test_workers_import_the_kernel_modules_named_by_module(
+    cluster: dict[str, float], user_modules: Path, stored_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel only `--module` registers: the driver imports it to read its key spec, each
+    worker imports it itself (nothing ships the kernel), and refines the shape (no stored
+    presets for it: Helion's default config alone is timed)."""
+    from presetdb.helion.registry import unregister_kernel
+
+    monkeypatch.syspath_prepend(str(user_modules))
+    out = tmp_path / "user.json"
+    args = ["refine", "user_relu_farm", "--grid", "dtype=float32;n=64;rows=8", "--db", str(stored_db),
+            "--device", "cpu", "--executor", "ray", "--module", USER_MODULE, "--out", str(out)]  # fmt: skip
+    try:
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    finally:
+        unregister_kernel("user_relu_farm")
+        sys.modules.pop(USER_MODULE, None)
+    assert result.exit_code == 0, result.output
+    assert "no active user_relu_farm presets on cpu" in result.output
+    (entry,) = load(out)["entries"]
+    assert entry["key"] == {"dtype": "float32", "n": 64, "rows": 8} and entry["configs_tried"] == 1
+    assert entry["run"]["host"] and load(out)["kernel"]["name"] == "user_relu_farm"
