@@ -25,6 +25,7 @@ from presetdb.cli.common import (
     db_path,
     echo,
     plain,
+    print_table,
     safe,
 )
 from presetdb.errors import KeySpecError, UnknownKernelError, UnknownPlatformError
@@ -74,7 +75,7 @@ def list_presets(
             _ms(p.default_ms), _ms(p.reference_ms), safe(p.source), safe((p.tuned_at or "")[:19]),
             "yes" if p.verified else "UNVERIFIED",
         )
-    console.print(table)
+    print_table(table)
     unverified = sum(not p.verified for p in rows)
     if unverified:
         console.print(
