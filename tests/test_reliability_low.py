@@ -381,3 +381,23 @@ def test_list_keeps_whole_columns_when_piped(columns: str | None) -> None:
     assert result.exit_code == 0, result.output
     assert [(r[0], r[3]) for r in _table_rows(result.output)] == [(str(p["id"]), p["shape_key"]) for p in expected]
 
+
+
+def test_setting_a_pragma_is_refused_as_a_write_not_as_a_delete_statement(tmp_path: Path) -> None:
+    """`PRAGMA journal_mode=DELETE` was refused as 'DELETE inside the statement ... quote a
+    column of that name'. It is a pragma being set: say that, and how to read it."""
+    db = tmp_path / "a.db"
+    _cli("db", "upgrade", "--db", db, "--schema-only")
+    before = db.read_bytes()
+    for statement, value in (
+        ("PRAGMA journal_mode=DELETE", "DELETE"), ("pragma main.journal_mode = wal", "wal"),
+        ("PRAGMA journal_mode('delete')", "'delete'"),
+    ):
+        proc = _cli("sql", statement, "--db", db, ok=False)
+        text = " ".join((proc.stdout + proc.stderr).split())
+        assert f"PRAGMA journal_mode = {value} sets a pragma" in text and "quote a column" not in text, text
+    assert db.read_bytes() == before
+    reads = _cli("sql", "PRAGMA journal_mode", "--db", db, "--format", "json")
+    assert json.loads(reads.stdout) == [{"journal_mode": "wal"}]  # files presetdb creates are WAL
+    info = _cli("sql", "PRAGMA table_info(presets)", "--db", db, "--format", "json")
+    assert "shape_key" in {row["name"] for row in json.loads(info.stdout)}
