@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 
@@ -68,7 +69,7 @@ def caller_stacklevel() -> int:
         if file:
             inside.append(os.path.dirname(os.path.abspath(file)) + os.sep)
     prefixes = tuple(inside)
-    frame = sys._getframe(2)  # the caller of the function that warns: stacklevel 2
+    frame: FrameType | None = sys._getframe(2)  # the caller of the function that warns: stacklevel 2
     level = 2
     while frame is not None and frame.f_code.co_filename.startswith(prefixes):
         frame = frame.f_back

@@ -358,7 +358,14 @@ def test_p_means_platform_in_every_command_and_list_show_pick_speak_json() -> No
     assert json.loads(shown.output)["shape_key"] == rows[0]["shape_key"]
     picked = runner.invoke(app, ["pick", "-k", "rms_norm", "-p", H100, "-s", rows[0]["shape_key"], "--format", "json"])
     assert picked.exit_code == 0, picked.output
-    assert json.loads(picked.output)["match"] == "exact"
+    doc = json.loads(picked.output)
+    assert doc["match"] == "exact" and doc["id"] == rows[0]["id"]
+    # The tables name the preset id and the layer's file, as the JSON does.
+    table = runner.invoke(app, ["pick", "-k", "rms_norm", "-p", H100, "-s", rows[0]["shape_key"]])
+    flat = " ".join(table.output.split())
+    assert f"preset {doc['id']}" in flat and f"{doc['layer']} ({doc['db']})" in flat, table.output
+    shown_table = " ".join(runner.invoke(app, ["show", str(doc["id"])]).output.split())
+    assert f"preset {doc['id']} in {doc['db']}" in shown_table, shown_table
 
 
 def _table_rows(output: str) -> list[list[str]]:
@@ -375,6 +382,12 @@ def test_list_keeps_whole_columns_when_piped(columns: str | None) -> None:
     rows = _table_rows(proc.stdout)
     assert len(rows) == len(expected), proc.stdout
     assert [(r[0], r[3]) for r in rows] == [(str(p["id"]), p["shape_key"]) for p in expected], proc.stdout
+
+    # `show`'s tables too: each runner-up's config on one line, whole.
+    preset = expected[0]["id"]
+    shown = _cli("show", str(preset), COLUMNS=columns).stdout
+    configs = [r[2] for r in _table_rows(shown) if len(r) == 3 and r[0].isdigit()]
+    assert configs and all(json.loads(c) for c in configs), shown
 
     env = {"COLUMNS": columns} if columns else {}
     result = CliRunner().invoke(app, ["list", "-k", "rms_norm"], env=env)
