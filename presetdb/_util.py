@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
+import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 
@@ -49,4 +52,34 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-__all__ = ["canonical_json", "file_sha256", "utc_now", "write_atomic"]
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+# Frames of these packages sit between a user's kernel call and presetdb's warning
+# (torch.ops dispatch, Helion, Triton): a warning points past all of them.
+_PASS_THROUGH = ("torch", "helion", "triton")
+
+
+def caller_stacklevel() -> int:
+    """The `stacklevel` for a `warnings.warn` made by the function calling this: the
+    first frame above it outside presetdb, torch, Helion and Triton, i.e. the user's line,
+    not ``torch/_ops.py`` or presetdb's internals. Only frames are read (Python 3.11 has
+    no ``skip_file_prefixes``); with no such frame (a presetdb thread), its caller."""
+    inside = [_PACKAGE_DIR]
+    for name in _PASS_THROUGH:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file:
+            inside.append(os.path.dirname(os.path.abspath(file)) + os.sep)
+    prefixes = tuple(inside)
+    frame: FrameType | None = sys._getframe(2)  # the caller of the function that warns: stacklevel 2
+    level = 2
+    while frame is not None and frame.f_code.co_filename.startswith(prefixes):
+        frame = frame.f_back
+        level += 1
+    return level if frame is not None else 2
+
+
+def warn_at_caller(message: str, category: type[Warning]) -> None:
+    """`warnings.warn` pointing at the user's calling line (see `caller_stacklevel`)."""
+    warnings.warn(message, category, stacklevel=caller_stacklevel())
+
+
+__all__ = ["caller_stacklevel", "canonical_json", "file_sha256", "utc_now", "warn_at_caller", "write_atomic"]

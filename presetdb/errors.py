@@ -81,6 +81,11 @@ class KernelRegistrationError(PresetDBError):
     """`register_kernel` was given a name already taken or settings it must pin itself."""
 
 
+class KernelDeviceError(PresetDBError):
+    """A kernel was called with tensors on a device it cannot run on: CPU tensors without
+    Triton's interpreter (``TRITON_INTERPRET=1``)."""
+
+
 class InvalidConfigError(PresetDBError):
     """A stored or imported config does not validate against the kernel's ConfigSpec."""
 
@@ -115,6 +120,11 @@ class QueryLimitError(ReadOnlySQLError):
 
 class AuditError(PresetDBError):
     """An audit or a query could not run (unknown audit, bad parameter, SQL error)."""
+
+
+class NothingToExportError(PresetDBError):
+    """An export matched no active preset: nothing was written (exit status 1, so a
+    script that exports and ships the files stops there)."""
 
 
 class TuneError(PresetDBError):

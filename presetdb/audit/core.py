@@ -178,6 +178,9 @@ _WRITE_WORDS = re.compile(
     r"|REPLACE\s+INTO)\b",
     re.IGNORECASE,
 )
+# `PRAGMA [schema.]name = value` or `PRAGMA [schema.]name(value)`: sets a pragma, or
+# (ARG_PRAGMAS) reads about a table.
+_PRAGMA_SET = re.compile(r"\s*PRAGMA\s+(?:\w+\s*\.\s*)?(\w+)\s*(=|\()", re.IGNORECASE)
 DENIED_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer", "readfile", "writefile", "edit"})
 _ACTION_NAMES = {
     getattr(sqlite3, name): name.removeprefix("SQLITE_")
@@ -403,6 +406,19 @@ def check_read_only(sql: str) -> str:
             "statements run here (the database is opened read-only)"
         )
     code = " ".join(text for kind, text in _scan(statements[0]) if kind == "code")
+    # Comments out, quoted values kept: `PRAGMA journal_mode('delete')` names its value.
+    text = "".join(part for kind, part in _scan(statements[0]) if kind != "comment")
+    setting = _PRAGMA_SET.match(text) if keyword == "PRAGMA" else None
+    if setting and (setting.group(2) == "=" or setting.group(1).lower() not in ARG_PRAGMAS):
+        # Before the keyword check: `PRAGMA journal_mode=DELETE` sets a pragma; DELETE
+        # there is its value, not a statement.
+        name = setting.group(1).lower()
+        value = " ".join(text[setting.end():].split()).rstrip(";").strip()
+        value = value.removesuffix(")").strip() if setting.group(2) == "(" else value
+        raise ReadOnlySQLError(
+            f"refused: PRAGMA {name} = {value} sets a pragma (a write); only reading pragmas "
+            f"run here (`PRAGMA {name}` or `SELECT * FROM pragma_{name}` reads it)"
+        )
     write = _WRITE_WORDS.search(code)
     if write:
         raise ReadOnlySQLError(

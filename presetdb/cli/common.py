@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from presetdb.store.engine import REGISTRY_ENV, Target, describe, parse_target
 
@@ -29,8 +30,20 @@ def _width(stream: object) -> int | None:
     return int(os.environ.get("COLUMNS", "0") or 0) or 200
 
 
+_UNBOUNDED = 100_000  # measuring width for tables printed off a terminal
 console = Console(width=_width(sys.stdout))
 err_console = Console(stderr=True, width=_width(sys.stderr))
+
+
+def print_table(table: Table) -> None:
+    """A table on a terminal fits it; piped (grep, a file, a pager, CI logs) it keeps its
+    natural width, whatever COLUMNS says, so no column is folded to a few characters."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = console.measure(table, options=console.options.update_width(_UNBOUNDED)).maximum
+    wide = Console(width=max(natural, console.width), color_system=None, highlight=False)
+    wide.print(table)  # writes to sys.stdout at print time, as `console` does
 
 
 def safe(value: object, limit: int = MAX_SHOWN) -> str:

@@ -25,6 +25,7 @@ from presetdb.cli.common import (
     db_path,
     echo,
     plain,
+    print_table,
     safe,
 )
 from presetdb.errors import KeySpecError, UnknownKernelError, UnknownPlatformError
@@ -74,7 +75,7 @@ def list_presets(
             _ms(p.default_ms), _ms(p.reference_ms), safe(p.source), safe((p.tuned_at or "")[:19]),
             "yes" if p.verified else "UNVERIFIED",
         )
-    console.print(table)
+    print_table(table)
     unverified = sum(not p.verified for p in rows)
     if unverified:
         console.print(
@@ -166,14 +167,14 @@ def show(
     for name, value in vars(run).items():
         if value not in (None, ""):
             prov.add_row(name, safe(value))
-    console.print(prov)
+    print_table(prov)
     if candidates:
         cand = Table(title="runners-up")
         for col in ("rank", "latency ms", "config"):
             cand.add_column(col, overflow="fold")
         for c in candidates:
             cand.add_row(str(c.rank), _ms(c.latency_ms), safe(c.config_json))
-        console.print(cand)
+        print_table(cand)
     if len(history) > 1:
         hist = Table(title="history of this key")
         for col in ("id", "status", "config sha256", "latency ms", "source", "revision", "created"):
@@ -183,7 +184,7 @@ def show(
                 str(h.id), safe(h.status), safe(h.config_sha256[:12]), _ms(h.latency_ms),
                 safe(h.source), safe(h.revision or ""), safe(h.created_at[:19]),
             )
-        console.print(hist)
+        print_table(hist)
 
 
 def _ms(value: float | None) -> str:

@@ -57,7 +57,12 @@ def queue_cmd(
     else:
         overlay = Settings.from_env().user_db_path
         if not overlay.exists():
-            raise typer.BadParameter(f"no user overlay at {overlay} yet (nothing counted); give --db PATH", param_hint="--db")
+            raise typer.BadParameter(
+                f"no user overlay at {overlay} yet (nothing counted: kernel calls create it on their "
+                f"first miss; `presetdb db upgrade --db {overlay} --schema-only` creates an empty "
+                "one); give --db PATH for another ledger",
+                param_hint="--db",
+            )
         dbs = [overlay]
     items = queueing.build_queue(dbs, kernel=kernel, top=top)
     if fmt is QueueFormat.json:

@@ -26,8 +26,10 @@ memoized: each is counted in the ledger.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
+from presetdb.errors import KernelDeviceError
 from presetdb.helion import hooks
 from presetdb.helion.memo import exact_key
 from presetdb.runtime.picker import get_picker
@@ -48,6 +50,7 @@ def call(rk: RegisteredKernel, args: tuple[Any, ...]) -> Any:
         rk.last_choice = hit[1]
         out = hit[2](*args)
         return out if restore is None else restore(out)
+    check_device(rk, args)  # before the picker: a CPU call without the interpreter cannot run
     features = rk.features_of_kernel_args(args)
     served = hooks.serve(rk, picker, features, picker.resolve(rk.name, rk.key_spec, features), args=args)
     try:
@@ -122,6 +125,31 @@ def through_helion(target: Any, args: tuple[Any, ...], meta: Any) -> Any:
         except Exception:  # noqa: BLE001, S110  (an optimisation; never fail the call)
             pass
     return out
+
+
+def check_device(rk: RegisteredKernel, args: tuple[Any, ...]) -> None:
+    """Helion kernels run on a GPU, or on a CPU in Triton's interpreter only: say so, and
+    how, instead of Triton's "0 active drivers" from deep inside the first launch."""
+    device = next((a.device for a in args if getattr(a, "device", None) is not None), None)
+    if getattr(device, "type", None) != "cpu" or _interpreter_on():
+        return
+    raise KernelDeviceError(
+        f"presetdb: {rk.name} was called with CPU tensors, and Helion kernels run on a GPU. "
+        "Move the tensors to the GPU (e.g. x.cuda()), or run on the CPU in Triton's "
+        "interpreter: set TRITON_INTERPRET=1 in the environment before starting Python "
+        "(slow; for tests and development)."
+    )
+
+
+def _interpreter_on() -> bool:
+    if os.environ.get("HELION_INTERPRET") == "1":
+        return True  # Helion's own eager mode runs CPU tensors (without presetdb's configs)
+    try:
+        from triton import knobs  # type: ignore[import-untyped]
+
+        return bool(knobs.runtime.interpret)  # Triton's own reading of TRITON_INTERPRET
+    except (ImportError, AttributeError):
+        return os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes")
 
 
 def _reason(exc: Exception) -> str:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 import threading
 import time
-import warnings
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,7 +42,7 @@ import helion
 import helion.exc
 from helion.autotuner.base_search import BaseAutotuner
 
-from presetdb._util import utc_now
+from presetdb._util import utc_now, warn_at_caller
 from presetdb.errors import (  # the warnings are re-exported: their old import path
     AutotuneWarning,
     PresetMissError,
@@ -111,7 +110,7 @@ def warn_once(kernel: str, key: str, kind: str, message: str, category: type[War
         if (kernel, key, kind) in _warned:
             return False
         _warned.add((kernel, key, kind))
-    warnings.warn(message, category, stacklevel=5)  # the kernel call's caller
+    warn_at_caller(message, category)  # the kernel call's caller
     return True
 
 

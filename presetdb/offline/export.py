@@ -8,6 +8,9 @@
   runners-up. The format holds one run's provenance, so presets that came from several
   runs go to one file per run (``<platform>.run<ID>.json``); importing those files in
   run order restores the same active rows.
+
+An export that matches no active preset writes nothing and raises
+`NothingToExportError` (an empty file would be refused by `import` anyway).
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
+from presetdb.errors import NothingToExportError
 from presetdb.keys import canonical_key
 from presetdb.offline.importers import presetdb_results, vllm
 from presetdb.offline.importers.records import PROVENANCE_FIELDS
 from presetdb.store import migrate
+from presetdb.store.engine import describe
 from presetdb.store.repository import PresetRecord, Repository, RunRecord, config_sha256
 
 ExportFormat = Literal["vllm", "presetdb"]
@@ -57,7 +62,8 @@ def vllm_entry(p: PresetRecord) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def export(db: Path, kernel: str, platform: str, fmt: ExportFormat, out_dir: Path) -> list[Path]:
     """Write the active presets of (kernel, platform); "all" for either means every kernel
-    or platform with active presets. Returns the files written."""
+    or platform with active presets. Returns the files written; none matched: raises
+    `NothingToExportError` and writes nothing."""
     store = migrate.open_store(db, "ro")
     try:
         with store.read() as session:
@@ -67,12 +73,21 @@ def export(db: Path, kernel: str, platform: str, fmt: ExportFormat, out_dir: Pat
             if platform != ALL:
                 repo.get_platform(platform)
             if ALL not in (kernel, platform):
-                return _export_one(repo, kernel, platform, fmt, out_dir)
-            pairs = sorted({(p.kernel, p.platform) for p in repo.all_presets()})
+                pairs = [(kernel, platform)]
+            else:
+                pairs = sorted({(p.kernel, p.platform) for p in repo.all_presets()})
             written: list[Path] = []
             for k, pl in pairs:
                 if kernel in (ALL, k) and platform in (ALL, pl):
                     written += _export_one(repo, k, pl, fmt, out_dir)
+            if not written:
+                where = describe(db)
+                what = "any kernel" if kernel == ALL else f"kernel {kernel}"
+                on = "any platform" if platform == ALL else f"platform {platform}"
+                raise NothingToExportError(
+                    f"nothing to export: {where} has no active presets of {what} on {on}; nothing "
+                    f"written. `presetdb list --db {where}` shows what it holds."
+                )
             return written
     finally:
         store.dispose()
@@ -81,6 +96,8 @@ def export(db: Path, kernel: str, platform: str, fmt: ExportFormat, out_dir: Pat
 def _export_one(repo: Repository, kernel: str, platform: str, fmt: ExportFormat, out_dir: Path) -> list[Path]:
     record = repo.get_kernel(kernel)
     presets = _sorted(repo.active_presets(kernel, platform))
+    if not presets:
+        return []  # nothing of this pair: `export` says so if nothing else matched
     if fmt == "vllm":
         pairs = [vllm_entry(p) for p in presets]
         return [vllm.write(out_dir, kernel, platform, pairs)]
@@ -88,12 +105,9 @@ def _export_one(repo: Repository, kernel: str, platform: str, fmt: ExportFormat,
     for p in presets:
         by_run[p.run_id].append(p)
     written = []
-    # An empty export still writes one (empty) file.
-    groups: list[tuple[int | None, list[PresetRecord]]] = [
-        (r, by_run[r]) for r in sorted(by_run)
-    ] or [(None, [])]
+    groups = [(r, by_run[r]) for r in sorted(by_run)]
     for run_id, rows in groups:
-        run = repo.get_run(run_id) if run_id is not None else None
+        run = repo.get_run(run_id)
         doc = presetdb_results.document(
             run=_run(run),
             kernel=_kernel(record.key_schema, kernel, rows),

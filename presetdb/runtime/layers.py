@@ -13,11 +13,11 @@ a broken file must never crash a kernel call in a user's model.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from presetdb._util import warn_at_caller
 from presetdb.errors import PresetDBError, SchemaTooOldError, SettingsError, StoreWarning
 from presetdb.settings import Settings
 from presetdb.store import migrate
@@ -47,7 +47,7 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, StoreWarning, stacklevel=3)
+    warn_at_caller(message, StoreWarning)
 
 
 def open_overlay(path: Path, *, strict: bool) -> tuple[Layer | None, Path | None]:

@@ -25,7 +25,6 @@ import atexit
 import json
 import queue
 import threading
-import warnings
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from presetdb._util import utc_now
+from presetdb._util import utc_now, warn_at_caller
 from presetdb.errors import SchemaTooOldError
 from presetdb.keys import canonical_key
 from presetdb.store import migrate
@@ -296,7 +295,7 @@ class Ledger:
         if kind in self._warned:
             return
         self._warned.add(kind)
-        warnings.warn(message, LedgerWarning, stacklevel=2)
+        warn_at_caller(message, LedgerWarning)  # the kernel call that filled it, if on its thread
 
 
 _open_ledgers: weakref.WeakSet[Ledger] = weakref.WeakSet()

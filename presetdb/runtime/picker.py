@@ -27,7 +27,6 @@ import json
 import math
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from presetdb._text import clip, quoted
+from presetdb._util import warn_at_caller
 from presetdb.errors import StoreError, StoreWarning
 from presetdb.keys import DEFAULT_KEY, KeyIndex, KeySpec, KeyValue, canonical_key, far_fields
 from presetdb.runtime.layers import Layer, open_layers
@@ -343,23 +343,21 @@ class Picker:
                 merged[text] = (key, (layer.name, row))
         if bad:
             shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
-            warnings.warn(
+            warn_at_caller(
                 f"presetdb: {len(bad)} stored key(s) of {kernel} on {platform} do not fit its key "
                 f"spec {list(spec.names)} or cannot be served; skipped: {shown}. `presetdb db check "
                 "--db FILE` lists them all.",
                 StoreWarning,
-                stacklevel=7,
             )
         if not merged:
             return None
         try:
             return KeyIndex.from_canonical(spec, ((t, k, p) for t, (k, p) in merged.items()))
         except Exception as exc:  # noqa: BLE001  (never expected after the row checks; never fatal)
-            warnings.warn(
+            warn_at_caller(
                 f"presetdb: stored keys of {kernel} on {platform} cannot be indexed; ignoring "
                 f"them: {clip(exc)}",
                 StoreWarning,
-                stacklevel=7,
             )
             return None
 
@@ -374,11 +372,10 @@ class Picker:
         except Exception as exc:  # a layer failing mid-flight must not fail the call
             if self.strict:
                 raise _layer_error(layer, f"reading {kernel} on {platform}", exc) from exc
-            warnings.warn(
+            warn_at_caller(
                 f"presetdb: could not read {layer.name} db {layer.path} (presets of {kernel} on "
                 f"{platform}); serving from the next layer: {clip(exc)}",
                 StoreWarning,
-                stacklevel=5,
             )
             return None
 
@@ -479,7 +476,7 @@ class Picker:
         a tuning run of `source` with `provenance`. Written by the ledger's thread; this
         waits for it (the search took far longer), so the next call is served the new row."""
         if self.ledger.path is None:
-            warnings.warn("presetdb: no writable overlay; the autotuned config is not kept", StoreWarning, stacklevel=2)
+            warn_at_caller("presetdb: no writable overlay; the autotuned config is not kept", StoreWarning)
             return
         schema, platform, info = spec.to_schema(), self.platform, self.info
 
@@ -606,11 +603,10 @@ def build_picker(settings: Settings | None = None, *, device: DeviceInfo | None 
                 for other in layers:
                     other.store.dispose()
                 raise error from exc
-            warnings.warn(
+            warn_at_caller(
                 f"presetdb: {layer.name} db {layer.path} cannot be read (platforms, aliases or "
                 f"fallbacks); continuing without it: {clip(exc)}",
                 StoreWarning,
-                stacklevel=3,
             )
             layer.store.dispose()
             if layer.name == "overlay":
@@ -624,9 +620,9 @@ def build_picker(settings: Settings | None = None, *, device: DeviceInfo | None 
     except Exception as exc:  # failed after the probe: use no db
         if strict:
             raise
-        warnings.warn(
+        warn_at_caller(
             f"presetdb: the platform could not be resolved from the dbs ({clip(exc)}); using the "
-            "device's own name", StoreWarning, stacklevel=3,
+            "device's own name", StoreWarning,
         )
         info = resolve_platform([], override=settings.platform, device=device)
     return Picker(usable, writer, info, settings, strict=strict)

@@ -64,6 +64,11 @@ def detect_device() -> DeviceInfo:
     )
 
 
+def family_names(text: str) -> list[str]:
+    """Every platform family a name mentions (`nvidia_b200_h100`: two of them)."""
+    return [name for pattern, name in _FAMILY_PATTERNS if pattern.search(text)]
+
+
 def derive_platform_name(device_name: str) -> str:
     """A canonical-looking name for a device string no alias knows."""
     for pattern, name in _FAMILY_PATTERNS:

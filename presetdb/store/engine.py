@@ -234,8 +234,10 @@ def check_file(path: Path, *, must_exist: bool = True) -> None:
     if not path.exists():
         if must_exist:
             raise StoreNotFoundError(
-                f"{path}: no such database file. Create one with `presetdb db upgrade --db {path}` "
-                "or build a shippable one with `presetdb build --out PATH`."
+                f"{path}: no such database file. Create an empty one (a user overlay, a deployment "
+                f"db to import into) with `presetdb db upgrade --db {path} --schema-only`, one with "
+                f"presetdb's seed presets with `presetdb db upgrade --db {path}`, or build a "
+                "shippable one with `presetdb build --out PATH`."
             )
         return
     if path.is_dir():

@@ -52,7 +52,7 @@ from presetdb.offline.importers.validate import (
     provenance_problems,
     specialization_problem,
 )
-from presetdb.runtime.platforms import derive_platform_name
+from presetdb.runtime.platforms import derive_platform_name, family_names
 from presetdb.store import migrate
 from presetdb.store.engine import Store, Target, connect_sqlite, parse_target
 from presetdb.store.helion_cache import store_entry
@@ -182,6 +182,12 @@ def platform_and_origin(repo: Repository, parsed: ParsedFile, override: str | No
         for name in (repo.platform_for_alias(candidate), repo.platform_for_alias(spaced)):
             if name:
                 return name, f"{where} {candidate!r}, a device alias of {name}"
+        families = family_names(spaced)
+        if len(families) > 1:  # e.g. nvidia_b200_h100.json: refuse to guess
+            raise ImportValidationError(
+                f"{parsed.name}: the platform is ambiguous: {where} {candidate!r} names "
+                f"{' and '.join(families)}; pass --platform NAME"
+            )
         derived = derive_platform_name(spaced)
         if repo.find_platform(derived) is not None:
             return derived, f"{where} {candidate!r}, read as {derived}"

@@ -17,7 +17,7 @@ from typing import Any
 
 from presetdb.errors import ImportValidationError
 from presetdb.offline.importers import helion_aot, helion_cache, presetdb_results, vllm
-from presetdb.offline.importers.records import FORMATS, Format, ParsedFile
+from presetdb.offline.importers.records import FORMATS, UTF8, Format, ParsedFile
 
 _HEAD_BYTES = 1 << 16
 _FIRST_MEMBER = re.compile(r'\s*\{\s*"([^"\\]*)"\s*:')
@@ -30,11 +30,11 @@ def detect_format(path: Path) -> Format:
     if helion_aot.FILE_PATTERN.match(path.name):
         return "helion-aot"
     with path.open("rb") as fh:
-        head = fh.read(_HEAD_BYTES).decode("utf-8", errors="replace")
-    stripped = head.lstrip()
-    if stripped.startswith("["):
+        # A byte order mark is skipped (UTF8), then the whitespace JSON allows before a value.
+        head = fh.read(_HEAD_BYTES).decode(UTF8, errors="replace").lstrip()
+    if head.startswith("["):
         return "vllm"
-    if stripped.startswith("{"):
+    if head.startswith("{"):
         if presetdb_results.FORMAT_PREFIX in head:
             return "presetdb"
         if '"shape_key"' in head and '"specialization_key"' in head:

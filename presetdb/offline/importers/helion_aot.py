@@ -27,7 +27,7 @@ from typing import Any
 
 from presetdb.errors import ImportValidationError
 from presetdb.offline.importers.jsonstream import JsonStream
-from presetdb.offline.importers.records import ParsedFile, Row, file_sha256
+from presetdb.offline.importers.records import UTF8, ParsedFile, Row, file_sha256
 
 FILE_PATTERN = re.compile(r"^tuned_configs_(?P<hw>.+)\.json$")
 _KINDS = ("cuda", "rocm", "xpu", "tpu", "mtia", "cpu")
@@ -48,7 +48,7 @@ def _scan(path: Path) -> tuple[list[str], str | None]:
     """Kernel names and the first hardware id, streaming past the entries."""
     kernels: list[str] = []
     hardware: str | None = None
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding=UTF8) as fh:
         stream = JsonStream(fh, path.name)
         if stream.peek() != "{":
             raise ImportValidationError(
@@ -103,7 +103,7 @@ def _shape_id(entry: Mapping[str, Any]) -> str:
 
 
 def _rows(path: Path, key: Mapping[str, Any] | None) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding=UTF8) as fh:
         stream = JsonStream(fh, path.name)
         index = 0
         for name in stream.members():

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from presetdb.errors import ImportValidationError
-from presetdb.offline.importers.records import ParsedFile, Row, file_sha256
+from presetdb.offline.importers.records import UTF8, ParsedFile, Row, file_sha256
 from presetdb.store import helion_cache
 from presetdb.store.helion_cache import MAX_ENTRY_CHARS, config_of, is_cache_key, read_payload
 
@@ -38,7 +38,7 @@ def _load(path: Path) -> tuple[str, dict[str, Any]]:
             f"{path.name}: {path.stat().st_size} bytes is too large for a Helion cache entry"
         )
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding=UTF8)
     except UnicodeDecodeError as exc:
         raise ImportValidationError(f"{path.name}: not a Helion .best_config file (not UTF-8: {exc})") from None
     return text, read_payload(text, path.name)

@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 
 from presetdb.errors import ImportValidationError
 from presetdb.offline.importers.jsonstream import JsonStream
-from presetdb.offline.importers.records import PROVENANCE_FIELDS, ParsedFile, Row, file_sha256, write_atomic
+from presetdb.offline.importers.records import PROVENANCE_FIELDS, UTF8, ParsedFile, Row, file_sha256, write_atomic
 
 FORMAT_ID = "presetdb-results/1"
 FORMAT_PREFIX = "presetdb-results/"
@@ -69,7 +69,7 @@ def schema_problems(validator: Draft202012Validator, instance: Any, prefix: str 
 def read_header(path: Path) -> dict[str, Any]:
     """Every top-level member except the entries (streamed past, not kept)."""
     header: dict[str, Any] = {}
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding=UTF8) as fh:
         stream = JsonStream(fh, path.name)
         if stream.peek() != "{":
             raise ImportValidationError(
@@ -115,7 +115,7 @@ def parse(path: Path) -> ParsedFile:
 
 
 def _rows(path: Path, kernel: str, source_hash: str | None) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding=UTF8) as fh:
         stream = JsonStream(fh, path.name)
         for member in stream.members():
             if member != "entries":
@@ -193,7 +193,7 @@ def write(path: Path, doc: Mapping[str, Any]) -> None:
 def load(path: Path) -> dict[str, Any]:
     """The whole document (small files: resume in `presetdb tune`, tests)."""
     parse(path)  # header checks
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc = json.loads(path.read_text(encoding=UTF8))
     problems = schema_problems(_header_validator(), doc)
     if problems:
         raise ImportValidationError(f"{path.name}: not a valid {FORMAT_ID} file", problems)

@@ -13,6 +13,10 @@ from typing import Any, Literal
 
 from presetdb._util import file_sha256, write_atomic  # noqa: F401  (re-exported: importers use them)
 
+# How imported files are read: UTF-8, a leading byte order mark (editors on Windows add
+# one) skipped; JSON itself allows no BOM, so json would refuse the file.
+UTF8 = "utf-8-sig"
+
 Format = Literal["presetdb", "vllm", "helion-cache", "helion-aot"]
 FORMATS: tuple[Format, ...] = ("presetdb", "vllm", "helion-cache", "helion-aot")
 SOURCES: dict[Format, str] = {

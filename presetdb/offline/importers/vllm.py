@@ -29,7 +29,7 @@ from typing import Any
 
 from presetdb.errors import ImportValidationError
 from presetdb.offline.importers.jsonstream import JsonStream
-from presetdb.offline.importers.records import ParsedFile, Row, file_sha256, write_atomic
+from presetdb.offline.importers.records import UTF8, ParsedFile, Row, file_sha256, write_atomic
 
 # Where vLLM keeps the tree inside a checkout.
 CHECKOUT_CONFIGS = Path("vllm") / "kernels" / "helion" / "configs"
@@ -92,7 +92,7 @@ def _string_key_error(file: str, text: str, why: str) -> ImportValidationError:
 
 def layout_of(path: Path) -> str:
     """Which of vLLM's layouts a file uses (reads the first value only for objects)."""
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding=UTF8) as fh:
         stream = JsonStream(fh, path.name)
         first = stream.peek()
         if first == "[":
@@ -152,7 +152,7 @@ def _header(path: Path, sha: str, layout: str, kernel: str | None, platform: str
 
 
 def _whole(path: Path) -> Mapping[str, Any]:
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding=UTF8) as fh:
         stream = JsonStream(fh, path.name)
         doc = stream.value()
         stream.end()
@@ -161,7 +161,7 @@ def _whole(path: Path) -> Mapping[str, Any]:
 
 
 def _array_rows(path: Path, kernel: str | None) -> Iterator[Row]:
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding=UTF8) as fh:
         stream = JsonStream(fh, path.name)
         for index, item in enumerate(stream.items()):
             where = f"[{index}]"
