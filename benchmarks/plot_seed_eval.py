@@ -1,7 +1,7 @@
 """Plots of seed_eval_v2.py results (one file per GPU, e.g. H100 and H200) for docs/benchmarks.md.
 
-    python3 benchmarks/plot_seed_eval.py benchmarks/results/h100/seed_eval_v2/seed_eval_v2.json \
-        benchmarks/results/h200/seed_eval_v2/seed_eval_v2.json --out docs/img/seed_eval_v2
+    python3 benchmarks/plot_seed_eval.py benchmarks/results/nvidia_h100/seed_eval_v2/seed_eval_v2.json \
+        benchmarks/results/nvidia_h200/seed_eval_v2/seed_eval_v2.json --out docs/img/seed_eval_v2
 
 Writes, with stable names (docs embed them):
 - seed_eval_v2_<kernel>.png: per held-out shape, the served config's speed-up vs PyTorch (top)

@@ -18,7 +18,7 @@ captured in a CUDA graph, at token counts 1..4096.
 
     python3 -P benchmarks/gpu/seed_eval_v2.py --out $OUT/h100 --part 1/3 --sections heldout
     python3 -P benchmarks/gpu/seed_eval_v2.py --out $OUT/h100 --part 2/3 --sections heldout \
-        --resume benchmarks/results/h100/seed_eval_v2/seed_eval_v2.json
+        --resume benchmarks/results/nvidia_h100/seed_eval_v2/seed_eval_v2.json
 
 Each call measures one part of the held-out shapes (`--part i/n`: every n-th shape of each
 kernel, from the i-th, of the `--per-kernel` evenly spaced ones; 0 = all) and stops starting
