@@ -74,14 +74,15 @@ class TimedCall:
         return self.fn(*self.args)
 
 
-def graph_timer(fn: Callable[[], object]) -> float:
-    """Milliseconds per call as a CUDA-graph replay: the serving condition (warm L2, no host time)."""
+def graph_timer(fn: Callable[[], object], rep: int = 100) -> float:
+    """Milliseconds per call as a CUDA-graph replay: the serving condition (warm L2, no host
+    time). `rep`: milliseconds of replay per measurement (benchmarks trade it for rounds)."""
     import torch
     import triton.testing
 
     fn()
     torch.cuda.synchronize()
-    return float(triton.testing.do_bench_cudagraph(fn, rep=100, return_mode="median"))
+    return float(triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median"))
 
 
 def distinct_nearest(ranked: Iterable[tuple[str, Mapping[str, Any]]], k: int) -> list[Candidate]:

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# One GPU call of the v2 held-out evaluation (issue [seed-v2] item 4), resumable across calls:
+# the rows of DEVICE_DIR/seed_eval_v2/seed_eval_v2.json (committed by the previous call) are
+# kept and not measured again; the combined file lands in $OUT/seed_eval_v2/ (copy it back into
+# DEVICE_DIR/seed_eval_v2/ and commit before the next call). Serves the embedded default db.
+#   bash benchmarks/gpu/run_seed_eval_v2.sh DEVICE_DIR PART SECTIONS [EXTRA ARGS...]
+#   e.g. bash benchmarks/gpu/run_seed_eval_v2.sh benchmarks/results/nvidia_h100 1/4 heldout
+set -uo pipefail
+dir=$1; part=$2; sections=$3; shift 3
+out="${OUT:-out}/seed_eval_v2"; mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+prev="$dir/seed_eval_v2/seed_eval_v2.json"
+resume=(); [ -f "$prev" ] && resume=(--resume "$prev")
+timeout 560 python3 -P benchmarks/gpu/seed_eval_v2.py --out "$out" --part "$part" --sections "$sections" \
+  --deadline "${DEADLINE_S:-330}" "${resume[@]}" "$@" > "$out/seed_eval_v2.${part/\//of}.log" 2>&1
+echo "seed_eval_v2 exit $?"; tail -25 "$out"/seed_eval_v2.*.log | grep -v '^|.*| ok |$' | tail -25
