@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# One GPU call: the dispatch bench (fast path, public path, keyed Helion side by side) and
-# the held-out coverage evaluation (far policies vs Helion's default vs PyTorch, refine's
-# cost vs a quick autotune). Everything lands in $OUT/coverage_run.tgz.
-# On the device machine, after installing .whl/ into /tmp/site:
+# One GPU call (under 10 minutes): the dispatch bench (fast path, public path, keyed Helion
+# side by side), the held-out coverage evaluation (far policies vs Helion's default vs
+# PyTorch, refine's cost vs a quick autotune) and warm-started vs cold search. The tarball
+# $OUT/coverage_run.tgz is rewritten after every step, so a cut-short call still returns
+# what finished. On the device machine, after installing .whl/ into /tmp/site:
 #   bash benchmarks/gpu/run_coverage.sh
 set -uo pipefail
 FINAL=${OUT:-out}
 export OUT="$FINAL/r"
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HELION_AUTOTUNE_BENCHMARK_SUBPROCESS=0
+pack() { tar czf "$FINAL/coverage_run.tgz" --exclude='*triton*cache*' -C "$FINAL" r; }
 DB=$(python3 -P -c 'from presetdb.store.default_db import embedded_path; print(embedded_path())')
 python3 -P -c 'from importlib.metadata import version; import torch; print({p: version(p) for p in ("torch", "triton", "helion", "presetdb")}, torch.cuda.get_device_name())' | tee "$OUT/versions.txt"
 python3 -P -m presetdb platform | tee "$OUT/platform.txt"
-timeout 200 python3 -P benchmarks/bench_dispatch.py --out "$OUT/dispatch" > "$OUT/dispatch.log" 2>&1
-echo "bench_dispatch exit $?"; tail -16 "$OUT/dispatch.log"
-timeout 400 python3 -P benchmarks/gpu/coverage_eval.py --db "$DB" --out "$OUT/coverage" --deadline 330 \
-  --autotune 2 --autotune-budget 30 > "$OUT/coverage.log" 2>&1
-echo "coverage_eval exit $?"; tail -30 "$OUT/coverage.log"
-tar czf "$FINAL/coverage_run.tgz" --exclude='*triton*cache*' -C "$FINAL" r && rm -rf "$OUT"
+timeout 110 python3 -P benchmarks/bench_dispatch.py --out "$OUT/dispatch" > "$OUT/dispatch.log" 2>&1
+echo "bench_dispatch exit $?"; tail -16 "$OUT/dispatch.log"; pack
+timeout 290 python3 -P benchmarks/gpu/coverage_eval.py --db "$DB" --out "$OUT/coverage" --deadline ${COVERAGE_DEADLINE:-230} \
+  --autotune 1 --autotune-budget 30 > "$OUT/coverage.log" 2>&1
+echo "coverage_eval exit $?"; tail -30 "$OUT/coverage.log"; pack
+timeout 130 python3 -P benchmarks/gpu/warm_vs_cold.py "$OUT/warm_cold" --budget-seconds ${WARM_BUDGET:-12} > "$OUT/warm_cold.log" 2>&1
+echo "warm_vs_cold exit $?"; tail -8 "$OUT/warm_cold.log"; pack
+rm -rf "$OUT"
