@@ -21,7 +21,7 @@ from rich.table import Table
 from presetdb._text import quoted
 from presetdb.audit import core as audits_mod
 from presetdb.audit.core import AuditError, QueryResult, ReadOnlyDB
-from presetdb.cli.common import DbOption, console, db_label, db_path, safe
+from presetdb.cli.common import DbOption, console, db_label, db_path, print_table, safe
 from presetdb.store.engine import parse_target
 from presetdb.store.snapshot import sqlite_snapshot
 
@@ -85,7 +85,7 @@ def emit(
             table.add_column(safe(column), overflow="fold")
         for row in rows:
             table.add_row(*(_cell(v) for v in row))
-        console.print(table)
+        print_table(table)
 
 
 # ---------------------------------------------------------------- commands

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from presetdb.cli.common import DbOption, console, db_path, err_console, plain, safe, warn_if_served
+from presetdb.cli.common import DbOption, console, db_path, err_console, plain, print_table, safe, warn_if_served
 from presetdb.cli.executors import (
     AddressOption,
     CpusPerTaskOption,
@@ -166,7 +166,7 @@ def _print_rows(report: object) -> None:
         table.add_row(
             safe(r.file), str(r.row), safe(r.kernel), safe(r.platform), safe(r.shape_key), safe(r.outcome)
         )
-    console.print(table)
+    print_table(table)
     if len(rows) > MAX_PRINTED_ROWS:
         console.print(f"... and {len(rows) - MAX_PRINTED_ROWS} more row(s)")
 

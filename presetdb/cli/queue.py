@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from presetdb.cli.common import console
+from presetdb.cli.common import console, print_table
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -79,7 +79,7 @@ def queue_cmd(
             str(n), _safe(item.kernel), _safe(item.platform), _safe(item.key), str(item.count),
             f"{item.distance:.3g}", _safe(far.strip()), _safe("; ".join(item.served) or "-"), _safe(item.last_seen_at),
         )
-    console.print(table)
+    print_table(table)
     if not items:
         console.print("nothing counted: every call was served by an exact key of its own platform")
 

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from presetdb.cli.common import console, err_console
+from presetdb.cli.common import err_console, print_table
 
 
 def _clean(text: str) -> str:
@@ -97,7 +97,7 @@ def shapes_cmd(
                 name, ids.get(name) or "-", str(m.hidden), str(m.intermediate or "-"), str(m.vocab),
                 f"{m.heads}/{m.kv_heads}", str(m.head_dim), experts,
             )
-        console.print(table)
+        print_table(table)
         return
     if not model:
         raise typer.BadParameter("give --model NAME|config.json (see --catalog)", param_hint="--model")
