@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "auditing.md"
+ANSI_STYLE = re.compile(r"\x1b\[[0-9;]*m")
 BLOCK = re.compile(r"```console\n\$ (?P<command>[^\n]+)\n(?P<output>.*?)```", re.DOTALL)
 WIDTH = "110"  # terminal width for Rich tables
 
@@ -91,6 +92,7 @@ def run(command: str, folder: Path) -> str:
     if code not in (0, 1):  # 1: a refusal the page shows on purpose
         raise SystemExit(f"`{command}` failed ({code}):\n{output}")
     # Trailing blanks (sqlite3 pads columns) would not survive an editor anyway.
+    output = ANSI_STYLE.sub("", output)  # TTY_COMPATIBLE styles headers and titles: the page shows plain text
     return "\n".join(line.rstrip() for line in output.rstrip().splitlines()) + "\n"
 
 
@@ -101,6 +103,9 @@ def render(page: str) -> str:
         os.environ.update(
             {
                 "COLUMNS": WIDTH,
+                # tables fitted to WIDTH as on a terminal (piped, they keep their natural width), no colour
+                "TTY_COMPATIBLE": "1",
+                "NO_COLOR": "1",
                 "PRESETDB_CACHE_DIR": str(folder / "cache"),
                 "PRESETDB_USER_DB": str(folder / "cache" / "overlay.db"),
             }
