@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ("rms_norm", "silu_mul", "softmax", "matmul")
 POLICIES = ("nearest", "default", "rerank")
 TARGET = 0.95
+LOST_CONTEXT = 3  # exit code: the CUDA context broke; rerun with --resume
 
 
 def geomean(xs: list[float]) -> float:
@@ -76,6 +77,9 @@ def main() -> int:
     parser.add_argument("--autotune", type=int, default=2, help="shapes to quick-autotune for the cost comparison")
     parser.add_argument("--autotune-budget", type=int, default=45, help="seconds per autotuned shape (Helion's budget)")
     parser.add_argument("--deadline", type=float, default=440.0, help="seconds; later work is skipped")
+    parser.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated kernels to evaluate")
+    parser.add_argument("--resume", type=Path, default=None,
+                        help="an earlier coverage_eval.json: its rows are kept and their shapes not run again")
     parser.add_argument("--device", default="cuda", help="cpu: a smoke run in the Triton interpreter (CPU timings, no autotune)")
     opts = parser.parse_args()
     started = time.perf_counter()
@@ -113,31 +117,52 @@ def main() -> int:
         "rows": [], "autotune": [], "skipped": [],
     }
 
+    done_keys: set[str] = set()
+    if opts.resume is not None and opts.resume.exists():
+        earlier = json.loads(opts.resume.read_text())
+        if earlier["device"] != result["device"] or earlier["db"] != result["db"]:
+            raise SystemExit(f"{opts.resume}: measured on {earlier['device']} with {earlier['db']}; start a new --out")
+        for part in ("rows", "autotune"):
+            result[part] = earlier[part]
+        result["lost_context"] = earlier.get("lost_context", [])
+        done_keys = {f"{r['kernel']} {json.dumps(r['key'], sort_keys=True)}" for r in result["rows"]}
+    kernels = [k for k in KERNELS if k in opts.kernels.split(",")]
+
     def left() -> float:
         return opts.deadline - (time.perf_counter() - started)
 
     reserve = opts.autotune * (opts.autotune_budget + 25)  # the autotune part runs last
-    for name in KERNELS:
+    for name in kernels:
         rk = get_kernel(name)
         for key in chosen[name]:
+            if f"{name} {json.dumps(key, sort_keys=True)}" in done_keys:
+                continue
             if left() < reserve + 15:
                 result["skipped"].append(f"{name} {json.dumps(key)}")
                 continue
             features = tuple(key[n] for n in rk.key_spec.names)
             choice = picker.resolve(name, rk.key_spec, features)
-            candidates: list[Candidate] = []
             served: dict[str, Any] | None = None
-            if choice is not None:
-                served = rk.validate_config(dict(choice.config), key)
-                candidates.append(Candidate(served, f"served:{choice.platform}:{choice.preset.shape_key}"))
-            candidates += distinct_nearest(picker.neighbours(name, rk.key_spec, features), opts.k)
-            candidates = distinct_nearest(((c.origin, c.config) for c in candidates), opts.k + 1)
             t0 = time.perf_counter()
             try:
+                candidates: list[Candidate] = []
+                if choice is not None:
+                    served = rk.validate_config(dict(choice.config), key)
+                    candidates.append(Candidate(served, f"served:{choice.platform}:{choice.preset.shape_key}"))
+                candidates += distinct_nearest(picker.neighbours(name, rk.key_spec, features), opts.k)
+                candidates = distinct_nearest(((c.origin, c.config) for c in candidates), opts.k + 1)
                 ranked = refine_shape(rk, key, candidates, device=opts.device, timing="graph", check=True)
             except Exception as exc:  # noqa: BLE001  (one shape's failure is recorded, not fatal)
                 result["rows"].append({"kernel": name, "key": key, "error": f"{type(exc).__name__}: {exc}"[:500]})
                 print(f"{name} {json.dumps(key)}: FAILED {exc}", flush=True)
+                if opts.device == "cuda" and not context_ok(torch):
+                    # a failed CUDA-graph capture can leave the context unusable: stop here;
+                    # run again with --resume to go on in a fresh process
+                    result.setdefault("lost_context", []).append(f"{name} {json.dumps(key)}")
+                    write(result, opts.out, quiet=True)
+                    print("CUDA context lost: rerun with --resume", flush=True)
+                    return LOST_CONTEXT
+                write(result, opts.out, quiet=True)
                 continue
             seconds = time.perf_counter() - t0
             entry = ranked.entry
@@ -170,6 +195,7 @@ def main() -> int:
                 "failed_candidates": [list(f) for f in ranked.failed],
             }
             result["rows"].append(row)
+            write(result, opts.out, quiet=True)  # a cut-short run keeps every finished shape
             print(f"{name} {json.dumps(key)}: {row['match']} far={far} vs default "
                   + " ".join(f"{p} {v:.2f}" for p, v in row["vs_default"].items() if v) + f" refine {seconds:.1f}s", flush=True)
     # refine's cost vs a quick autotune's, on the first shapes that were refined
@@ -177,6 +203,8 @@ def main() -> int:
 
     done = [r for r in result["rows"] if "error" not in r]
     targets = [done[i] for i in spaced(done, opts.autotune)][: opts.autotune] if done and opts.device == "cuda" else []
+    if result["autotune"]:
+        targets = []  # measured by the run this one resumes
     for row in targets:
         if left() < opts.autotune_budget + 20:
             result["skipped"].append(f"autotune {row['kernel']} {json.dumps(row['key'])}")
@@ -209,9 +237,23 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def write(result: dict[str, Any], out: Path) -> None:
+def context_ok(torch: Any) -> bool:
+    try:
+        torch.cuda.synchronize()
+        torch.empty(1, device="cuda").add_(1)
+        torch.cuda.synchronize()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def write(result: dict[str, Any], out: Path, quiet: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "coverage_eval.json").write_text(json.dumps(result, indent=1, default=str))
+    tmp = out / "coverage_eval.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    tmp.replace(out / "coverage_eval.json")
+    if quiet:
+        return
     rows = [r for r in result["rows"] if "error" not in r]
     lines = [f"# Far matches on held-out shapes, {result['device']} ({result['platform']})", "",
              f"method: {result['method']}", f"limits (log2): {json.dumps(result['limits'])}", ""]
@@ -249,6 +291,8 @@ def write(result: dict[str, Any], out: Path) -> None:
     errors = [r for r in result["rows"] if "error" in r]
     if errors:
         lines += ["", f"failed shapes: {len(errors)}"] + [f"- {r['kernel']} {json.dumps(r['key'])}: {r['error']}" for r in errors]
+    if result.get("lost_context"):
+        lines += ["", "CUDA context lost after (each rerun in a fresh process with --resume): " + "; ".join(result["lost_context"])]
     if result["skipped"]:
         lines += ["", f"skipped (deadline): {len(result['skipped'])}: " + "; ".join(result["skipped"])]
     lines += ["", f"wall: {result.get('wall_seconds')} s"]

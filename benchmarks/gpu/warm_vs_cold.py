@@ -38,7 +38,7 @@ from farm_vs_local import time_side_by_side
 
 SHAPES = {
     "rms_norm": [{"dtype": "bfloat16", "hidden": 5120, "num_tokens": 96}],
-    "silu_mul": [{"dtype": "bfloat16", "hidden": 13824, "num_tokens": 48}],
+    "silu_mul": [{"dtype": "bfloat16", "d": 13824, "num_tokens": 48}],
 }
 
 
@@ -63,6 +63,7 @@ def main() -> int:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--budget-seconds", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--kernels", default=",".join(SHAPES), help="comma-separated kernels")
     opts = parser.parse_args()
     out: Path = opts.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -70,6 +71,8 @@ def main() -> int:
                 "warm_quarter": (max(1, opts.budget_seconds // 4), True)}
     rows: list[dict[str, Any]] = []
     for kernel, keys in SHAPES.items():
+        if kernel not in opts.kernels.split(","):
+            continue
         shapes = out / f"{kernel}_shapes.json"
         shapes.write_text(json.dumps(keys))
         entries: dict[str, dict[str, Any]] = {}
