@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU call: `presetdb tune --executor ray` vs `--executor local` on one GPU (issue
 # [farm]), then warm-started vs cold search (issue [coverage]). Results in $OUT/farm_run.tgz.
-# Needs the Ray wheel in .whl/ too. On the device machine, after installing .whl/:
+# Needs the Ray wheel in .whl/ too (python3 benchmarks/gpu/ray_wheel.py: a stripped one that fits
+# the 64 MiB carry limit). On the device machine, after installing .whl/:
 #   bash benchmarks/gpu/run_farm.sh [BUDGET_S]
 set -uo pipefail
 FINAL=${OUT:-out}
