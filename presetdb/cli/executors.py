@@ -1,5 +1,6 @@
-"""The executor options `presetdb tune` and `presetdb refine` share (docs/farm.md):
-where the shapes run, this process or one Ray task per shape on a cluster's GPUs."""
+"""The options `presetdb tune` and `presetdb refine` share: where the shapes come from
+(a tuning queue), the device, and the executor (docs/farm.md): where the shapes run, this
+process or one Ray task per shape on a cluster's GPUs."""
 
 from __future__ import annotations
 
@@ -12,6 +13,15 @@ if TYPE_CHECKING:
     from presetdb.offline.farm import LocalExecutor, RayExecutor
 
 EXECUTORS = ("local", "ray")
+
+FromQueueOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--from-queue", help="Take the shapes from a tuning queue: a `presetdb queue --format json` file or "
+        "ledger dbs (user overlays); repeatable, best-ranked first.",
+    ),
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="cuda (default) or cpu (TRITON_INTERPRET=1).")]
 
 ExecutorOption = Annotated[
     str, typer.Option("--executor", help="local (this process) | ray (one task per shape on a Ray cluster).")

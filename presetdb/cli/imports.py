@@ -15,7 +15,9 @@ from presetdb.cli.common import DbOption, console, db_path, err_console, plain, 
 from presetdb.cli.executors import (
     AddressOption,
     CpusPerTaskOption,
+    DeviceOption,
     ExecutorOption,
+    FromQueueOption,
     GpusPerTaskOption,
     MaxRetriesOption,
     make_executor,
@@ -304,13 +306,7 @@ def tune_cmd(
     grid: Annotated[
         str | None, typer.Option("--grid", help="e.g. 'dtype=bfloat16;hidden=2048,4096;num_tokens=1,16,128'.")
     ] = None,
-    from_queue: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--from-queue", help="Take the shapes from a tuning queue: a `presetdb queue --format json` file or "
-            "ledger dbs (user overlays); repeatable, best-ranked first.",
-        ),
-    ] = None,
+    from_queue: FromQueueOption = None,
     effort: Annotated[str, typer.Option("--effort", help="Helion autotune effort: quick | full.")] = "quick",
     budget_seconds: Annotated[
         int | None, typer.Option("--budget-seconds", help="Time budget per shape for Helion's search.")
@@ -326,9 +322,7 @@ def tune_cmd(
             "With --executor ray, tasks go only to GPUs of this platform.",
         ),
     ] = None,
-    device: Annotated[
-        str, typer.Option("--device", help="cuda (default) or cpu (TRITON_INTERPRET=1).")
-    ] = "cuda",
+    device: DeviceOption = "cuda",
     search: Annotated[
         str,
         typer.Option(

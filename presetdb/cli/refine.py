@@ -11,7 +11,9 @@ from presetdb.cli.common import DbOption, console, db_path, err_console
 from presetdb.cli.executors import (
     AddressOption,
     CpusPerTaskOption,
+    DeviceOption,
     ExecutorOption,
+    FromQueueOption,
     GpusPerTaskOption,
     MaxRetriesOption,
     make_executor,
@@ -32,13 +34,7 @@ def refine_cmd(
     grid: Annotated[
         str | None, typer.Option("--grid", help="e.g. 'dtype=bfloat16;n=4096;k=14336;m=1,16,37'.")
     ] = None,
-    from_queue: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--from-queue", help="Take the shapes from a tuning queue: a `presetdb queue --format json` file or "
-            "ledger dbs (user overlays); repeatable, best-ranked first.",
-        ),
-    ] = None,
+    from_queue: FromQueueOption = None,
     db: DbOption = None,
     k: Annotated[int, typer.Option("--k", help="Distinct stored configs to try per shape (nearest keys first).")] = 8,
     timing: Annotated[
@@ -57,7 +53,7 @@ def refine_cmd(
         str | None,
         typer.Option("--candidates-from", help="Take the stored configs of this platform (default: --platform)."),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="cuda (default) or cpu (TRITON_INTERPRET=1).")] = "cuda",
+    device: DeviceOption = "cuda",
     check: Annotated[
         bool, typer.Option("--check/--no-check", help="Compare the winner's output with the PyTorch reference.")
     ] = True,

@@ -54,8 +54,8 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -146,18 +146,23 @@ class ShapeOutcome:
     note: str = ""  # the work's ``_note`` (e.g. where refine's winner came from)
 
 
+def failed_outcome(task: ShapeTask, exc: Exception, worker: WorkerInfo | None) -> ShapeOutcome:
+    """The outcome of a shape whose work raised `exc` (call it from the except block)."""
+    return ShapeOutcome(
+        task.key,
+        error=f"{type(exc).__name__}: {exc}"[:2000],
+        traceback=traceback.format_exc()[-TRACEBACK_TAIL:],
+        worker=worker,
+        finished=time.time(),
+    )
+
+
 def run_task(work: ShapeWork, task: ShapeTask, worker: WorkerInfo | None) -> ShapeOutcome:
     """`work(task)`, a Python error turned into a failed outcome (KeyboardInterrupt is not)."""
     try:
         entry = work(task)
     except Exception as exc:  # noqa: BLE001  (one shape's failure must not end the run)
-        return ShapeOutcome(
-            task.key,
-            error=f"{type(exc).__name__}: {exc}"[:2000],
-            traceback=traceback.format_exc()[-TRACEBACK_TAIL:],
-            worker=worker,
-            finished=time.time(),
-        )
+        return failed_outcome(task, exc, worker)
     entry = dict(entry)
     note = str(entry.pop(NOTE, "") or "")
     return ShapeOutcome(task.key, entry=entry, worker=worker, finished=time.time(), note=note)
@@ -363,10 +368,18 @@ def run_shapes(
     """Run `work` for every shape not yet in `out`, with `executor` (default: local)."""
     keys = [dict(s) for s in shapes]
     executor = executor or LocalExecutor()
-    try:
-        # A cluster that cannot run the work fails before the file is touched.
-        getattr(executor, "prepare", lambda: None)()
+    with connected(executor):
         return _run(kernel, keys, work, out, executor, configs_for, console, progress, describe)
+
+
+@contextmanager
+def connected(executor: Executor) -> Iterator[Executor]:
+    """`executor` connected (a cluster that cannot run the work fails here, before any
+    results file is touched) and closed when the block ends, however it ends. Nesting is
+    fine: connecting again is a check, closing twice a no-op."""
+    getattr(executor, "prepare", lambda: None)()
+    try:
+        yield executor
     finally:
         getattr(executor, "close", lambda: None)()
 
@@ -539,13 +552,7 @@ def _worker_main(work: ShapeWork, task: ShapeTask, setup: WorkerSetup, board: An
                 )
         load_kernel_modules(setup.modules)
     except Exception as exc:  # noqa: BLE001  (recorded as this shape's failure)
-        return ShapeOutcome(
-            task.key,
-            error=f"{type(exc).__name__}: {exc}"[:2000],
-            traceback=traceback.format_exc()[-TRACEBACK_TAIL:],
-            worker=worker,
-            finished=time.time(),
-        )
+        return failed_outcome(task, exc, worker)
     return run_task(work, task, worker)
 
 
@@ -652,11 +659,8 @@ class RayExecutor:
         return options
 
     def execute(self, tasks: Sequence[ShapeTask], work: ShapeWork, monitor: Monitor) -> bool:
-        self.prepare()
-        try:
-            return self._execute(self._ray, tasks, work, monitor)
-        finally:
-            self.close()
+        self.prepare()  # the caller (`run_shapes`, through `connected`) closes it
+        return self._execute(self._ray, tasks, work, monitor)
 
     def _execute(self, ray: Any, tasks: Sequence[ShapeTask], work: ShapeWork, monitor: Monitor) -> bool:
         resources, options = self._resources, self._options

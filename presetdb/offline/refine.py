@@ -48,7 +48,16 @@ from presetdb.helion.rerank import (
     rank_configs,
 )
 from presetdb.keys import KeyIndex, KeySpec, canonical_key
-from presetdb.offline.farm import NOTE, LocalExecutor, RayExecutor, ResultsFile, ShapeOutcome, ShapeTask, run_shapes
+from presetdb.offline.farm import (
+    NOTE,
+    LocalExecutor,
+    RayExecutor,
+    ResultsFile,
+    ShapeOutcome,
+    ShapeTask,
+    connected,
+    run_shapes,
+)
 from presetdb.offline.importers import presetdb_results
 from presetdb.offline.tune import DO_BENCH_METHOD, TuneSummary, cpu_timer, do_bench_timer
 from presetdb.runtime.platforms import derive_platform_name
@@ -389,9 +398,7 @@ class Refiner:
             if problems:
                 raise RefineError(f"shape {canonical_key(shape)}: " + "; ".join(problems))
             keys.append(dict(shape))
-        try:
-            if isinstance(self.executor, RayExecutor):
-                self.executor.prepare()  # a cluster that cannot run this fails before the file is touched
+        with connected(self.executor):  # a cluster that cannot run this fails before the file is touched
             out = self.results_file()
             source_platform = self.candidates_from or out.platform
             self.stored = StoredConfigs.load(self.db, self.rk.name, self.rk.key_spec, source_platform)
@@ -413,6 +420,3 @@ class Refiner:
                 progress=self.progress,
                 describe=describe_outcome,
             )
-        finally:
-            if isinstance(self.executor, RayExecutor):
-                self.executor.close()  # a cluster started for this run stops with it

@@ -53,6 +53,7 @@ from presetdb.offline.farm import (
     RunSummary,
     ShapeOutcome,
     ShapeTask,
+    connected,
     run_shapes,
 )
 from presetdb.runtime.platforms import derive_platform_name
@@ -580,19 +581,18 @@ class Tuner:
             if problems:
                 raise TuneError(f"shape {canonical_key(shape)}: " + "; ".join(problems))
             keys.append(dict(shape))
-        if isinstance(self.executor, RayExecutor):
-            self.executor.prepare()  # a cluster that cannot run this fails before the file is touched
-        out = self.results_file()
-        # Resuming continues the same run: its seed stays.
-        self.seed = out.open().get("seed", self.seed)
-        return run_shapes(
-            self.rk.name,
-            keys,
-            self.work(),
-            out=out,
-            executor=self.executor,
-            configs_for=self.warm_start,
-            console=self.console,
-            progress=self.progress,
-            describe=describe_entry,
-        )
+        with connected(self.executor):  # a cluster that cannot run this fails before the file is touched
+            out = self.results_file()
+            # Resuming continues the same run: its seed stays.
+            self.seed = out.open().get("seed", self.seed)
+            return run_shapes(
+                self.rk.name,
+                keys,
+                self.work(),
+                out=out,
+                executor=self.executor,
+                configs_for=self.warm_start,
+                console=self.console,
+                progress=self.progress,
+                describe=describe_entry,
+            )
