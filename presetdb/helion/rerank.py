@@ -99,6 +99,24 @@ def distinct_nearest(ranked: Iterable[tuple[str, Mapping[str, Any]]], k: int) ->
     return out
 
 
+def final_order(
+    calls: Sequence[Callable[[], object]], times: list[float], timer: Callable[[Any], float], default: int | None
+) -> list[int]:
+    """Indices of `calls`, fastest first. One timing each (`times`) is noisy, so the 3
+    fastest and Helion's default (index `default`) are timed FINAL_ROUNDS more times,
+    round robin; their medians replace their `times` (in place) and they rank ahead of the
+    calls timed once. Refine, the run-time rerank and `presetdb tune` all rank this way."""
+    order = sorted(range(len(calls)), key=lambda i: times[i])
+    finalists = list(dict.fromkeys([*order[:3], *([] if default is None else [default])]))
+    rounds = {i: [times[i]] for i in finalists}
+    for _ in range(FINAL_ROUNDS):
+        for i in finalists:
+            rounds[i].append(timer(calls[i]))
+    for i in finalists:
+        times[i] = statistics.median(rounds[i])
+    return sorted(range(len(calls)), key=lambda i: (i not in rounds, times[i]))
+
+
 def check_close(
     actual: Any, expected: Any, key: Mapping[str, Any], error: type[PresetDBError] = RefineError
 ) -> None:
@@ -214,18 +232,8 @@ def rank_configs(
         times.append(ms)
     if not calls:
         raise RefineError(f"shape {canonical_key(key)}: none of {len(chosen)} candidate(s) ran: {failed}")
-    # One timing each is noisy: the 3 fastest and Helion's default are timed again, round
-    # robin, and ranked by median (as `presetdb tune` does).
-    order = sorted(range(len(calls)), key=lambda i: times[i])
     default_index = next((i for i, c in enumerate(calls) if c.origin == DEFAULT_ORIGIN), None)
-    finalists = list(dict.fromkeys([*order[:3], *([] if default_index is None else [default_index])]))
-    rounds = {i: [times[i]] for i in finalists}
-    for _ in range(FINAL_ROUNDS):
-        for i in finalists:
-            rounds[i].append(clock(calls[i]))
-    for i in finalists:
-        times[i] = statistics.median(rounds[i])
-    order = sorted(range(len(calls)), key=lambda i: (i not in rounds, times[i]))
+    order = final_order(calls, times, clock, default_index)
     winner = None
     wrong: set[int] = set()
     expected = rk.reference(*args) if check else None

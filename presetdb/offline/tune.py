@@ -44,7 +44,7 @@ from rich.console import Console
 from presetdb import __version__
 from presetdb.errors import TuneError  # re-exported: its old import path
 from presetdb.helion.autotune import build_search, capture_provenance, machine_provenance, plain_kernel, utc_now
-from presetdb.helion.rerank import check_close
+from presetdb.helion.rerank import FINAL_ROUNDS, check_close, final_order  # noqa: F401  (FINAL_ROUNDS: its old import path)
 from presetdb.keys import KeyIndex, canonical_key, parse_key
 from presetdb.offline.farm import (
     LocalExecutor,
@@ -60,7 +60,6 @@ from presetdb.runtime.platforms import derive_platform_name
 
 EFFORTS = ("quick", "full")
 TIMINGS = ("graph", "flush")
-FINAL_ROUNDS = 3  # extra timings of the finalists
 _FINALS = "after one warm-up call; the 3 fastest and the default re-timed 3 more times, round robin, median"
 BENCHMARK_METHODS = {
     "graph": "CUDA-graph replay (warm L2, no host time): triton.testing.do_bench_cudagraph median "
@@ -406,19 +405,10 @@ class ShapeTuner:
                 continue
         times = [timer(call) for call in calls]
         # The search measured under its own harness; re-measured side by side, a runner-up
-        # or Helion's default can come out ahead (tiny kernels, short budgets). One timing
-        # each is noisy too (a slow moment can make any config look fastest), so the three
-        # fastest and Helion's default are timed again, round robin, and ranked by median.
-        # The stored config is the fastest of those: a preset is never slower than the default.
-        order = sorted(range(len(calls)), key=lambda i: times[i])
-        finalists = list(dict.fromkeys([*order[:3], 1]))
-        rounds: dict[int, list[float]] = {i: [times[i]] for i in finalists}
-        for _ in range(FINAL_ROUNDS):
-            for i in finalists:
-                rounds[i].append(timer(calls[i]))
-        for i in finalists:
-            times[i] = statistics.median(rounds[i])
-        order = sorted(range(len(calls)), key=lambda i: (i not in rounds, times[i]))
+        # or Helion's default (index 1) can come out ahead (tiny kernels, short budgets), and
+        # one timing each is noisy: ranked by `final_order`. The stored config is the fastest
+        # of its finalists: a preset is never slower than the default.
+        order = final_order(calls, times, timer, 1)
         timed = [(times[i], configs[i]) for i in range(len(calls))]
         winner_ms, winner_config = timed[order[0]]
         if winner_config != config:
