@@ -6,7 +6,8 @@ a nearest/ceil match, one whose nearest stored key is far (8x away: beyond the f
 guard, so ``PRESETDB_ON_FAR`` decides), one the seed data does not cover (a dtype never
 tuned, served by the kernel's default entry). Each call prints the key chosen, the match kind, the config,
 where the config came from, and the error against the PyTorch reference. On a GPU it also
-times the preset against Helion's default config and PyTorch.
+times the preset against Helion's default config and PyTorch. Then a real model's decoder
+MLP block, called the way the model calls it (`presetdb.cli.demo_model`).
 
 Without a GPU it runs the H100 presets in the Triton interpreter, and says so.
 """
@@ -77,7 +78,48 @@ def _config_summary(config: dict[str, Any]) -> str:
     return " ".join(parts).replace(" ", "") if parts else "(Helion default)"
 
 
-def _median_ms(fn: Any) -> float:
+def call_op(name: str, args: tuple[Any, ...]) -> tuple[Any, float, bool]:
+    """torch.ops.presetdb.<name>(*args): (output, seconds, whether it warned that its
+    stored config was quarantined). Warnings are still shown."""
+    import torch
+
+    from presetdb.helion.hooks import QuarantineWarning
+
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = getattr(torch.ops.presetdb, name)(*args)
+    seconds = time.perf_counter() - started
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return out, seconds, any(issubclass(w.category, QuarantineWarning) for w in caught)
+
+
+def describe_choice(rk: Any, args: tuple[Any, ...], choice: Any, *, quarantined: bool = False) -> tuple[str, str, str, str]:
+    """(chosen key, match kind, config summary, provenance) of a call of kernel `rk` with
+    `args` that stored row `choice` served (None: none did: a far match not served, or a
+    miss). `quarantined`: the call warned that its stored config was quarantined."""
+    from presetdb.runtime.picker import get_picker
+
+    picker = get_picker()
+    far = rk.resolution(*args).far  # a far match that was not served
+    if choice is None and far is not None:
+        served = "Helion default config" if picker.settings.on_far == "default" else "re-ranked config"
+        match = f"{far.far_text()}: {served} (PRESETDB_ON_FAR={picker.settings.on_far})"
+        return far.preset.shape_key, match, "(Helion default)", "-"
+    if choice is None:
+        match = "miss (Helion default config)"
+        if quarantined:  # e.g. a GPU-only config the interpreter cannot run
+            match = "stored config quarantined here (see warning): Helion default config"
+        return "-", match, "(Helion default)", "-"
+    p = choice.preset
+    match = choice.kind + (f" ({choice.far_text()})" if choice.far else "")
+    tuned_on = (p.device_name or "?").removeprefix("NVIDIA ").split(" ")[0]
+    prov = f"{tuned_on} {(p.tuned_at or p.created_at)[:10]} helion {p.helion_version or '?'} [{choice.layer} db]"
+    return p.shape_key, match, _config_summary(p.config), prov
+
+
+def median_ms(fn: Any) -> float:
     import triton.testing
 
     return float(triton.testing.do_bench(fn, return_mode="median"))
@@ -99,7 +141,6 @@ def run_demo(*, force_interpret: bool = False) -> int:
             "Configs are chosen and compiled exactly as on the GPU; timings are not shown."
         )
     import presetdb.kernels  # noqa: F401  (registers torch.ops.presetdb.*)
-    from presetdb.helion.hooks import QuarantineWarning
     from presetdb.helion.registry import get_kernel, last_choice
     from presetdb.runtime.picker import get_picker
 
@@ -121,42 +162,22 @@ def run_demo(*, force_interpret: bool = False) -> int:
         for label, key in cases:
             torch.manual_seed(0)
             args = rk.example_inputs(key, device=device)
-            started = time.perf_counter()
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                out = getattr(torch.ops.presetdb, name)(*args)
-            first_call_s = time.perf_counter() - started
-            for w in caught:  # still shown, and read below
-                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-            quarantined = any(issubclass(w.category, QuarantineWarning) for w in caught)
+            out, first_call_s, quarantined = call_op(name, args)
             ref = rk.reference(*args)
             err = float((out.float() - ref.float()).abs().max()) if out.numel() else 0.0
             tol = 2e-2 if key.get("dtype") == "bfloat16" else 1e-3
             scale = float(ref.float().abs().max()) if ref.numel() else 1.0
             ok = err <= tol * max(1.0, scale)
             failures += not ok
-            choice = last_choice(name)
-            far = rk.resolution(*args).far  # a far match that was not served
-            if choice is None and far is not None:
-                served = "Helion default config" if picker.settings.on_far == "default" else "re-ranked config"
-                match = f"{far.far_text()}: {served} (PRESETDB_ON_FAR={picker.settings.on_far})"
-                chosen, config, prov = far.preset.shape_key, "(Helion default)", "-"
-            elif choice is None:
-                match = "miss (Helion default config)"
-                if quarantined:  # e.g. a GPU-only config the interpreter cannot run
-                    match = "stored config quarantined here (see warning): Helion default config"
-                chosen, config, prov = "-", "(Helion default)", "-"
-            else:
-                p = choice.preset
-                chosen, match = p.shape_key, choice.kind + (f" ({choice.far_text()})" if choice.far else "")
-                config = _config_summary(p.config)
-                tuned_on = (p.device_name or "?").removeprefix("NVIDIA ").split(" ")[0]
-                prov = f"{tuned_on} {(p.tuned_at or p.created_at)[:10]} helion {p.helion_version or '?'} [{choice.layer} db]"
+            chosen, match, config, prov = describe_choice(rk, args, last_choice(name), quarantined=quarantined)
             times = f"1st call {first_call_s:.1f}s"
             if on_gpu:
                 times = _gpu_times(rk, args)
             rows.append(Row(name, label, _shape(key), chosen, match, config, prov, err, ok, times))
         _print_table(name, rows, on_gpu)
+    from presetdb.cli.demo_model import run_model_demo
+
+    failures += run_model_demo(on_gpu=on_gpu, device=device)
     picker.flush_misses()
     if failures:
         console.print(f"[bold red]{failures} result(s) did not match the PyTorch reference[/]")
@@ -171,11 +192,11 @@ def _gpu_times(rk: Any, args: tuple[Any, ...]) -> str:
 
     op = getattr(torch.ops.presetdb, rk.name)
     kargs = rk.prepare_args(*args)
-    preset_ms = _median_ms(lambda: op(*args))
-    ref_ms = _median_ms(lambda: rk.baseline(*args))
+    preset_ms = median_ms(lambda: op(*args))
+    ref_ms = median_ms(lambda: rk.baseline(*args))
     bound = rk.shape_kernel.bind(kargs)
     runner = bound.compile_config(bound.config_spec.default_config())
-    default_ms = _median_ms(lambda: runner(*kargs))
+    default_ms = median_ms(lambda: runner(*kargs))
     return f"op {preset_ms:.4f} ms | Helion default {default_ms:.4f} ms | PyTorch {ref_ms:.4f} ms"
 
 
