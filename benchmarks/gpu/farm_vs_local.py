@@ -54,6 +54,8 @@ def tune(kernel: str, executor: str, shapes: Path, out: Path, budget: int, log: 
     if executor == "ray" and device == "cpu":
         command += ["--gpus-per-task", "0"]  # the smoke run's machine has no GPU
     env = {**os.environ, "HELION_AUTOTUNE_BENCHMARK_SUBPROCESS": os.environ.get("HELION_AUTOTUNE_BENCHMARK_SUBPROCESS", "0")}
+    # Each run compiles from an empty Triton cache: the second run must not reuse the first's.
+    env["TRITON_CACHE_DIR"] = str(out.parent / f"{executor}_triton_cache")
     start = time.perf_counter()
     with log.open("w") as fh:
         proc = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
@@ -135,7 +137,7 @@ def main() -> int:
     for path in files.values():
         path.unlink(missing_ok=True)  # a fresh run each, never a resume
     wall = {}
-    for name in ("local", "ray"):  # local first: the GPU is equally warm for the second
+    for name in ("local", "ray"):  # local first; each with its own empty Triton cache
         wall[name] = tune(opts.kernel, name, shapes, files[name], opts.budget_seconds, out / f"{name}.log", opts.device)
         print(f"{name}: {wall[name]:.1f} s", flush=True)
     docs = {name: json.loads(path.read_text()) for name, path in files.items()}

@@ -11,7 +11,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HELION_AUTOTUNE_BENCHMARK_SUBPROCESS=0 RAY_USAGE_STATS_ENABLED=0
 budget=${1:-15}
 python3 -P -c 'from importlib.metadata import version; import torch; print({p: version(p) for p in ("torch", "triton", "helion", "presetdb", "ray")}, torch.cuda.get_device_name())' | tee "$OUT/versions.txt"
-timeout 420 python3 -P benchmarks/gpu/farm_vs_local.py "$OUT/farm" --budget-seconds "$budget" > "$OUT/farm.log" 2>&1
+timeout "${FARM_TIMEOUT:-420}" python3 -P benchmarks/gpu/farm_vs_local.py "$OUT/farm" --budget-seconds "$budget" > "$OUT/farm.log" 2>&1
 echo "farm_vs_local exit $?"; tail -20 "$OUT/farm.log"
 if [ "${WARM_COLD:-1}" = 1 ]; then
   timeout 150 python3 -P benchmarks/gpu/warm_vs_cold.py "$OUT/warm_cold" --budget-seconds 20 > "$OUT/warm_cold.log" 2>&1
