@@ -90,10 +90,14 @@ def test_shapes_run_at_once_on_distinct_gpus_resume_submits_nothing_and_the_file
     cluster: dict[str, float], rk: Any, tmp_path: Path
 ) -> None:
     out = tmp_path / "farm.json"
+    began = time.time()
     summary = tuner(rk, out).run(SHAPES)
     assert (summary.done, summary.failed, summary.interrupted) == (2, [], False)
     first, second = (o.worker for o in summary.outcomes)
     assert first is not None and second is not None
+    # What a fresh process per shape costs: from the worker's spawn (this run) to its work.
+    for worker in (first, second):
+        assert worker.setup_seconds is not None and 0 < worker.setup_seconds < time.time() - began
     # Both ran at once, each in its own fresh worker process, on its own GPU.
     ends = [o.finished for o in summary.outcomes]
     assert max(first.started, second.started) < min(ends)

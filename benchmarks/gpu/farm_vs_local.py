@@ -23,6 +23,8 @@ import json
 import math
 import os
 import platform
+import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -44,8 +46,10 @@ SHAPES = {
 }
 
 
-def tune(kernel: str, executor: str, shapes: Path, out: Path, budget: int, log: Path, device: str) -> float:
-    """Wall seconds of one `presetdb tune` process."""
+def tune(kernel: str, executor: str, shapes: Path, out: Path, budget: int, log: Path, device: str,
+         limit: float | None = None) -> tuple[float, bool]:
+    """(wall seconds, whether it finished) of one `presetdb tune` process. Past `limit`
+    seconds it gets Ctrl-C, which keeps the shapes it finished."""
     command = [
         sys.executable, "-m", "presetdb", "tune", kernel, "--shapes", str(shapes), "--executor", executor,
         "--effort", "quick", "--budget-seconds", str(budget), "--seed", "1234", "--no-warm-start",
@@ -58,11 +62,26 @@ def tune(kernel: str, executor: str, shapes: Path, out: Path, budget: int, log: 
     env["TRITON_CACHE_DIR"] = str(out.parent / f"{executor}_triton_cache")
     start = time.perf_counter()
     with log.open("w") as fh:
-        proc = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False)
+        proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env)
+        try:
+            proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            return time.perf_counter() - start, False
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{executor}: presetdb tune exited {proc.returncode}; see {log}")
-    return seconds
+    return seconds, True
+
+
+def worker_setup_seconds(log: Path) -> list[float]:
+    """The farm's per-shape worker setup (spawn to work) from its `done` lines."""
+    return [float(m) for m in re.findall(r"worker setup ([0-9.]+) s", log.read_text(errors="replace"))]
 
 
 def time_side_by_side(kernel: str, key: dict[str, Any], configs: dict[str, dict[str, Any]], rounds: int,
@@ -125,6 +144,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--shapes", type=int, default=8, help="how many of the kernel's 8 shapes")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--run-limit", type=float, default=None,
+                        help="seconds per tune run; past it the run gets Ctrl-C and keeps its finished shapes")
     opts = parser.parse_args()
     out: Path = opts.out_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -136,11 +157,20 @@ def main() -> int:
     files = {name: out / f"{opts.kernel}_{name}.json" for name in ("local", "ray")}
     for path in files.values():
         path.unlink(missing_ok=True)  # a fresh run each, never a resume
-    wall = {}
+    wall, complete = {}, {}
     for name in ("local", "ray"):  # local first; each with its own empty Triton cache
-        wall[name] = tune(opts.kernel, name, shapes, files[name], opts.budget_seconds, out / f"{name}.log", opts.device)
-        print(f"{name}: {wall[name]:.1f} s", flush=True)
+        wall[name], complete[name] = tune(
+            opts.kernel, name, shapes, files[name], opts.budget_seconds, out / f"{name}.log", opts.device, opts.run_limit
+        )
+        print(f"{name}: {wall[name]:.1f} s{'' if complete[name] else ' (cut short: --run-limit)'}", flush=True)
     docs = {name: json.loads(path.read_text()) for name, path in files.items()}
+    done = {name: len(d["entries"]) for name, d in docs.items()}
+    # Wall time per finished shape minus its search: what each executor adds per shape.
+    overhead = {
+        name: (wall[name] - sum(e.get("tuning_seconds") or 0 for e in d["entries"])) / max(1, done[name])
+        for name, d in docs.items()
+    }
+    setups = worker_setup_seconds(out / "ray.log")
     rows = remeasure(opts.kernel, docs["local"], docs["ray"], opts.rounds, opts.device)
 
     import torch
@@ -155,7 +185,11 @@ def main() -> int:
         "shapes": len(chosen),
         "budget_seconds": opts.budget_seconds,
         "wall_seconds": wall,
-        "wall_ratio_ray_over_local": wall["ray"] / wall["local"],
+        "complete": complete,
+        "wall_ratio_ray_over_local": wall["ray"] / wall["local"] if all(complete.values()) else None,
+        "per_shape_wall_ratio_ray_over_local": (wall["ray"] / max(1, done["ray"])) / (wall["local"] / max(1, done["local"])),
+        "overhead_seconds_per_shape": overhead,
+        "ray_worker_setup_seconds": {"median": statistics.median(setups), "max": max(setups)} if setups else None,
         "tuned": {name: len(d["entries"]) for name, d in docs.items()},
         "failed": {name: len(d.get("failures", [])) for name, d in docs.items()},
         "config_timing_geomean_ray_over_local": math.exp(statistics.fmean(math.log(r) for r in ratios)) if ratios else None,
@@ -169,7 +203,15 @@ def main() -> int:
     lines = [
         f"# farm vs local, {result['device']}, {opts.kernel}, {result['shapes']} shapes, budget {opts.budget_seconds} s",
         "",
-        f"wall: local {wall['local']:.1f} s, ray {wall['ray']:.1f} s, ratio {result['wall_ratio_ray_over_local']:.3f} (target <= 1.1)",
+        (
+            f"wall: local {wall['local']:.1f} s ({done['local']} shapes), ray {wall['ray']:.1f} s ({done['ray']} shapes), "
+            + (f"ratio {result['wall_ratio_ray_over_local']:.3f}" if result["wall_ratio_ray_over_local"] else "a run was cut short")
+            + f"; per shape {result['per_shape_wall_ratio_ray_over_local']:.3f} (target <= 1.1)"
+        ),
+        (
+            f"added per shape beyond the search: local {overhead['local']:.1f} s, ray {overhead['ray']:.1f} s"
+            + (f"; ray worker setup median {statistics.median(setups):.1f} s" if setups else "")
+        ),
         (
             "chosen configs re-measured side by side (ray/local, >1 = farm slower): geomean "
             f"{result['config_timing_geomean_ray_over_local']:.3f}, "

@@ -11,7 +11,11 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 HELION_AUTOTUNE_BENCHMARK_SUBPROCESS=0 RAY_USAGE_STATS_ENABLED=0
 budget=${1:-15}
 python3 -P -c 'from importlib.metadata import version; import torch; print({p: version(p) for p in ("torch", "triton", "helion", "presetdb", "ray")}, torch.cuda.get_device_name())' | tee "$OUT/versions.txt"
-timeout "${FARM_TIMEOUT:-420}" python3 -P benchmarks/gpu/farm_vs_local.py "$OUT/farm" --budget-seconds "$budget" > "$OUT/farm.log" 2>&1
+# Each tune run gets at most a share of the call (Ctrl-C past it: finished shapes kept), so a
+# slow run still leaves both results files and the side-by-side re-measure.
+farm_timeout=${FARM_TIMEOUT:-420}
+timeout "$farm_timeout" python3 -P benchmarks/gpu/farm_vs_local.py "$OUT/farm" --budget-seconds "$budget" \
+  --run-limit $(( (farm_timeout - 60) / 2 )) > "$OUT/farm.log" 2>&1
 echo "farm_vs_local exit $?"; tail -20 "$OUT/farm.log"
 if [ "${WARM_COLD:-1}" = 1 ]; then
   timeout 150 python3 -P benchmarks/gpu/warm_vs_cold.py "$OUT/warm_cold" --budget-seconds 20 > "$OUT/warm_cold.log" 2>&1

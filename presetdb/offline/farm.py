@@ -56,7 +56,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -128,6 +128,9 @@ class WorkerInfo:
     device_name: str = ""
     precompile_jobs: int | None = None
     started: float = 0.0  # time.time()
+    # A Ray worker: seconds from its process's start to the shape's work (process spawn,
+    # imports, CUDA init, kernel modules): the cost a fresh process per shape adds.
+    setup_seconds: float | None = None
 
     @property
     def label(self) -> str:
@@ -312,7 +315,10 @@ class Monitor:
         if outcome.entry is not None:
             self.out.add(outcome.entry)
             summary.done += 1
-            self.console.print(f"[green]done[/] {escape(text)}: {escape(self.describe(outcome))}", highlight=False)
+            said = self.describe(outcome)
+            if outcome.worker is not None and outcome.worker.setup_seconds is not None:
+                said += f", worker setup {outcome.worker.setup_seconds:.1f} s"
+            self.console.print(f"[green]done[/] {escape(text)}: {escape(said)}", highlight=False)
         else:
             error = outcome.error or "failed"
             self.out.fail(outcome.key, error, outcome.traceback)
@@ -524,9 +530,21 @@ def _slots_on_this_node(ray: Any, setup: WorkerSetup) -> int:
     return max(1, int(min(slots))) if slots else 1
 
 
+def _process_age_seconds() -> float | None:
+    """Seconds since this process started (Linux /proc); None where that is unknown."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])  # stat field 22, starttime: clock ticks after boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def _worker_main(work: ShapeWork, task: ShapeTask, setup: WorkerSetup, board: Any, index: int) -> ShapeOutcome:
     """A Ray task: set the host's share of compile jobs, import the kernel modules,
     check the GPU's platform, run the work. Runs in a fresh worker process."""
+    entered, age = time.time(), _process_age_seconds()
     import ray
 
     jobs = setup.precompile_jobs or max(1, (os.cpu_count() or 1) // _slots_on_this_node(ray, setup))
@@ -553,6 +571,8 @@ def _worker_main(work: ShapeWork, task: ShapeTask, setup: WorkerSetup, board: An
         load_kernel_modules(setup.modules)
     except Exception as exc:  # noqa: BLE001  (recorded as this shape's failure)
         return failed_outcome(task, exc, worker)
+    if age is not None:
+        worker = replace(worker, setup_seconds=age + time.time() - entered)
     return run_task(work, task, worker)
 
 
