@@ -14,6 +14,7 @@ from import_fixtures import load, registry
 from typer.testing import CliRunner
 
 from presetdb.cli import app
+from presetdb.helion.rerank import FINAL_ROUNDS
 from presetdb.offline import tune as tuning
 from presetdb.offline.importers import import_files
 from presetdb.offline.importers.presetdb_results import _header_validator, schema_problems
@@ -196,7 +197,7 @@ def test_one_lucky_timing_does_not_make_a_config_the_preset(rk: Any, tmp_path: P
     the runner-up's median (1.4) wins."""
     first_pass = [1.0, 2.0, 1.5]  # search winner, Helion default, runner-up
     one_round = [3.0, 1.4, 2.0]  # finalists in first-pass order: winner, runner-up, default
-    script = iter([*first_pass, *one_round * tuning.FINAL_ROUNDS, 9.0])  # 9.0: PyTorch reference
+    script = iter([*first_pass, *one_round * FINAL_ROUNDS, 9.0])  # 9.0: PyTorch reference
 
     def timer(fn: Any) -> float:
         return next(script)

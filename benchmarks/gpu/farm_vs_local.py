@@ -210,7 +210,7 @@ def main() -> int:
         ),
         (
             f"added per shape beyond the search: local {overhead['local']:.1f} s, ray {overhead['ray']:.1f} s"
-            + (f"; ray worker setup median {statistics.median(setups):.1f} s" if setups else "")
+            + (f"; ray worker setup median {result['ray_worker_setup_seconds']['median']:.1f} s" if setups else "")
         ),
         (
             "chosen configs re-measured side by side (ray/local, >1 = farm slower): geomean "

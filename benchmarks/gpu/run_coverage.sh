@@ -3,7 +3,9 @@
 # side by side), the held-out coverage evaluation (far policies vs Helion's default vs
 # PyTorch, refine's cost vs a quick autotune) and warm-started vs cold search. The tarball
 # $OUT/coverage_run.tgz is rewritten after every step, so a cut-short call still returns
-# what finished. Steps: STEPS="dispatch coverage warm" (default all); WARM_KERNELS.
+# what finished. Steps: STEPS="dispatch coverage warm" (default all); WARM_KERNELS; for the
+# coverage step COVERAGE_DB (default: the shipped db), COVERAGE_KERNELS (default: all),
+# COVERAGE_AUTOTUNE (shapes quick-autotuned for the cost comparison, default 1).
 # On the device machine, after installing .whl/ into /tmp/site:
 #   bash benchmarks/gpu/run_coverage.sh
 set -uo pipefail
@@ -14,7 +16,7 @@ export PYTHONUNBUFFERED=1 HELION_AUTOTUNE_BENCHMARK_SUBPROCESS=0
 steps=${STEPS:-dispatch coverage warm}
 start=$(date +%s)
 pack() { tar czf "$FINAL/coverage_run.tgz" --exclude='*triton*cache*' -C "$FINAL" r; }
-DB=$(python3 -P -c 'from presetdb.store.default_db import embedded_path; print(embedded_path())')
+DB=${COVERAGE_DB:-$(python3 -P -c 'from presetdb.store.default_db import embedded_path; print(embedded_path())')}
 python3 -P -c 'from importlib.metadata import version; import torch; print({p: version(p) for p in ("torch", "triton", "helion", "presetdb")}, torch.cuda.get_device_name())' | tee "$OUT/versions.txt"
 python3 -P -m presetdb platform | tee "$OUT/platform.txt"
 if [[ " $steps " == *" dispatch "* ]]; then
@@ -27,7 +29,8 @@ if [[ " $steps " == *" coverage "* ]]; then
     left=$(( ${COVERAGE_DEADLINE:-330} - ($(date +%s) - start) ))
     [ "$left" -le 40 ] && break
     timeout $(( left + 60 )) python3 -P benchmarks/gpu/coverage_eval.py --db "$DB" --out "$OUT/coverage" \
-      --deadline "$left" --autotune 1 --autotune-budget 30 --resume "$OUT/coverage/coverage_eval.json" \
+      --deadline "$left" --autotune "${COVERAGE_AUTOTUNE:-1}" --autotune-budget 30 \
+      ${COVERAGE_KERNELS:+--kernels "$COVERAGE_KERNELS"} --resume "$OUT/coverage/coverage_eval.json" \
       >> "$OUT/coverage.log" 2>&1
     rc=$?; echo "coverage_eval attempt $attempt exit $rc"
     [ "$rc" -ne 3 ] && break

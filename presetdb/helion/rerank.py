@@ -37,7 +37,7 @@ Timer = Callable[[Callable[[], object]], float]  # milliseconds per call
 CompileBatch = Callable[[Any, tuple[Any, ...], list[dict[str, Any]]], list[Any]]
 
 DEFAULT_ORIGIN = "helion-default"
-FINAL_ROUNDS = 3  # extra timings of the finalists (as presetdb tune does)
+FINAL_ROUNDS = 3  # extra timings of the finalists (`final_order`)
 GRAPH_METHOD = (
     "triton.testing.do_bench_cudagraph median (rep=100 ms; CUDA-graph replay: warm L2, no host "
     "time), after one warm-up call; the 3 fastest and the default re-timed 3 more times, round robin, median"

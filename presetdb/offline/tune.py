@@ -44,7 +44,7 @@ from rich.console import Console
 from presetdb import __version__
 from presetdb.errors import TuneError  # re-exported: its old import path
 from presetdb.helion.autotune import build_search, capture_provenance, machine_provenance, plain_kernel, utc_now
-from presetdb.helion.rerank import FINAL_ROUNDS, check_close, final_order  # noqa: F401  (FINAL_ROUNDS: its old import path)
+from presetdb.helion.rerank import check_close, final_order
 from presetdb.keys import KeyIndex, canonical_key, parse_key
 from presetdb.offline.farm import (
     LocalExecutor,
