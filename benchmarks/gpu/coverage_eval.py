@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,8 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=6, help="stored configs a rerank times besides Helion's default")
     parser.add_argument("--autotune", type=int, default=2, help="shapes to quick-autotune for the cost comparison")
     parser.add_argument("--autotune-budget", type=int, default=45, help="seconds per autotuned shape (Helion's budget)")
+    parser.add_argument("--shape-budget", type=float, default=60.0,
+                        help="seconds one shape's rerank may spend; later candidates are left out (recorded)")
     parser.add_argument("--deadline", type=float, default=440.0, help="seconds; later work is skipped")
     parser.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated kernels to evaluate")
     parser.add_argument("--resume", type=Path, default=None,
@@ -151,9 +154,11 @@ def main() -> int:
                     candidates.append(Candidate(served, f"served:{choice.platform}:{choice.preset.shape_key}"))
                 candidates += distinct_nearest(picker.neighbours(name, rk.key_spec, features), opts.k)
                 candidates = distinct_nearest(((c.origin, c.config) for c in candidates), opts.k + 1)
-                ranked = refine_shape(rk, key, candidates, device=opts.device, timing="graph", check=True)
+                ranked = refine_shape(rk, key, candidates, device=opts.device, timing="graph", check=True,
+                                      deadline=time.perf_counter() + opts.shape_budget)
             except Exception as exc:  # noqa: BLE001  (one shape's failure is recorded, not fatal)
-                result["rows"].append({"kernel": name, "key": key, "error": f"{type(exc).__name__}: {exc}"[:500]})
+                result["rows"].append({"kernel": name, "key": key, "error": f"{type(exc).__name__}: {exc}"[:500],
+                                       "traceback_tail": traceback.format_exc()[-2500:]})
                 print(f"{name} {json.dumps(key)}: FAILED {exc}", flush=True)
                 if opts.device == "cuda" and not context_ok(torch):
                     # a failed CUDA-graph capture can leave the context unusable: stop here;

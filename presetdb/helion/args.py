@@ -44,13 +44,14 @@ def flatten_leading(index: int = 0) -> Adapter:
 
 
 def key_fields(
-    features: Callable[..., tuple[KeyValue, ...]], *fields: tuple[str, Policy, str]
+    features: Callable[..., tuple[KeyValue, ...]],
+    *fields: tuple[str, Policy, str] | tuple[str, Policy, str, float],
 ) -> tuple[KeyField, ...]:
-    """KeyFields (name, policy, description) whose extractors are the items of one
-    `features` function, so the spec and the hot path cannot disagree."""
+    """KeyFields (name, policy, description[, max_distance]) whose extractors are the
+    items of one `features` function, so the spec and the hot path cannot disagree."""
     return tuple(
-        KeyField(name, policy, _item_of(features, i), description)
-        for i, (name, policy, description) in enumerate(fields)
+        KeyField(item[0], item[1], _item_of(features, i), item[2], *item[3:])
+        for i, item in enumerate(fields)
     )
 
 

@@ -160,10 +160,12 @@ def refine_shape(
     timer: Timer | None = None,
     check: bool = True,
     parallel_compile: bool | None = None,
+    deadline: float | None = None,
 ) -> RefineResult:
     """`presetdb.helion.rerank.rank_configs` on `kernel` (a registered kernel or its name:
     Ray workers load the kernel modules) with --timing's timer on `device`; on a GPU the
-    candidates are compiled in parallel by Helion's own batch compiler."""
+    candidates are compiled in parallel by Helion's own batch compiler. Past `deadline`
+    (a perf_counter value) no more candidates are compiled or timed."""
     if isinstance(kernel, str):
         from presetdb.helion.registry import get_kernel, load_kernel_modules
 
@@ -172,7 +174,7 @@ def refine_shape(
     parallel = device.startswith("cuda") if parallel_compile is None else parallel_compile
     return rank_configs(
         kernel, key, candidates, timer=timer or timer_for(timing, device)[0], device=device, check=check,
-        plain=_plain(kernel), compile_batch=_parallel_compile if parallel else None,
+        plain=_plain(kernel), compile_batch=_parallel_compile if parallel else None, deadline=deadline,
     )
 
 
