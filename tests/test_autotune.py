@@ -35,7 +35,7 @@ from presetdb.errors import FarmError, SettingsError
 from presetdb.helion import autotune
 from presetdb.helion.hooks import set_autotune_search
 from presetdb.helion.registry import get_kernel
-from presetdb.offline import farm
+from presetdb.offline import farm, farm_ray
 from presetdb.offline import tune as tuning
 from presetdb.offline.importers import import_files
 from presetdb.store import migrate
@@ -210,7 +210,7 @@ def test_graph_and_flush_timing_on_the_gpu(tmp_path: Path) -> None:
 def test_executor_ray_without_ray_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
     with pytest.raises(FarmError, match=r"pip install 'presetdb\[farm\]'"):
-        farm.RayExecutor().prepare()
+        farm_ray.RayExecutor().prepare()
     args = ["tune", "rms_norm", "--grid", "dtype=float32;hidden=64;num_tokens=2", "--device", "cpu",
             "--executor", "ray", "--no-warm-start", "--out", str(tmp_path / "r.json")]
     result = CliRunner().invoke(app, args)

@@ -1,6 +1,7 @@
 """The tuning farm on a real local Ray cluster (2 CPUs, 2 fake GPUs, one per module):
-each shape is a Ray task in a fresh worker process that runs the real tuner under the
-Triton interpreter (`sample_search`). Without Ray these tests are skipped with the
+each shape is a Ray task in a fresh worker process (``--worker shape``) or a call on a
+long-lived actor per GPU (``--worker gpu``) that runs the real tuner under the Triton
+interpreter (`sample_search`). Without Ray these tests are skipped with the
 install command, except in CI (CI=true), where a missing Ray fails them."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 
 from presetdb.cli import app
 from presetdb.errors import FarmError
-from presetdb.offline import farm
+from presetdb.offline import farm, farm_ray
 from presetdb.offline import tune as tuning
 from presetdb.store import migrate
 
@@ -65,7 +66,7 @@ def rk() -> Any:
     return get_kernel("rms_norm")
 
 
-def tuner(rk: Any, out: Path, *, work: Any = None, platform: str | None = None) -> tuning.Tuner:
+def tuner(rk: Any, out: Path, *, work: Any = None, platform: str | None = None, worker: str = "shape") -> tuning.Tuner:
     made = tuning.Tuner(
         rk,
         out,
@@ -74,7 +75,7 @@ def tuner(rk: Any, out: Path, *, work: Any = None, platform: str | None = None) 
         device="cpu",
         seed=5,
         platform=platform,
-        executor=farm.RayExecutor(device="cpu", platform=platform, max_retries=2),
+        executor=farm_ray.RayExecutor(device="cpu", platform=platform, max_retries=2, worker=worker),
         progress=False,
     )
     if work is not None:
@@ -196,7 +197,90 @@ def test_a_platform_the_cluster_lacks_fails_at_once_naming_what_it_has(
     )
     assert result.exit_code == 2 and "no GPU of platform nvidia_h100" in " ".join(result.output.split())
     # The platform the cluster has: its tasks ask for that GPU type.
-    executor = farm.RayExecutor(device="cpu", platform="nvidia_h200")
+    executor = farm_ray.RayExecutor(device="cpu", platform="nvidia_h200")
     executor.prepare()
     assert executor.task_options(cluster)["resources"] == {"accelerator_type:H200": 0.001}
-    assert farm.RayExecutor(device="cuda").cluster_platform() == "nvidia_h200"
+    assert farm_ray.RayExecutor(device="cuda").cluster_platform() == "nvidia_h200"
+
+
+# ---------------------------------------------------------------- --worker gpu
+
+THREE = [*SHAPES, {"dtype": "float32", "hidden": 256, "num_tokens": 2}]
+
+
+def test_gpu_workers_set_up_once_keep_their_gpu_and_run_shape_after_shape(
+    cluster: dict[str, float], rk: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "g.json"
+    summary = tuner(rk, out, worker="gpu").run(THREE)
+    assert (summary.done, summary.failed, summary.interrupted) == (3, [], False)
+    workers = [o.worker for o in summary.outcomes]
+    assert all(w is not None for w in workers)
+    by_pid: dict[int, set[str]] = {}
+    for w in workers:
+        by_pid.setdefault(w.pid, set()).add(w.gpus)
+    # One process per GPU, each on its one GPU for life; three shapes on two of them.
+    assert len(by_pid) == 2 and all(len(g) == 1 for g in by_pid.values())
+    assert set().union(*by_pid.values()) == {"0", "1"}
+    # Set-up is paid once per process: the first shape of each reports it, later ones do not.
+    firsts = {w.pid: w for w in reversed(workers)}
+    for w in workers:
+        assert (w.setup_seconds is not None) == (w is firsts[w.pid])
+    assert sorted(e["key"]["hidden"] for e in load(out)["entries"]) == [64, 128, 256]
+    assert (tuner(rk, out, worker="gpu").run(THREE).submitted) == 0
+
+
+def test_a_killed_gpu_worker_is_restarted_and_its_shape_finishes(
+    cluster: dict[str, float], rk: Any, tmp_path: Path
+) -> None:
+    marker = tmp_path / "killed-pid"
+    work = farm_work.DieOnce(shape_tuner(rk, tmp_path), str(marker))
+    summary = tuner(rk, tmp_path / "gk.json", work=work, worker="gpu").run(SHAPES[:1])
+    assert marker.exists(), "the first attempt never ran"
+    (outcome,) = summary.outcomes
+    assert outcome.entry is not None and summary.failed == []
+    assert outcome.worker is not None and outcome.worker.pid != int(marker.read_text())
+
+
+def test_a_python_error_on_a_gpu_worker_is_recorded_and_the_worker_goes_on(
+    cluster: dict[str, float], rk: Any, tmp_path: Path
+) -> None:
+    out = tmp_path / "ge.json"
+    # hidden=64 fails at once while the other process tunes its shape for seconds: the
+    # third shape goes to the process whose shape failed.
+    summary = tuner(rk, out, work=farm_work.FailOn(shape_tuner(rk, tmp_path), hidden=64), worker="gpu").run(THREE)
+    assert summary.failed == [('{"dtype":"float32","hidden":64,"num_tokens":2}', "ValueError: no tile fits hidden=64")]
+    assert summary.done == 2
+    (failure,) = load(out)["failures"]
+    assert "farm_work.py" in failure["traceback"]
+    failed = next(o for o in summary.outcomes if o.entry is None)
+    # The process whose shape raised (its context still works) runs a later shape too.
+    assert failed.worker is not None
+    assert any(o.worker is not None and o.worker.pid == failed.worker.pid for o in summary.outcomes if o.entry)
+
+
+def test_ctrl_c_ends_the_gpu_workers_and_keeps_finished_shapes(
+    cluster: dict[str, float], rk: Any, tmp_path: Path
+) -> None:
+    out, pid_file = tmp_path / "gc.json", tmp_path / "hung-pid"
+    work = farm_work.HangOn(shape_tuner(rk, tmp_path), hidden=128, pid_file=str(pid_file))
+
+    def press_ctrl_c() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if pid_file.exists() and out.exists() and load(out)["entries"]:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=press_ctrl_c, daemon=True)
+    thread.start()
+    summary = tuner(rk, out, work=work, worker="gpu").run(SHAPES)
+    thread.join(timeout=5)
+    assert summary.interrupted and summary.done == 1
+    assert [e["key"] for e in load(out)["entries"]] == SHAPES[:1]
+    hung = int(pid_file.read_text())
+    deadline = time.monotonic() + 30
+    while _alive(hung) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(hung), "the interrupted gpu worker still runs"

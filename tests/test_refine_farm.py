@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from presetdb.cli import app
 from presetdb.errors import FarmError
 from presetdb.keys import canonical_key
-from presetdb.offline import farm
+from presetdb.offline import farm_ray
 from presetdb.offline import refine as refining
 from presetdb.offline.importers import import_files, presetdb_results
 from presetdb.store import migrate
@@ -112,7 +112,7 @@ def stored_db(rk: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def refiner(rk: Any, out: Path, db: Path, timer: Any, platform: str | None = None) -> refining.Refiner:
-    executor = farm.RayExecutor(device="cpu", platform=platform, max_retries=1)
+    executor = farm_ray.RayExecutor(device="cpu", platform=platform, max_retries=1)
     return refining.Refiner(rk, out, db=db, timer=timer, device="cpu", executor=executor, progress=False)
 
 

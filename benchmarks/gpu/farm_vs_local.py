@@ -11,6 +11,9 @@ OUT_DIR (plus both results files and their logs).
 `--device cpu` is a smoke run of this script (Triton interpreter, sampled configs, wall
 time): its figures say nothing about the farm on a GPU.
 
+`--worker gpu` (default here) runs the ray side on one long-lived worker per GPU, `--worker
+shape` on a fresh worker process per shape.
+
 Targets (issue [farm]): wall-time ratio ray/local <= 1.1; the farm's configs no slower.
 About 5-7 minutes on an H100 with the defaults (8 rms_norm shapes, 8 s search budget).
 """
@@ -39,15 +42,15 @@ SHAPES = {
         for tokens in (1, 256)
     ],
     "silu_mul": [
-        {"dtype": "bfloat16", "hidden": hidden, "num_tokens": tokens}
-        for hidden in (4096, 8192, 14336, 28672)
+        {"dtype": "bfloat16", "d": d, "num_tokens": tokens}
+        for d in (4096, 8192, 14336, 28672)
         for tokens in (1, 256)
     ],
 }
 
 
 def tune(kernel: str, executor: str, shapes: Path, out: Path, budget: int, log: Path, device: str,
-         limit: float | None = None) -> tuple[float, bool]:
+         limit: float | None = None, worker: str = "shape") -> tuple[float, bool]:
     """(wall seconds, whether it finished) of one `presetdb tune` process. Past `limit`
     seconds it gets Ctrl-C, which keeps the shapes it finished."""
     command = [
@@ -55,6 +58,8 @@ def tune(kernel: str, executor: str, shapes: Path, out: Path, budget: int, log: 
         "--effort", "quick", "--budget-seconds", str(budget), "--seed", "1234", "--no-warm-start",
         "--timing", "graph", "--device", device, "--out", str(out),
     ]
+    if executor == "ray":
+        command += ["--worker", worker]
     if executor == "ray" and device == "cpu":
         command += ["--gpus-per-task", "0"]  # the smoke run's machine has no GPU
     env = {**os.environ, "HELION_AUTOTUNE_BENCHMARK_SUBPROCESS": os.environ.get("HELION_AUTOTUNE_BENCHMARK_SUBPROCESS", "0")}
@@ -80,7 +85,8 @@ def tune(kernel: str, executor: str, shapes: Path, out: Path, budget: int, log: 
 
 
 def worker_setup_seconds(log: Path) -> list[float]:
-    """The farm's per-shape worker setup (spawn to work) from its `done` lines."""
+    """The farm's worker setup (spawn to work) from its `done` lines: every shape's with
+    --worker shape, each worker's first shape's with --worker gpu."""
     return [float(m) for m in re.findall(r"worker setup ([0-9.]+) s", log.read_text(errors="replace"))]
 
 
@@ -144,6 +150,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--shapes", type=int, default=8, help="how many of the kernel's 8 shapes")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--worker", default="gpu", choices=("shape", "gpu"),
+                        help="the ray run's workers: a fresh process per shape, or one long-lived per GPU")
     parser.add_argument("--run-limit", type=float, default=None,
                         help="seconds per tune run; past it the run gets Ctrl-C and keeps its finished shapes")
     opts = parser.parse_args()
@@ -152,7 +160,8 @@ def main() -> int:
     shapes = out / "shapes.json"
     chosen = SHAPES[opts.kernel][: opts.shapes]
     if opts.device == "cpu":  # the interpreter: small shapes of the same kernel
-        chosen = [dict(k, dtype="float32", hidden=k["hidden"] // 256) for k in chosen]
+        width = "hidden" if opts.kernel == "rms_norm" else "d"
+        chosen = [dict(k, dtype="float32", **{width: k[width] // 256}) for k in chosen]
     shapes.write_text(json.dumps(chosen, indent=1))
     files = {name: out / f"{opts.kernel}_{name}.json" for name in ("local", "ray")}
     for path in files.values():
@@ -160,7 +169,8 @@ def main() -> int:
     wall, complete = {}, {}
     for name in ("local", "ray"):  # local first; each with its own empty Triton cache
         wall[name], complete[name] = tune(
-            opts.kernel, name, shapes, files[name], opts.budget_seconds, out / f"{name}.log", opts.device, opts.run_limit
+            opts.kernel, name, shapes, files[name], opts.budget_seconds, out / f"{name}.log", opts.device, opts.run_limit,
+            opts.worker,
         )
         print(f"{name}: {wall[name]:.1f} s{'' if complete[name] else ' (cut short: --run-limit)'}", flush=True)
     docs = {name: json.loads(path.read_text()) for name, path in files.items()}
@@ -181,6 +191,7 @@ def main() -> int:
         "host": platform.node(),
         "versions": {k: v for k, v in docs["local"]["run"].items() if k.endswith("_version")},
         "ray_version": __import__("ray").__version__,
+        "ray_worker": opts.worker,
         "kernel": opts.kernel,
         "shapes": len(chosen),
         "budget_seconds": opts.budget_seconds,
@@ -201,7 +212,10 @@ def main() -> int:
     }
     (out / "farm_vs_local.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
-        f"# farm vs local, {result['device']}, {opts.kernel}, {result['shapes']} shapes, budget {opts.budget_seconds} s",
+        (
+            f"# farm (--worker {opts.worker}) vs local, {result['device']}, {opts.kernel}, {result['shapes']} shapes, "
+            f"budget {opts.budget_seconds} s"
+        ),
         "",
         (
             f"wall: local {wall['local']:.1f} s ({done['local']} shapes), ray {wall['ray']:.1f} s ({done['ray']} shapes), "

@@ -3,7 +3,7 @@
 # [farm]), then warm-started vs cold search (issue [coverage]). Results in $OUT/farm_run.tgz.
 # Needs the Ray wheel in .whl/ too (python3 benchmarks/gpu/ray_wheel.py: a stripped one that fits
 # the 64 MiB carry limit). On the device machine, after installing .whl/:
-#   bash benchmarks/gpu/run_farm.sh [BUDGET_S]
+#   bash benchmarks/gpu/run_farm.sh [BUDGET_S]      (FARM_WORKER=shape|gpu, default gpu)
 set -uo pipefail
 FINAL=${OUT:-out}
 export OUT="$FINAL/r"
@@ -15,7 +15,7 @@ python3 -P -c 'from importlib.metadata import version; import torch; print({p: v
 # slow run still leaves both results files and the side-by-side re-measure.
 farm_timeout=${FARM_TIMEOUT:-420}
 timeout "$farm_timeout" python3 -P benchmarks/gpu/farm_vs_local.py "$OUT/farm" --budget-seconds "$budget" \
-  --run-limit $(( (farm_timeout - 60) / 2 )) > "$OUT/farm.log" 2>&1
+  --run-limit $(( (farm_timeout - 60) / 2 )) --worker "${FARM_WORKER:-gpu}" > "$OUT/farm.log" 2>&1
 echo "farm_vs_local exit $?"; tail -20 "$OUT/farm.log"
 if [ "${WARM_COLD:-1}" = 1 ]; then
   timeout 150 python3 -P benchmarks/gpu/warm_vs_cold.py "$OUT/warm_cold" --budget-seconds 20 > "$OUT/warm_cold.log" 2>&1

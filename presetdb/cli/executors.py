@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from presetdb.offline.farm import LocalExecutor, RayExecutor
+    from presetdb.offline.farm import LocalExecutor
+    from presetdb.offline.farm_ray import RayExecutor
 
 EXECUTORS = ("local", "ray")
 
@@ -39,6 +40,14 @@ CpusPerTaskOption = Annotated[float, typer.Option("--cpus-per-task", help="CPUs 
 MaxRetriesOption = Annotated[
     int, typer.Option("--max-retries", help="Retries of a shape whose worker process died (Ray).")
 ]
+WorkerOption = Annotated[
+    str,
+    typer.Option(
+        "--worker",
+        help="Ray workers: shape (a fresh process per shape) | gpu (one long-lived process per GPU: "
+        "no per-shape start-up; docs/farm.md).",
+    ),
+]
 
 
 def make_executor(
@@ -48,19 +57,22 @@ def make_executor(
     gpus_per_task: float,
     cpus_per_task: float,
     max_retries: int,
+    worker: str = "shape",
     platform: str | None,
     device: str,
     modules: Sequence[str] | None,
 ) -> LocalExecutor | RayExecutor:
     """--executor and its options -> the executor (Ray is imported only when it runs:
     without it, the run fails saying how to install it)."""
-    from presetdb.offline import farm
+    from presetdb.offline import farm, farm_ray
 
     if executor not in EXECUTORS:
         raise typer.BadParameter(f"use {' or '.join(EXECUTORS)}", param_hint="--executor")
+    if worker not in farm_ray.WORKER_KINDS:
+        raise typer.BadParameter(f"use {' or '.join(farm_ray.WORKER_KINDS)}", param_hint="--worker")
     if executor == "local":
         return farm.LocalExecutor(device)
-    return farm.RayExecutor(
+    return farm_ray.RayExecutor(
         address,
         gpus_per_task=gpus_per_task,
         cpus_per_task=cpus_per_task,
@@ -68,4 +80,5 @@ def make_executor(
         platform=platform,
         device=device,
         modules=modules or (),
+        worker=worker,
     )

@@ -20,6 +20,7 @@ from presetdb.cli.executors import (
     FromQueueOption,
     GpusPerTaskOption,
     MaxRetriesOption,
+    WorkerOption,
     make_executor,
 )
 from presetdb.errors import KeySpecError
@@ -363,6 +364,7 @@ def tune_cmd(
     gpus_per_task: GpusPerTaskOption = 1,
     cpus_per_task: CpusPerTaskOption = 1,
     max_retries: MaxRetriesOption = 2,
+    worker: WorkerOption = "shape",
 ) -> None:
     """Autotune a kernel per shape with Helion and write a presetdb-results/1 file (GPU).
 
@@ -402,6 +404,7 @@ def tune_cmd(
         gpus_per_task=gpus_per_task,
         cpus_per_task=cpus_per_task,
         max_retries=max_retries,
+        worker=worker,
         platform=platform,
         device=device,
         modules=module,

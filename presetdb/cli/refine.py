@@ -16,6 +16,7 @@ from presetdb.cli.executors import (
     FromQueueOption,
     GpusPerTaskOption,
     MaxRetriesOption,
+    WorkerOption,
     make_executor,
 )
 
@@ -68,6 +69,7 @@ def refine_cmd(
     gpus_per_task: GpusPerTaskOption = 1,
     cpus_per_task: CpusPerTaskOption = 1,
     max_retries: MaxRetriesOption = 2,
+    worker: WorkerOption = "shape",
 ) -> None:
     """Time the k nearest stored configs and Helion's default on each shape; keep the fastest (GPU).
 
@@ -97,6 +99,7 @@ def refine_cmd(
         gpus_per_task=gpus_per_task,
         cpus_per_task=cpus_per_task,
         max_retries=max_retries,
+        worker=worker,
         platform=platform,
         device=device,
         modules=module,

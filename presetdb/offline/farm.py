@@ -6,7 +6,8 @@ module runs that work and keeps the results file; the work itself is the caller'
 
 API (what tune uses and refine plugs into)::
 
-    from presetdb.offline.farm import LocalExecutor, RayExecutor, ResultsFile, ShapeTask, run_shapes
+    from presetdb.offline.farm import LocalExecutor, ResultsFile, ShapeTask, run_shapes
+    from presetdb.offline.farm_ray import RayExecutor
 
     out = ResultsFile(path, kernel={"name": ..., "source_hash": ..., "key_schema": ...},
                       platform="nvidia_h100", run={"source": "tune", ...},
@@ -36,16 +37,8 @@ API (what tune uses and refine plugs into)::
 Executors:
 
 - `LocalExecutor`: one shape after another in this process (no Ray needed).
-- `RayExecutor`: one Ray task per shape, ``num_gpus=gpus_per_task`` each, in a fresh
-  worker process per task (``max_calls=1``: a CUDA context never moves to another GPU).
-  Before the worker imports the kernel modules (``PRESETDB_KERNEL_MODULES`` and
-  ``modules``) it sets ``HELION_AUTOTUNE_PRECOMPILE_JOBS`` to its host's cores divided
-  by the tasks that host runs at once, so concurrent searches do not oversubscribe the
-  CPU. ``platform`` routes tasks to GPUs of that platform only: a node advertises it
-  with the custom resource ``presetdb_platform:<name>`` or Ray's own
-  ``accelerator_type:<TYPE>`` (e.g. ``H100`` -> ``nvidia_h100``); a cluster without it
-  fails at once, naming the platforms it has. The driver loops on
-  ``ray.wait(pending, num_returns=1)`` and writes each result as it lands.
+- `presetdb.offline.farm_ray.RayExecutor`: the shapes fanned out over the GPUs of a Ray
+  cluster (its module docstring says how).
 """
 
 from __future__ import annotations
@@ -56,7 +49,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -75,18 +68,13 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from presetdb.errors import FarmError, TuneError
+from presetdb.errors import TuneError
 from presetdb.keys import canonical_key
 from presetdb.offline.importers import presetdb_results
 from presetdb.offline.importers.records import PROVENANCE_FIELDS
 from presetdb.store.models import utc_now
 
 FARM_INSTALL = "pip install 'presetdb[farm]'"
-PLATFORM_RESOURCE = "presetdb_platform:"  # custom resource a node may advertise
-ACCELERATOR_RESOURCE = "accelerator_type:"  # Ray's own, from the detected GPU
-# Driver settings the workers need (kernels, Helion's search, the interpreter).
-FORWARDED_PREFIXES = ("HELION_", "TRITON_")
-FORWARDED_NAMES = ("PRESETDB_KERNEL_MODULES",)
 TRACEBACK_TAIL = 3000  # characters of a failure's traceback kept in the file
 NOTE = "_note"  # an entry member the work may add for the console line; never saved
 # Provenance of the machine that ran a shape (the driver may have no GPU): host, device, versions.
@@ -95,7 +83,6 @@ MACHINE_FIELDS = PROVENANCE_FIELDS[: PROVENANCE_FIELDS.index("presetdb_version")
 __all__ = [
     "FARM_INSTALL",
     "LocalExecutor",
-    "RayExecutor",
     "ResultsFile",
     "RunSummary",
     "ShapeOutcome",
@@ -450,299 +437,3 @@ class LocalExecutor:
         except KeyboardInterrupt:
             return True
         return False
-
-
-@dataclass(frozen=True)
-class WorkerSetup:
-    """What a Ray worker does before the work: shipped with every task."""
-
-    modules: tuple[str, ...]
-    gpus_per_task: float
-    cpus_per_task: float
-    check_platform: str | None  # the platform its CUDA device must resolve to
-    precompile_jobs: int | None  # None: host cores / tasks at once on that host
-
-
-def _require_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise FarmError(f"--executor ray needs Ray, which is not installed: {FARM_INSTALL}") from None
-    return ray
-
-
-def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The driver's variables the workers need (kernel modules, Helion, Triton)."""
-    environ = os.environ if environ is None else environ
-    return {k: v for k, v in environ.items() if k.startswith(FORWARDED_PREFIXES) or k in FORWARDED_NAMES}
-
-
-def platform_resources(resources: Mapping[str, float]) -> dict[str, str]:
-    """Ray resource name -> the presetdb platform it stands for."""
-    from presetdb.runtime.platforms import derive_platform_name
-
-    found = {}
-    for name in resources:
-        if name.startswith(PLATFORM_RESOURCE):
-            found[name] = name[len(PLATFORM_RESOURCE) :]
-        elif name.startswith(ACCELERATOR_RESOURCE):
-            found[name] = derive_platform_name(name[len(ACCELERATOR_RESOURCE) :])
-    return found
-
-
-def route_platform(resources: Mapping[str, float], platform: str) -> str:
-    """The resource a task asks for to land on a GPU of `platform` (our own resource
-    before Ray's accelerator type); a cluster without one fails here, naming its GPUs."""
-    mapping = platform_resources(resources)
-    matching = sorted((not name.startswith(PLATFORM_RESOURCE), name) for name, p in mapping.items() if p == platform)
-    if matching:
-        return matching[0][1]
-    have = sorted({f"{p} ({name})" for name, p in mapping.items()})
-    raise FarmError(
-        f"the Ray cluster has no GPU of platform {platform}: it has "
-        f"{', '.join(have) if have else 'no GPU whose platform it names'} and "
-        f"{resources.get('GPU', 0):g} GPU(s) in all. Start workers on {platform} GPUs "
-        f"(or advertise them: ray start --resources '{{\"{PLATFORM_RESOURCE}{platform}\": 8}}')."
-    )
-
-
-class _Board:
-    """A Ray actor the workers tell when they start a shape (the per-GPU lines)."""
-
-    def __init__(self) -> None:
-        self.started: dict[int, tuple[dict[str, Any], WorkerInfo]] = {}
-
-    def start(self, index: int, key: dict[str, Any], worker: WorkerInfo) -> None:
-        self.started[index] = (key, worker)
-
-    def take(self) -> list[tuple[int, dict[str, Any], WorkerInfo]]:
-        news, self.started = [(i, key, worker) for i, (key, worker) in self.started.items()], {}
-        return news
-
-
-def _slots_on_this_node(ray: Any, setup: WorkerSetup) -> int:
-    """How many of these tasks this worker's node runs at once."""
-    node = ray.get_runtime_context().get_node_id()
-    resources: dict[str, float] = next((n["Resources"] for n in ray.nodes() if n["NodeID"] == node), {})
-    slots = [resources.get("GPU", 0) // setup.gpus_per_task] if setup.gpus_per_task else []
-    if setup.cpus_per_task:
-        slots.append(resources.get("CPU", 0) // setup.cpus_per_task)
-    return max(1, int(min(slots))) if slots else 1
-
-
-def _process_age_seconds() -> float | None:
-    """Seconds since this process started (Linux /proc); None where that is unknown."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        start_ticks = int(fields[19])  # stat field 22, starttime: clock ticks after boot
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-
-
-def _worker_main(work: ShapeWork, task: ShapeTask, setup: WorkerSetup, board: Any, index: int) -> ShapeOutcome:
-    """A Ray task: set the host's share of compile jobs, import the kernel modules,
-    check the GPU's platform, run the work. Runs in a fresh worker process."""
-    entered, age = time.time(), _process_age_seconds()
-    import ray
-
-    jobs = setup.precompile_jobs or max(1, (os.cpu_count() or 1) // _slots_on_this_node(ray, setup))
-    # Before any kernel module is imported: Helion reads it when a kernel is created.
-    os.environ.setdefault("HELION_AUTOTUNE_PRECOMPILE_JOBS", str(jobs))
-    jobs = int(os.environ["HELION_AUTOTUNE_PRECOMPILE_JOBS"])
-    host, gpus = socket.gethostname(), os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    worker = WorkerInfo(host, os.getpid(), gpus, "", jobs, time.time())
-    try:
-        from presetdb.helion.autotune import machine_provenance
-        from presetdb.helion.registry import load_kernel_modules
-
-        device_name = machine_provenance("cuda" if setup.check_platform else "cpu")["device_name"]
-        worker = WorkerInfo(host, os.getpid(), gpus, device_name, jobs, worker.started)
-        board.start.remote(index, task.key, worker)
-        if setup.check_platform:
-            from presetdb.runtime.platforms import derive_platform_name
-
-            if derive_platform_name(device_name) != setup.check_platform:
-                raise FarmError(
-                    f"{host} gpu {gpus}: {device_name!r} is not a {setup.check_platform} GPU; "
-                    "this node advertises a platform it does not have"
-                )
-        load_kernel_modules(setup.modules)
-    except Exception as exc:  # noqa: BLE001  (recorded as this shape's failure)
-        return failed_outcome(task, exc, worker)
-    if age is not None:
-        worker = replace(worker, setup_seconds=age + time.time() - entered)
-    return run_task(work, task, worker)
-
-
-class RayExecutor:
-    """One Ray task per shape on the cluster at `address`: None, the cluster this process
-    is already connected to, else a new private one on this machine (stopped at the end);
-    "auto", the one `ray start` made here; "HOST:PORT", a cluster this host is a node of;
-    "ray://HOST:PORT", any cluster through Ray Client."""
-
-    POLL_SECONDS = 0.5
-
-    def __init__(
-        self,
-        address: str | None = None,
-        *,
-        gpus_per_task: float = 1,
-        cpus_per_task: float = 1,
-        max_retries: int = 2,
-        platform: str | None = None,
-        device: str = "cuda",
-        modules: Sequence[str] = (),
-        precompile_jobs: int | None = None,
-        in_flight: int | None = None,
-    ) -> None:
-        if gpus_per_task < 0 or cpus_per_task < 0 or max_retries < 0:
-            raise FarmError("--gpus-per-task, --cpus-per-task and --max-retries cannot be negative")
-        self.address = address
-        self.gpus_per_task = gpus_per_task
-        self.cpus_per_task = cpus_per_task
-        self.max_retries = max_retries
-        self.platform = platform
-        self.device = device
-        self.modules = tuple(modules)
-        self.precompile_jobs = precompile_jobs
-        self.in_flight = in_flight
-        self._ray: Any = None
-        self._started_here = False
-        self._resources: dict[str, float] = {}
-        self._options: dict[str, Any] = {}
-
-    def connect(self) -> tuple[Any, bool]:
-        """(ray, whether this call started the connection)."""
-        ray = _require_ray()
-        if ray.is_initialized():
-            return ray, False
-        env = forwarded_env()
-        options: dict[str, Any] = {"runtime_env": {"env_vars": env}} if env else {}
-        if self.address is None:
-            # A new private cluster on this machine ("local"), never one Ray's address file
-            # names: that may be stale, and Ray then retries it for minutes.
-            options.update(address="local", include_dashboard=False)
-        else:
-            options["address"] = self.address
-        try:
-            ray.init(**options)
-        except Exception as exc:
-            raise FarmError(
-                f"cannot reach a Ray cluster at {self.address or '(new local cluster)'}: "
-                f"{type(exc).__name__}: {exc}. Start one (`ray start --head`, docs/farm.md) or "
-                "pass --address. A cluster started with `ray start` on Ray >= 2.60 needs "
-                "RAY_AUTH_MODE=token (and its token) on this driver too."
-            ) from exc
-        return ray, True
-
-    def prepare(self) -> None:
-        """Connect and check that the cluster can run the tasks (GPUs, the platform)."""
-        if self._ray is None:
-            self._ray, self._started_here = self.connect()
-            self._resources = dict(self._ray.cluster_resources())
-        self._options = self.task_options(self._resources)
-
-    def close(self) -> None:
-        if self._ray is not None and self._started_here:
-            self._ray.shutdown()
-        self._ray = None
-
-    def cluster_platform(self) -> str:
-        """The one GPU platform the cluster names (for a run without --platform)."""
-        self.prepare()
-        named = sorted(set(platform_resources(self._resources).values()))
-        if len(named) != 1:
-            have = f"several: {', '.join(named)}" if named else "none (no accelerator_type:* or presetdb_platform:* resource)"
-            raise FarmError(f"which platform to tune? The Ray cluster names {have}; pass --platform")
-        self.platform = named[0]
-        self.prepare()  # route to it
-        return self.platform
-
-    def task_options(self, resources: Mapping[str, float]) -> dict[str, Any]:
-        """Ray options of one shape's task, checked against the cluster's resources."""
-        if self.gpus_per_task and resources.get("GPU", 0) < self.gpus_per_task:
-            raise FarmError(
-                f"the Ray cluster has {resources.get('GPU', 0):g} GPU(s); a task needs "
-                f"{self.gpus_per_task:g} (--gpus-per-task). It has: {describe_cluster(resources)}"
-            )
-        options: dict[str, Any] = {
-            "num_gpus": self.gpus_per_task,
-            "num_cpus": self.cpus_per_task,
-            "max_retries": self.max_retries,
-            "max_calls": 1,  # a fresh worker process per shape
-            "retry_exceptions": False,  # a Python error is the shape's failure, not a retry
-        }
-        if self.platform:
-            options["resources"] = {route_platform(resources, self.platform): 0.001}
-        return options
-
-    def execute(self, tasks: Sequence[ShapeTask], work: ShapeWork, monitor: Monitor) -> bool:
-        self.prepare()  # the caller (`run_shapes`, through `connected`) closes it
-        return self._execute(self._ray, tasks, work, monitor)
-
-    def _execute(self, ray: Any, tasks: Sequence[ShapeTask], work: ShapeWork, monitor: Monitor) -> bool:
-        resources, options = self._resources, self._options
-        setup = WorkerSetup(
-            self.modules,
-            self.gpus_per_task,
-            self.cpus_per_task,
-            self.platform if self.device.startswith("cuda") else None,
-            self.precompile_jobs,
-        )
-        remote = ray.remote(**options)(_worker_main)  # max_calls is not an .options() option
-        board = ray.remote(num_cpus=0)(_Board).remote()
-        slots = max(1, int(resources.get("GPU", 0) // self.gpus_per_task)) if self.gpus_per_task else 1
-        limit = self.in_flight or 2 * slots + 2  # queued a little ahead of the free GPUs
-        work_ref = ray.put(work)
-        queue = list(enumerate(tasks))
-        pending: dict[Any, tuple[int, ShapeTask]] = {}
-        finished: set[int] = set()
-        news = board.take.remote()
-        try:
-            while queue or pending:
-                while queue and len(pending) < limit:
-                    index, task = queue.pop(0)
-                    pending[remote.remote(work_ref, task, setup, board, index)] = (index, task)
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.POLL_SECONDS)
-                if ray.wait([news], timeout=0)[0]:
-                    for index, key, worker in ray.get(news):
-                        if index not in finished:  # news of a start can come after its end
-                            monitor.started(key, worker)
-                    news = board.take.remote()
-                for ref in ready:
-                    index, task = pending.pop(ref)
-                    finished.add(index)
-                    monitor.finished(self._outcome(ray, ref, task))
-        except KeyboardInterrupt:
-            for ref in pending:
-                ray.cancel(ref, force=True)  # kills the worker processes
-            return True
-        finally:
-            ray.kill(board)
-        return False
-
-    def _outcome(self, ray: Any, ref: Any, task: ShapeTask) -> ShapeOutcome:
-        try:
-            outcome = ray.get(ref)
-        except ray.exceptions.RayError as exc:
-            # The worker died more than --max-retries times, was cancelled, or Ray failed.
-            text = str(exc).strip().splitlines()
-            return ShapeOutcome(
-                task.key,
-                error=f"{type(exc).__name__}: {text[0] if text else ''}"[:2000],
-                traceback="\n".join(text)[-TRACEBACK_TAIL:],
-                finished=time.time(),
-            )
-        return outcome if isinstance(outcome, ShapeOutcome) else ShapeOutcome(task.key, error=repr(outcome))
-
-
-def describe_cluster(resources: Mapping[str, float]) -> str:
-    """One line: GPUs, CPUs and the platforms a cluster's resources name."""
-    platforms = sorted(set(platform_resources(resources).values()))
-    return (
-        f"{resources.get('GPU', 0):g} GPU(s), {resources.get('CPU', 0):g} CPU(s); platforms: "
-        f"{', '.join(platforms) if platforms else 'none named'}"
-    )
-

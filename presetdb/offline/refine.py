@@ -51,13 +51,13 @@ from presetdb.keys import KeyIndex, KeySpec, canonical_key
 from presetdb.offline.farm import (
     NOTE,
     LocalExecutor,
-    RayExecutor,
     ResultsFile,
     ShapeOutcome,
     ShapeTask,
     connected,
     run_shapes,
 )
+from presetdb.offline.farm_ray import RayExecutor
 from presetdb.offline.importers import presetdb_results
 from presetdb.offline.tune import DO_BENCH_METHOD, TuneSummary, cpu_timer, do_bench_timer
 from presetdb.runtime.platforms import derive_platform_name

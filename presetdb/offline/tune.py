@@ -48,7 +48,6 @@ from presetdb.helion.rerank import check_close, final_order
 from presetdb.keys import KeyIndex, canonical_key, parse_key
 from presetdb.offline.farm import (
     LocalExecutor,
-    RayExecutor,
     ResultsFile,
     RunSummary,
     ShapeOutcome,
@@ -56,6 +55,7 @@ from presetdb.offline.farm import (
     connected,
     run_shapes,
 )
+from presetdb.offline.farm_ray import RayExecutor
 from presetdb.runtime.platforms import derive_platform_name
 
 EFFORTS = ("quick", "full")
