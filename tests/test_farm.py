@@ -196,6 +196,8 @@ def test_a_platform_the_cluster_lacks_fails_at_once_naming_what_it_has(
         app, [*args, "--executor", "ray", "--platform", "nvidia_h100", "--no-warm-start", "--out", str(out)]
     )
     assert result.exit_code == 2 and "no GPU of platform nvidia_h100" in " ".join(result.output.split())
+    result = CliRunner().invoke(app, [*args, "--executor", "ray", "--worker", "node", "--out", str(out)])
+    assert result.exit_code == 2 and "use shape or gpu" in " ".join(result.output.split())
     # The platform the cluster has: its tasks ask for that GPU type.
     executor = farm_ray.RayExecutor(device="cpu", platform="nvidia_h200")
     executor.prepare()
