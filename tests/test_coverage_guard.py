@@ -39,19 +39,15 @@ def _db(tmp_path: Path, *keys: dict[str, Any], name: str = "dep.db") -> Path:
 
 
 # ---------------------------------------------------------------- limits
-def test_registered_field_limit_reaches_the_guard() -> None:
-    """key_fields' optional fourth item is the field's limit: the example rms_norm narrows
-    hidden to 0.1 (measured: configs 0.17 away in hidden ran 0.86x Helion's default)."""
+def test_a_fourth_item_of_key_fields_is_the_fields_limit() -> None:
     from presetdb.helion.args import key_fields
-    from presetdb.kernels.rms_norm import KEY_SPEC
 
     spec = KeySpec(key_fields(lambda h, t: (h, t), ("hidden", "nearest", "width", 0.25), ("num_tokens", "ceil", "rows")))
     assert spec.limits("k") == {"hidden": 0.25, "num_tokens": DEFAULT_MAX_DISTANCE}
-    assert KEY_SPEC.limits("rms_norm") == {"hidden": 0.1, "num_tokens": DEFAULT_MAX_DISTANCE}
-    limits = KEY_SPEC.limits("rms_norm")
-    near = math.log2(4352 / 4096)  # 0.087: near
-    assert far_fields({"hidden": near, "num_tokens": 0.0}, limits) == {}
-    assert far_fields({"hidden": math.log2(4608 / 4096), "num_tokens": 0.0}, limits) == {"hidden": math.log2(4608 / 4096)}
+    assert spec.fields[0].max_distance == 0.25 and spec.fields[1].max_distance is None
+    near, past = math.log2(1.18), math.log2(1.2)  # 0.239 and 0.263
+    assert far_fields({"hidden": near, "num_tokens": 0.0}, spec.limits("k")) == {}
+    assert far_fields({"hidden": past, "num_tokens": 0.0}, spec.limits("k")) == {"hidden": past}
 
 
 
