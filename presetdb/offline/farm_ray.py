@@ -149,9 +149,10 @@ def _process_age_seconds() -> float | None:
     return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
-def _set_up(setup: WorkerSetup) -> WorkerInfo:
-    """In a worker process, before its first shape: the host's share of compile jobs,
-    the GPU's platform checked, the kernel modules imported. Raises what goes wrong."""
+def _set_up(setup: WorkerSetup, started: float) -> WorkerInfo:
+    """In a worker process, before its first shape (which it entered at `started`): the
+    host's share of compile jobs, the GPU's platform checked, the kernel modules imported.
+    Raises what goes wrong."""
     import ray
 
     jobs = setup.precompile_jobs or max(1, (os.cpu_count() or 1) // _slots_on_this_node(ray, setup))
@@ -172,7 +173,7 @@ def _set_up(setup: WorkerSetup) -> WorkerInfo:
                 "this node advertises a platform it does not have"
             )
     load_kernel_modules(setup.modules)
-    return WorkerInfo(host, os.getpid(), gpus, device_name, jobs, time.time())
+    return WorkerInfo(host, os.getpid(), gpus, device_name, jobs, started)
 
 
 def _bare_worker() -> WorkerInfo:
@@ -184,7 +185,7 @@ def _worker_main(work: ShapeWork, task: ShapeTask, setup: WorkerSetup, board: An
     """A Ray task (``--worker shape``): set up, run the work. A fresh worker process."""
     entered, age = time.time(), _process_age_seconds()
     try:
-        worker = _set_up(setup)
+        worker = _set_up(setup, entered)
     except Exception as exc:  # noqa: BLE001  (recorded as this shape's failure)
         return failed_outcome(task, exc, _bare_worker())
     board.start.remote(index, task.key, worker)
@@ -224,13 +225,13 @@ class _GpuWorker:
 
     def run(self, work: ShapeWork, task: ShapeTask, board: Any, index: int) -> tuple[ShapeOutcome, bool]:
         """(the shape's outcome, whether this actor is still fit for more shapes)."""
-        first = self.worker is None
+        entered, first = time.time(), self.worker is None
         if self.worker is None:
             try:
-                self.worker = _set_up(self.setup)
+                self.worker = _set_up(self.setup, entered)
             except Exception as exc:  # noqa: BLE001  (recorded as this shape's failure)
                 return failed_outcome(task, exc, _bare_worker()), True
-        worker = replace(self.worker, started=time.time())
+        worker = replace(self.worker, started=entered)
         if first:
             worker = replace(worker, setup_seconds=time.time() - self.born)
         board.start.remote(index, task.key, worker)
