@@ -147,8 +147,9 @@ def test_a_python_error_is_a_recorded_failure_with_its_traceback(
     assert "farm_work.py" in failure["traceback"]  # the tail shows where it was raised
 
 
+@pytest.mark.parametrize("worker", ["shape", "gpu"])
 def test_ctrl_c_cancels_running_tasks_and_keeps_finished_shapes(
-    cluster: dict[str, float], rk: Any, tmp_path: Path
+    cluster: dict[str, float], rk: Any, tmp_path: Path, worker: str
 ) -> None:
     out, pid_file = tmp_path / "c.json", tmp_path / "hung-pid"
     work = farm_work.HangOn(shape_tuner(rk, tmp_path), hidden=128, pid_file=str(pid_file))
@@ -163,7 +164,7 @@ def test_ctrl_c_cancels_running_tasks_and_keeps_finished_shapes(
 
     thread = threading.Thread(target=press_ctrl_c, daemon=True)
     thread.start()
-    summary = tuner(rk, out, work=work).run(SHAPES)
+    summary = tuner(rk, out, work=work, worker=worker).run(SHAPES)
     thread.join(timeout=5)
     assert summary.interrupted and summary.done == 1
     assert [e["key"] for e in load(out)["entries"]] == SHAPES[:1]
@@ -259,30 +260,3 @@ def test_a_python_error_on_a_gpu_worker_is_recorded_and_the_worker_goes_on(
     # The process whose shape raised (its context still works) runs a later shape too.
     assert failed.worker is not None
     assert any(o.worker is not None and o.worker.pid == failed.worker.pid for o in summary.outcomes if o.entry)
-
-
-def test_ctrl_c_ends_the_gpu_workers_and_keeps_finished_shapes(
-    cluster: dict[str, float], rk: Any, tmp_path: Path
-) -> None:
-    out, pid_file = tmp_path / "gc.json", tmp_path / "hung-pid"
-    work = farm_work.HangOn(shape_tuner(rk, tmp_path), hidden=128, pid_file=str(pid_file))
-
-    def press_ctrl_c() -> None:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            if pid_file.exists() and out.exists() and load(out)["entries"]:
-                os.kill(os.getpid(), signal.SIGINT)
-                return
-            time.sleep(0.2)
-
-    thread = threading.Thread(target=press_ctrl_c, daemon=True)
-    thread.start()
-    summary = tuner(rk, out, work=work, worker="gpu").run(SHAPES)
-    thread.join(timeout=5)
-    assert summary.interrupted and summary.done == 1
-    assert [e["key"] for e in load(out)["entries"]] == SHAPES[:1]
-    hung = int(pid_file.read_text())
-    deadline = time.monotonic() + 30
-    while _alive(hung) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _alive(hung), "the interrupted gpu worker still runs"
