@@ -3,7 +3,8 @@
 # side by side), the held-out coverage evaluation (far policies vs Helion's default vs
 # PyTorch, refine's cost vs a quick autotune) and warm-started vs cold search. The tarball
 # $OUT/coverage_run.tgz is rewritten after every step, so a cut-short call still returns
-# what finished. Steps: STEPS="dispatch coverage warm" (default all); WARM_KERNELS; for the
+# what finished. Steps: STEPS="dispatch coverage warm" (default), "probe" (softmax_bind_probe.py,
+# only when named); WARM_KERNELS; for the
 # coverage step COVERAGE_DB (default: the shipped db), COVERAGE_KERNELS (default: all),
 # COVERAGE_AUTOTUNE (shapes quick-autotuned for the cost comparison, default 1).
 # On the device machine, after installing .whl/ into /tmp/site:
@@ -19,6 +20,10 @@ pack() { tar czf "$FINAL/coverage_run.tgz" --exclude='*triton*cache*' -C "$FINAL
 DB=${COVERAGE_DB:-$(python3 -P -c 'from presetdb.store.default_db import embedded_path; print(embedded_path())')}
 python3 -P -c 'from importlib.metadata import version; import torch; print({p: version(p) for p in ("torch", "triton", "helion", "presetdb")}, torch.cuda.get_device_name())' | tee "$OUT/versions.txt"
 python3 -P -m presetdb platform | tee "$OUT/platform.txt"
+if [[ " $steps " == *" probe "* ]]; then  # why 2 held-out softmax shapes fail to bind on the GPU
+  timeout 60 python3 -P benchmarks/gpu/softmax_bind_probe.py "$OUT/probe" > "$OUT/probe.log" 2>&1
+  echo "softmax_bind_probe exit $?"; tail -4 "$OUT/probe.log" | cut -c1-300; pack
+fi
 if [[ " $steps " == *" dispatch "* ]]; then
   timeout 110 python3 -P benchmarks/bench_dispatch.py --out "$OUT/dispatch" > "$OUT/dispatch.log" 2>&1
   echo "bench_dispatch exit $?"; tail -16 "$OUT/dispatch.log"; pack
