@@ -33,7 +33,7 @@ console = Console(width=None if Console().is_terminal else 170)
 CASES: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "rms_norm": [
         ("exact", {"dtype": "bfloat16", "hidden": 2048, "num_tokens": 16}),
-        ("nearest", {"dtype": "bfloat16", "hidden": 3900, "num_tokens": 10}),
+        ("nearest", {"dtype": "bfloat16", "hidden": 3000, "num_tokens": 10}),
         ("far", {"dtype": "bfloat16", "hidden": 256, "num_tokens": 16}),
         ("miss", {"dtype": "float32", "hidden": 2048, "num_tokens": 16}),
     ],
