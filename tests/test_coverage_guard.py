@@ -39,6 +39,8 @@ def _db(tmp_path: Path, *keys: dict[str, Any], name: str = "dep.db") -> Path:
 
 
 # ---------------------------------------------------------------- limits
+
+
 def test_a_fourth_item_of_key_fields_is_the_fields_limit() -> None:
     from presetdb.helion.args import key_fields
 
@@ -48,7 +50,6 @@ def test_a_fourth_item_of_key_fields_is_the_fields_limit() -> None:
     near, past = math.log2(1.18), math.log2(1.2)  # 0.239 and 0.263
     assert far_fields({"hidden": near, "num_tokens": 0.0}, spec.limits("k")) == {}
     assert far_fields({"hidden": past, "num_tokens": 0.0}, spec.limits("k")) == {"hidden": past}
-
 
 
 def test_limits_most_specific_first() -> None:

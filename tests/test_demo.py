@@ -5,7 +5,6 @@ Llama-3-8B decoder MLP block at decode with the keys `presetdb shapes` gives for
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import pytest
@@ -45,7 +44,7 @@ def test_demo_serves_exact_nearest_and_default_rows_from_the_shipped_presets(mon
         # a dtype never tuned: the kernel's default entry
         # far: the nearest stored key is 8x away (n, d or hidden): Helion's default config runs
         far = by_case["far"]
-        assert far.match.startswith("far: ") and re.search(r"> max [0-9.]+ \(log2 distance\)", far.match), (name, far.match)
+        assert far.match.startswith("far: ") and "> max 1 (log2 distance)" in far.match, (name, far.match)
         assert "Helion default config (PRESETDB_ON_FAR=default)" in far.match and far.config == "(Helion default)"
         assert json.loads(far.chosen)["dtype"] == "bfloat16", name
         miss = by_case["miss"]

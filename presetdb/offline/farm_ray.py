@@ -176,21 +176,21 @@ def _set_up(setup: WorkerSetup, started: float) -> WorkerInfo:
     return WorkerInfo(host, os.getpid(), gpus, device_name, jobs, started)
 
 
-def _bare_worker() -> WorkerInfo:
+def _bare_worker(started: float) -> WorkerInfo:
     """What a worker can say about itself when its setup failed."""
-    return WorkerInfo(socket.gethostname(), os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES", ""), started=time.time())
+    return WorkerInfo(socket.gethostname(), os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES", ""), started=started)
 
 
 def _worker_main(work: ShapeWork, task: ShapeTask, setup: WorkerSetup, board: Any, index: int) -> ShapeOutcome:
     """A Ray task (``--worker shape``): set up, run the work. A fresh worker process."""
-    entered, age = time.time(), _process_age_seconds()
+    entered = time.time()
     try:
         worker = _set_up(setup, entered)
     except Exception as exc:  # noqa: BLE001  (recorded as this shape's failure)
-        return failed_outcome(task, exc, _bare_worker())
+        return failed_outcome(task, exc, _bare_worker(entered))
+    # Its whole age is set-up: the process was spawned for this shape.
+    worker = replace(worker, setup_seconds=_process_age_seconds())
     board.start.remote(index, task.key, worker)
-    if age is not None:
-        worker = replace(worker, setup_seconds=age + time.time() - entered)
     return run_task(work, task, worker)
 
 
@@ -218,22 +218,22 @@ class _GpuWorker:
     def __init__(self, setup: WorkerSetup) -> None:
         self.setup = setup
         self.worker: WorkerInfo | None = None
-        self.born = time.time() - (_process_age_seconds() or 0.0)
 
     def ready(self) -> int:
         return os.getpid()
 
     def run(self, work: ShapeWork, task: ShapeTask, board: Any, index: int) -> tuple[ShapeOutcome, bool]:
         """(the shape's outcome, whether this actor is still fit for more shapes)."""
-        entered, first = time.time(), self.worker is None
+        entered = time.time()
         if self.worker is None:
             try:
                 self.worker = _set_up(self.setup, entered)
             except Exception as exc:  # noqa: BLE001  (recorded as this shape's failure)
-                return failed_outcome(task, exc, _bare_worker()), True
-        worker = replace(self.worker, started=entered)
-        if first:
-            worker = replace(worker, setup_seconds=time.time() - self.born)
+                return failed_outcome(task, exc, _bare_worker(entered)), True
+            # The first shape reports the process's age: its spawn and set-up, paid once.
+            worker = replace(self.worker, setup_seconds=_process_age_seconds())
+        else:
+            worker = replace(self.worker, started=entered)
         board.start.remote(index, task.key, worker)
         outcome = run_task(work, task, worker)
         return outcome, outcome.entry is not None or _cuda_context_ok()
