@@ -6,7 +6,8 @@
 # what finished. Steps: STEPS="dispatch coverage warm" (default), "probe" (softmax_bind_probe.py,
 # only when named); WARM_KERNELS; for the
 # coverage step COVERAGE_DB (default: the shipped db), COVERAGE_KERNELS (default: all),
-# COVERAGE_AUTOTUNE (shapes quick-autotuned for the cost comparison, default 1).
+# COVERAGE_AUTOTUNE (shapes quick-autotuned for the cost comparison, default 1),
+# COVERAGE_SHAPE_BUDGET (seconds one shape's rerank may spend, default 60).
 # On the device machine, after installing .whl/ into /tmp/site:
 #   bash benchmarks/gpu/run_coverage.sh
 set -uo pipefail
@@ -34,7 +35,7 @@ if [[ " $steps " == *" coverage "* ]]; then
     left=$(( ${COVERAGE_DEADLINE:-330} - ($(date +%s) - start) ))
     [ "$left" -le 40 ] && break
     timeout $(( left + 60 )) python3 -P benchmarks/gpu/coverage_eval.py --db "$DB" --out "$OUT/coverage" \
-      --deadline "$left" --autotune "${COVERAGE_AUTOTUNE:-1}" --autotune-budget 30 \
+      --deadline "$left" --autotune "${COVERAGE_AUTOTUNE:-1}" --autotune-budget 30 --shape-budget "${COVERAGE_SHAPE_BUDGET:-60}" \
       ${COVERAGE_KERNELS:+--kernels "$COVERAGE_KERNELS"} --resume "$OUT/coverage/coverage_eval.json" \
       >> "$OUT/coverage.log" 2>&1
     rc=$?; echo "coverage_eval attempt $attempt exit $rc"
