@@ -25,6 +25,7 @@ from reliability_helpers import child_env, presetdb_cli, sha256
 
 from presetdb.audit.core import QueryLimits, run_sql
 from presetdb.errors import ImportValidationError, QueryLimitError, SettingsError, StoreWarning
+from presetdb.helion.args import MAX_VALIDATION_BYTES, empty_like_on, validation_kind
 from presetdb.offline.build import build_database
 from presetdb.offline.importers import import_files
 from presetdb.runtime.layers import open_layers
@@ -96,6 +97,38 @@ def test_a_huge_key_validates_without_allocating_it(tmp_path: Path) -> None:
     assert "1 added" in proc.stdout, proc.stdout
     # 65536 x 65536 float32 is 16 GiB; the process (torch + Helion + Triton) stays far below.
     assert peak_mib < 2_048 or before / 1024 >= 2_048, f"peak RSS {peak_mib:.0f} MiB"
+
+
+@pytest.mark.parametrize(
+    ("nbytes", "device", "free", "kind"),
+    [
+        (1 << 20, "cpu", 0, "meta"),  # CPU-only machine: shapes are enough, always meta
+        (MAX_VALIDATION_BYTES, "cuda", 0, "example"),  # small: the real example inputs
+        (MAX_VALIDATION_BYTES + 1, "cuda", 4 * (MAX_VALIDATION_BYTES + 1), "empty"),  # fits a quarter of free memory
+        (MAX_VALIDATION_BYTES + 1, "cuda", 4 * MAX_VALIDATION_BYTES, "meta"),  # does not: a hostile key stays free
+    ],
+)
+def test_what_a_config_is_validated_on(nbytes: int, device: str, free: int, kind: str) -> None:
+    assert validation_kind(nbytes, device, lambda: free) == kind
+
+
+def test_uninitialised_inputs_bind_like_the_example_inputs() -> None:
+    """The GPU's path for large keys (meta inputs failed to lower softmax's amax with torch
+    2.11): uninitialised tensors of the example's shapes, strides and dtypes bind to the
+    same ConfigSpec as the real example inputs."""
+    import presetdb.kernels  # noqa: F401  (registers the kernels)
+    from presetdb.helion.registry import get_kernel
+
+    rk = get_kernel("softmax")
+    key = {"dtype": "bfloat16", "n": 384, "num_rows": 6}
+    example = tuple(rk.adapt_args(tuple(rk.example_inputs(key, "cpu")))[0])
+    empty = empty_like_on(tuple(rk.example_inputs(key, "meta")), "cpu")
+    assert [(e.shape, e.stride(), e.dtype, e.device.type) for e in empty] == [
+        (x.shape, x.stride(), x.dtype, x.device.type) for x in example
+    ]
+    bound_empty = rk.shape_kernel.bind(tuple(rk.adapt_args(empty)[0]))
+    bound_example = rk.shape_kernel.bind(example)
+    assert bound_empty.config_spec.default_config() == bound_example.config_spec.default_config()
 
 
 KEY_VALUES = st.one_of(

@@ -195,3 +195,38 @@ def test_cli_refine_executor_options(stored_db: Path, tmp_path: Path, monkeypatc
     help_text = " ".join(CliRunner().invoke(app, ["refine", "--help"], env={"COLUMNS": "300"}).output.split())
     for option in ("--executor", "--address", "--gpus-per-task", "--cpus-per-task", "--max-retries"):
         assert option in help_text
+
+
+def test_an_invalidated_graph_capture_is_measured_again_and_other_errors_raise() -> None:
+    from presetdb.helion.rerank import CAPTURE_ATTEMPTS, retry_capture
+
+    calls: list[str] = []
+    outcomes: list[Any] = [RuntimeError("CUDA error: operation failed due to a previous error during capture"), 0.25]
+
+    def measure() -> float:
+        calls.append("measure")
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert retry_capture(measure, lambda: calls.append("sync")) == 0.25
+    assert calls == ["measure", "sync", "measure"]
+
+    def always_invalidated() -> float:
+        calls.append("again")
+        raise RuntimeError("operation failed due to a previous error during capture")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="during capture"):
+        retry_capture(always_invalidated, lambda: None)
+    assert calls == ["again"] * CAPTURE_ATTEMPTS
+
+    def illegal_address() -> float:
+        calls.append("other")
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        retry_capture(illegal_address, lambda: None)
+    assert calls == ["other"]

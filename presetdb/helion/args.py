@@ -12,16 +12,51 @@ from presetdb.keys import KeyField, KeyValue, Policy
 # this many bytes they are meta tensors (shape and dtype, no storage), so a hostile key
 # (65536 x 65536) costs nothing. Helion specializes on shapes and dtypes, not values.
 MAX_VALIDATION_BYTES = 64 << 20
+# On a GPU, larger inputs are uninitialised device tensors (no fill) while they fit in this
+# share of free memory, meta beyond: with torch 2.11 on an H100, Helion could not lower a
+# reduction on meta inputs (softmax's amax, rms_norm's mean: InductorLoweringError;
+# benchmarks/results/nvidia_h100/coverage/heldout_eval_h100).
+DEVICE_VALIDATION_SHARE = 4
+
+
+def validation_kind(nbytes: int, device: str, free_bytes: Callable[[], int]) -> str:
+    """What `validation_args` binds to: "example" (real example inputs), "empty"
+    (uninitialised on `device`) or "meta". `free_bytes` is asked only when it matters."""
+    if device == "cpu":
+        return "meta"  # a CPU-only machine: nothing runs, shapes are enough
+    if nbytes <= MAX_VALIDATION_BYTES:
+        return "example"
+    return "empty" if nbytes <= free_bytes() // DEVICE_VALIDATION_SHARE else "meta"
+
+
+def empty_like_on(args: tuple[Any, ...], device: str) -> tuple[Any, ...]:
+    """`args` with each tensor replaced by an uninitialised one of its shape, strides and
+    dtype on `device`; other arguments as they are."""
+    import torch
+
+    return tuple(
+        torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device=device) if isinstance(a, torch.Tensor) else a
+        for a in args
+    )
+
+
+def _free_bytes(device: str) -> Callable[[], int]:
+    def free() -> int:
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0]) if device.startswith("cuda") else 0
+
+    return free
 
 
 def validation_args(example_inputs: Callable[..., Any], key: dict[str, Any], device: str) -> tuple[Any, ...]:
-    """Example inputs for validating a config against `key`: real ones on `device` when
-    small, else meta tensors. On a CPU-only machine always meta: nothing to run there."""
-    meta = example_inputs(key, device="meta")
+    """Example inputs for validating a config against `key` (`validation_kind`)."""
+    meta = tuple(example_inputs(key, device="meta"))
     nbytes = sum(a.numel() * a.element_size() for a in meta if hasattr(a, "element_size"))
-    if device == "cpu" or nbytes > MAX_VALIDATION_BYTES:
-        return tuple(meta)
-    return tuple(example_inputs(key, device=device))
+    kind = validation_kind(nbytes, device, _free_bytes(device))
+    if kind == "example":
+        return tuple(example_inputs(key, device=device))
+    return empty_like_on(meta, device) if kind == "empty" else meta
 
 
 # adapt(*args) -> (kernel args, restore or None): reshapes a call for the kernel body.
