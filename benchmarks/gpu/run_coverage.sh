@@ -44,7 +44,7 @@ if [[ " $steps " == *" coverage "* ]]; then
   grep -E "^(rms_norm|silu_mul|softmax|matmul|autotune|CUDA|\| (nearest|default|rerank) )" "$OUT/coverage.log" | cut -c1-220 | tail -40; pack
 fi
 if [[ " $steps " == *" warm "* ]] && [ $(( $(date +%s) - start )) -lt ${WARM_BEFORE:-420} ]; then
-  timeout 130 python3 -P benchmarks/gpu/warm_vs_cold.py "$OUT/warm_cold" --budget-seconds ${WARM_BUDGET:-12} \
+  timeout ${WARM_TIMEOUT:-130} python3 -P benchmarks/gpu/warm_vs_cold.py "$OUT/warm_cold" --budget-seconds ${WARM_BUDGET:-12} \
     --kernels "${WARM_KERNELS:-rms_norm,silu_mul}" > "$OUT/warm_cold.log" 2>&1
   echo "warm_vs_cold exit $?"; tail -8 "$OUT/warm_cold.log"; pack
 fi

@@ -58,6 +58,44 @@ def search(kernel: str, shapes: Path, out: Path, budget: int, warm: bool, log: P
     return time.perf_counter() - start
 
 
+def write_report(out: Path, rows: list[dict[str, Any]], opts: argparse.Namespace, variants: dict[str, tuple[int, bool]]) -> None:
+    """warm_vs_cold.json and .md for the kernels done so far (written after each kernel, so
+    a call cut short keeps them)."""
+    from importlib.metadata import version
+
+    import torch
+
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "host": platform.node(),
+        "versions": {p: version(p) for p in ("torch", "triton", "helion", "presetdb")},
+        "budget_seconds": opts.budget_seconds,
+        "timing": f"CUDA-graph replay (triton do_bench_cudagraph median), {opts.rounds} interleaved rounds, median",
+        "rows": rows,
+        "geomean_warm_over_cold": math.exp(statistics.fmean(math.log(r["warm_over_cold"]) for r in rows)),
+        "geomean_warm_quarter_over_cold": math.exp(statistics.fmean(math.log(r["warm_quarter_over_cold"]) for r in rows)),
+    }
+    (out / "warm_vs_cold.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"# warm vs cold search, {result['device']}, budget {opts.budget_seconds} s (quarter: {variants['warm_quarter'][0]} s)",
+        "",
+        "chosen configs timed side by side (ms; <1 ratio = warm faster); wall s and configs tried per search",
+        "",
+        "| kernel | key | cold ms | warm ms | warm/4 ms | warm/cold | warm/4 / cold | wall s cold / warm / warm/4 | configs cold / warm / warm/4 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        w, c = r["wall_seconds"], r["configs_tried"]
+        lines.append(
+            f"| {r['kernel']} | {json.dumps(r['key'], separators=(',', ':'))} | {r['ms']['cold']:.4f} | "
+            f"{r['ms']['warm']:.4f} | {r['ms']['warm_quarter']:.4f} | {r['warm_over_cold']:.3f} | "
+            f"{r['warm_quarter_over_cold']:.3f} | {w['cold']:.0f} / {w['warm']:.0f} / {w['warm_quarter']:.0f} | "
+            f"{c['cold']} / {c['warm']} / {c['warm_quarter']} |"
+        )
+    (out / "warm_vs_cold.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
@@ -99,40 +137,7 @@ def main() -> int:
             "warm_over_cold": ms["warm"] / ms["cold"],
             "warm_quarter_over_cold": ms["warm_quarter"] / ms["cold"],
         })
-
-    from importlib.metadata import version
-
-    import torch
-
-    result = {
-        "device": torch.cuda.get_device_name(),
-        "host": platform.node(),
-        "versions": {p: version(p) for p in ("torch", "triton", "helion", "presetdb")},
-        "budget_seconds": opts.budget_seconds,
-        "timing": f"CUDA-graph replay (triton do_bench_cudagraph median), {opts.rounds} interleaved rounds, median",
-        "rows": rows,
-        "geomean_warm_over_cold": math.exp(statistics.fmean(math.log(r["warm_over_cold"]) for r in rows)),
-        "geomean_warm_quarter_over_cold": math.exp(statistics.fmean(math.log(r["warm_quarter_over_cold"]) for r in rows)),
-    }
-    (out / "warm_vs_cold.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [
-        f"# warm vs cold search, {result['device']}, budget {opts.budget_seconds} s (quarter: {variants['warm_quarter'][0]} s)",
-        "",
-        "chosen configs timed side by side (ms; <1 ratio = warm faster); wall s and configs tried per search",
-        "",
-        "| kernel | key | cold ms | warm ms | warm/4 ms | warm/cold | warm/4 / cold | wall s cold / warm / warm/4 | configs cold / warm / warm/4 |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        w, c = r["wall_seconds"], r["configs_tried"]
-        lines.append(
-            f"| {r['kernel']} | {json.dumps(r['key'], separators=(',', ':'))} | {r['ms']['cold']:.4f} | "
-            f"{r['ms']['warm']:.4f} | {r['ms']['warm_quarter']:.4f} | {r['warm_over_cold']:.3f} | "
-            f"{r['warm_quarter_over_cold']:.3f} | {w['cold']:.0f} / {w['warm']:.0f} / {w['warm_quarter']:.0f} | "
-            f"{c['cold']} / {c['warm']} / {c['warm_quarter']} |"
-        )
-    (out / "warm_vs_cold.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+        write_report(out, rows, opts, variants)
     return 0
 
 
