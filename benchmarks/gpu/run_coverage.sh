@@ -4,7 +4,7 @@
 # PyTorch, refine's cost vs a quick autotune) and warm-started vs cold search. The tarball
 # $OUT/coverage_run.tgz is rewritten after every step, so a cut-short call still returns
 # what finished. Steps: STEPS="dispatch coverage warm" (default), "probe" (softmax_bind_probe.py,
-# only when named); WARM_KERNELS; for the
+# only when named); WARM_KERNELS, WARM_TIMEOUT (default 130 s; written per kernel); for the
 # coverage step COVERAGE_DB (default: the shipped db), COVERAGE_KERNELS (default: all),
 # COVERAGE_AUTOTUNE (shapes quick-autotuned for the cost comparison, default 1),
 # COVERAGE_SHAPE_BUDGET (seconds one shape's rerank may spend, default 60).
