@@ -11,6 +11,9 @@ PY       := $(VENV)/bin/python
 PY_2     := $(VENV_2)/bin/python
 STAMP    := $(VENV)/.presetdb-installed
 STAMP_2  := $(VENV_2)/.presetdb-installed
+# The package's default db (both venvs are editable installs of this tree: one file),
+# rebuilt whenever a migration or seed file changes, not only with the venv.
+EMBEDDED := presetdb/data/default.db
 
 .PHONY: test test-main test-helion2 run lint bench-cpu clean postgres-bin
 
@@ -30,18 +33,22 @@ $(STAMP_2): pyproject.toml Makefile
 	$(VENV_2)/bin/presetdb build --embedded > /dev/null
 	touch $(STAMP_2)
 
+$(EMBEDDED): $(STAMP) $(wildcard migrations/versions/*.py) $(wildcard seed_data/*.json)
+	$(VENV)/bin/presetdb build --embedded > /dev/null
+	touch $(EMBEDDED)
+
 # The whole suite on CPU (Helion kernels in the Triton interpreter), once per Helion version.
 test: test-main test-helion2
 
-test-main: $(STAMP) postgres-bin
+test-main: $(STAMP) $(EMBEDDED) postgres-bin
 	TRITON_INTERPRET=1 $(PY) -m pytest -q -p no:cacheprovider
 
-test-helion2: $(STAMP_2) postgres-bin
+test-helion2: $(STAMP_2) $(EMBEDDED) postgres-bin
 	TRITON_INTERPRET=1 $(PY_2) -m pytest -q -p no:cacheprovider
 
 # The main job: the end-to-end demo on the embedded default db (it switches to the Triton
 # interpreter by itself when no GPU is present, and says so).
-run: $(STAMP)
+run: $(STAMP) $(EMBEDDED)
 	$(VENV)/bin/presetdb demo
 
 # PostgreSQL server binaries for the registry tests (installed as root when missing).
