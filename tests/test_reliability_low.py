@@ -243,7 +243,7 @@ def test_import_reads_files_with_a_byte_order_mark_or_leading_whitespace(tmp_pat
     shipped = tmp_path / "exported"
     _cli("export", "-k", "rms_norm", "-p", H100, "-o", shipped)
     # One presetdb-results file per tuning run of the shipped rows (`nvidia_h100.runN.json`).
-    results = sorted((shipped / "rms_norm").glob(f"{H100}*.json"))[0]
+    results = min((shipped / "rms_norm").glob(f"{H100}*.json"))
     sources = {"presetdb": results, "vllm": VLLM_FILE}
     imported: dict[str, list[tuple[Any, ...]]] = {}
     for fmt, source in sources.items():
