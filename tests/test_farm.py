@@ -175,22 +175,6 @@ def test_ctrl_c_cancels_running_tasks_and_keeps_finished_shapes(
     assert not _alive(hung), "the cancelled task's worker process still runs"
 
 
-def test_a_ctrl_c_a_library_swallows_still_ends_the_run_at_the_next_poll() -> None:
-    """The Ray loops poll `_CtrlC.check()` after each wait: a press whose KeyboardInterrupt
-    was caught inside a library call is not lost. The previous handler comes back after."""
-    before = signal.getsignal(signal.SIGINT)
-    with farm_ray._CtrlC() as ctrl_c:
-        ctrl_c.check()  # nothing pressed: the loop goes on
-        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)  # the handler runs here
-        except KeyboardInterrupt:
-            pass  # what a library that swallows it does
-        with pytest.raises(KeyboardInterrupt):
-            ctrl_c.check()
-    assert signal.getsignal(signal.SIGINT) is before
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

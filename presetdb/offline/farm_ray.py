@@ -30,14 +30,12 @@ driver loops on ``ray.wait`` and writes each result as it lands.
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from presetdb.errors import FarmError
 from presetdb.offline.farm import (
@@ -283,8 +281,6 @@ class RayExecutor:
         self._started_here = False
         self._resources: dict[str, float] = {}
         self._options: dict[str, Any] = {}
-        self._ctrl_c = _CtrlC()  # replaced by each run's own (`execute`)
-
     def connect(self) -> tuple[Any, bool]:
         """(ray, whether this call started the connection)."""
         ray = _require_ray()
@@ -363,8 +359,7 @@ class RayExecutor:
         board = ray.remote(num_cpus=0)(_Board).remote()
         try:
             run = self._per_shape if self.worker == "shape" else self._per_gpu
-            with _CtrlC() as self._ctrl_c:
-                return run(ray, tasks, ray.put(work), setup, board, monitor)
+            return run(ray, tasks, ray.put(work), setup, board, monitor)
         finally:
             ray.kill(board)
 
@@ -387,7 +382,6 @@ class RayExecutor:
                     index, task = queue.pop(0)
                     pending[remote.remote(work_ref, task, setup, board, index)] = (index, task)
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.POLL_SECONDS)
-                self._ctrl_c.check()
                 news.poll()
                 for ref in ready:
                     index, task = pending.pop(ref)
@@ -433,7 +427,6 @@ class RayExecutor:
                 if not pending and not starting:
                     raise FarmError("no Ray worker is left to run the remaining shapes")
                 ready, _ = ray.wait([*pending, *starting], num_returns=1, timeout=self.POLL_SECONDS)
-                self._ctrl_c.check()
                 news.poll()
                 for ref in ready:
                     if ref in starting:
@@ -477,36 +470,6 @@ class RayExecutor:
                 finished=time.time(),
             )
         return outcome if isinstance(outcome, ShapeOutcome) else ShapeOutcome(task.key, error=repr(outcome))
-
-
-class _CtrlC:
-    """Ctrl-C while shapes run. The handler raises KeyboardInterrupt as Python's own does
-    and also remembers the press, so an interrupt lost inside a library call (a full CPU
-    test run once saw a Ctrl-C go unanswered while Ray waited) still ends the run at the
-    loop's next poll. Installed only from the main thread, and not over an ignored SIGINT."""
-
-    def __init__(self) -> None:
-        self.pressed = False
-        self._installed = False
-        self._previous: Any = None
-
-    def __enter__(self) -> Self:
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-            self._installed = True
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.pressed = True
-        raise KeyboardInterrupt
-
-    def check(self) -> None:
-        if self.pressed:
-            raise KeyboardInterrupt
 
 
 class _News:
