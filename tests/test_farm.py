@@ -162,9 +162,15 @@ def test_ctrl_c_cancels_running_tasks_and_keeps_finished_shapes(
                 return
             time.sleep(0.2)
 
+    # A runner started as a background job inherits SIGINT ignored, and Python then keeps it
+    # ignored: the press would never arrive. The test wants Python's own Ctrl-C.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     thread = threading.Thread(target=press_ctrl_c, daemon=True)
     thread.start()
-    summary = tuner(rk, out, work=work, worker=worker).run(SHAPES)
+    try:
+        summary = tuner(rk, out, work=work, worker=worker).run(SHAPES)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     thread.join(timeout=5)
     assert summary.interrupted and summary.done == 1
     assert [e["key"] for e in load(out)["entries"]] == SHAPES[:1]
