@@ -11,8 +11,8 @@ PY       := $(VENV)/bin/python
 PY_2     := $(VENV_2)/bin/python
 STAMP    := $(VENV)/.presetdb-installed
 STAMP_2  := $(VENV_2)/.presetdb-installed
-# The package's default db (both venvs are editable installs of this tree: one file),
-# rebuilt whenever a migration or seed file changes, not only with the venv.
+# The package's default db (both venvs are editable installs of this tree: one file, built
+# with the first venv), rebuilt whenever a migration or seed file changes.
 EMBEDDED := presetdb/data/default.db
 
 .PHONY: test test-main test-helion2 run lint bench-cpu clean postgres-bin
@@ -22,7 +22,6 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev,registry,farm]' "helion==$(HELION)"
-	$(VENV)/bin/presetdb build --embedded > /dev/null  # the package's default db, from its migrations
 	touch $(STAMP)
 
 $(STAMP_2): pyproject.toml Makefile
@@ -30,11 +29,10 @@ $(STAMP_2): pyproject.toml Makefile
 	$(PY_2) -m pip install -q --upgrade pip
 	$(PY_2) -m pip install -q torch==2.13.0
 	$(PY_2) -m pip install -q -e '.[dev,registry,farm]' "helion==$(HELION_2)"
-	$(VENV_2)/bin/presetdb build --embedded > /dev/null
 	touch $(STAMP_2)
 
 $(EMBEDDED): $(STAMP) $(wildcard migrations/versions/*.py) $(wildcard seed_data/*.json)
-	$(VENV)/bin/presetdb build --embedded > /dev/null
+	$(VENV)/bin/presetdb build --embedded > /dev/null  # the package's default db, from its migrations
 	touch $(EMBEDDED)
 
 # The whole suite on CPU (Helion kernels in the Triton interpreter), once per Helion version.

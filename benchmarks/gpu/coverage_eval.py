@@ -51,6 +51,11 @@ TARGET = 0.95
 LOST_CONTEXT = 3  # exit code: the CUDA context broke; rerun with --resume
 
 
+def shape_id(kernel: str, key: dict[str, Any]) -> str:
+    """A held-out shape's name in results and resumes: kernel and key, keys sorted."""
+    return f"{kernel} {json.dumps(key, sort_keys=True)}"
+
+
 def geomean(xs: list[float]) -> float:
     xs = [x for x in xs if x > 0 and math.isfinite(x)]
     return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else float("nan")
@@ -128,7 +133,7 @@ def main() -> int:
         for part in ("rows", "autotune"):
             result[part] = earlier[part]
         result["lost_context"] = earlier.get("lost_context", [])
-        done_keys = {f"{r['kernel']} {json.dumps(r['key'], sort_keys=True)}" for r in result["rows"]}
+        done_keys = {shape_id(r["kernel"], r["key"]) for r in result["rows"]}
     kernels = [k for k in KERNELS if k in opts.kernels.split(",")]
 
     def left() -> float:
@@ -138,7 +143,7 @@ def main() -> int:
     for name in kernels:
         rk = get_kernel(name)
         for key in chosen[name]:
-            if f"{name} {json.dumps(key, sort_keys=True)}" in done_keys:
+            if shape_id(name, key) in done_keys:
                 continue
             if left() < reserve + 15:
                 result["skipped"].append(f"{name} {json.dumps(key)}")

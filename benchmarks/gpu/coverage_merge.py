@@ -21,19 +21,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from coverage_eval import write
-
-ROOT = Path(__file__).resolve().parents[2]
+from coverage_eval import ROOT, shape_id, write
 
 
 def _shape(row: dict[str, Any]) -> str:
-    return f"{row['kernel']} {json.dumps(row['key'], sort_keys=True)}"
+    return shape_id(row["kernel"], row["key"])
 
 
 def _skipped(entry: str) -> str:
-    """A run's skipped entry ('[autotune ]kernel {key}') in `_shape`'s spelling."""
+    """A run's skipped entry ('[autotune ]kernel {key}', key as measured) as a `shape_id`."""
     head, key = entry.split(" {", 1)
-    return f"{head} {json.dumps(json.loads('{' + key), sort_keys=True)}"
+    return shape_id(head, json.loads("{" + key))
 
 
 def _name(path: Path) -> str:
@@ -55,7 +53,7 @@ def merge(paths: list[Path]) -> dict[str, Any]:
             if _shape(row) not in measured and _shape(row) not in target:
                 target[_shape(row)] = {**row, "run": _name(path)}
     rows = list(measured.values()) + [r for s, r in failed.items() if s not in measured]
-    done = set(measured) | set(failed) | {f"autotune {a['kernel']} {json.dumps(a['key'], sort_keys=True)}" for _, r in runs for a in r["autotune"]}
+    done = set(measured) | set(failed) | {shape_id(f"autotune {a['kernel']}", a["key"]) for _, r in runs for a in r["autotune"]}
     skipped = sorted({_skipped(s) for _, run in runs for s in run["skipped"]} - done)
     return {
         **{k: first[k] for k in ("device", "platform", "method", "limits", "k", "shapes_file")},

@@ -40,20 +40,17 @@ def empty_like_on(args: tuple[Any, ...], device: str) -> tuple[Any, ...]:
     )
 
 
-def _free_bytes(device: str) -> Callable[[], int]:
-    def free() -> int:
-        import torch
+def _free_bytes(device: str) -> int:
+    import torch
 
-        return int(torch.cuda.mem_get_info(torch.device(device))[0]) if device.startswith("cuda") else 0
-
-    return free
+    return int(torch.cuda.mem_get_info(torch.device(device))[0]) if device.startswith("cuda") else 0
 
 
 def validation_args(example_inputs: Callable[..., Any], key: dict[str, Any], device: str) -> tuple[Any, ...]:
     """Example inputs for validating a config against `key` (`validation_kind`)."""
     meta = tuple(example_inputs(key, device="meta"))
     nbytes = sum(a.numel() * a.element_size() for a in meta if hasattr(a, "element_size"))
-    kind = validation_kind(nbytes, device, _free_bytes(device))
+    kind = validation_kind(nbytes, device, lambda: _free_bytes(device))
     if kind == "example":
         return tuple(example_inputs(key, device=device))
     return empty_like_on(meta, device) if kind == "empty" else meta

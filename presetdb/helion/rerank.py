@@ -96,14 +96,14 @@ def retry_capture(measure: Callable[[], float], synchronize: Callable[[], object
     run 3 of 27 shapes (each shape's whole ranking), and the next shapes in the same process
     ran: the context survived, the capture did not
     (benchmarks/results/nvidia_h100/seed_v2/refine_silu_mul.log). Other errors raise."""
-    for attempt in range(1, CAPTURE_ATTEMPTS + 1):
+    for _ in range(CAPTURE_ATTEMPTS - 1):
         try:
             return measure()
         except Exception as exc:  # torch.AcceleratorError / RuntimeError, by message
-            if "during capture" not in str(exc) or attempt == CAPTURE_ATTEMPTS:
+            if "during capture" not in str(exc):
                 raise
             synchronize()
-    raise AssertionError("unreachable")
+    return measure()
 
 
 def distinct_nearest(ranked: Iterable[tuple[str, Mapping[str, Any]]], k: int) -> list[Candidate]:
@@ -273,7 +273,8 @@ def rank_configs(
         break
     if winner is None:
         raise RefineError(f"shape {canonical_key(key)}: no candidate computed what the reference does: {failed}")
-    config = rk.validate_config(dict(calls[winner].config or {}), dict(key) or None)
+    # Every candidate was normalized against this bound kernel (`_normalized`): no second bind.
+    config = _normalized(bound, calls[winner].config or {})
     runners = [{"config": calls[i].config, "latency_ms": times[i]} for i in order if i != winner and i not in wrong]
     reference = TimedCall(lambda *a: rk.baseline(*a), args, None, "reference")
     entry: dict[str, Any] = {
