@@ -232,3 +232,16 @@ def test_committed_grids_are_what_presetdb_shapes_writes_and_held_out_sets_stay_
         cov = {canonical_key(k) for k in coverage[name]}
         assert heldout[name] and coverage[name]
         assert not (held & tuned) and not (cov & tuned) and not (cov & held)
+
+
+def test_search_subsets_are_tuning_grid_keys_only() -> None:
+    """A `search_v2_<kernel>.json` (full search before refine) is part of that kernel's
+    tuning grid: never a held-out key."""
+    files = sorted(SHAPES_DIR.glob("search_v2_*.json"))
+    assert files, "benchmarks/shapes/search_v2_softmax.json is gone"
+    for path in files:
+        kernel = path.stem.removeprefix("search_v2_")
+        grid = {canonical_key(k) for k in load_shapes(SHAPES_DIR / f"tune_v2_{kernel}.json")}
+        subset = [canonical_key(k) for k in load_shapes(path)]
+        assert subset and len(set(subset)) == len(subset)
+        assert set(subset) <= grid, f"{path.name} has keys outside tune_v2_{kernel}.json"

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Seed presets v2 for a kernel whose stored configs do not fit part of its grid (issue
+# [seed-v2]; softmax: no stored config was tuned for rows longer than 8,192): one GPU call
+#   1. a warm-started quick search (`presetdb tune --timing graph`) of
+#      benchmarks/shapes/search_v2_KERNEL.json, a subset of the tuning grid;
+#   2. its results imported into a copy of the shipped db;
+#   3. `presetdb refine` of the whole grid (benchmarks/shapes/tune_v2_KERNEL.json) against
+#      that copy, so the searched configs are among every key's candidates.
+# Both steps resume from DEVICE_DIR/{tune,refine}_KERNEL.json (commit $OUT's files there
+# between calls); each stops starting work at its deadline. Results: $OUT/seed_v2.tgz.
+#   bash benchmarks/gpu/run_search_refine.sh DEVICE_DIR SEARCH_DEADLINE_S REFINE_DEADLINE_S KERNEL
+# SEARCH_BUDGET: seconds of search per shape (default 40).
+set -uo pipefail
+dir=$1; search_deadline=$2; refine_deadline=$3; k=$4
+FINAL=${OUT:-out}
+out="$FINAL/seed_v2"; mkdir -p "$out"
+# Benchmarks in-process: a spawned benchmark worker re-imports torch per shape (~10 s).
+export PYTHONUNBUFFERED=1 HELION_AUTOTUNE_BENCHMARK_SUBPROCESS=0
+pack() { tar czf "$FINAL/seed_v2.tgz" --exclude='candidates.db' -C "$FINAL" seed_v2; }
+for f in tune refine; do [ -f "$dir/${f}_$k.json" ] && cp "$dir/${f}_$k.json" "$out/${f}_$k.json"; done
+cp "$(python3 -P -c 'from presetdb.store.default_db import embedded_path; print(embedded_path())')" "$out/candidates.db"
+
+echo "== search $k (${search_deadline}s)"
+timeout -s INT "$search_deadline" python3 -P -m presetdb tune "$k" --shapes "benchmarks/shapes/search_v2_$k.json" \
+  --effort quick --budget-seconds "${SEARCH_BUDGET:-40}" --seed 1234 --timing graph --warm-start \
+  --db "$out/candidates.db" --out "$out/tune_$k.json" > "$out/tune_$k.log" 2>&1
+echo "tune $k exit $?"; grep -v '━' "$out/tune_$k.log" | tail -4; pack
+
+[ -f "$out/tune_$k.json" ] && python3 -P -m presetdb import "$out/tune_$k.json" --db "$out/candidates.db" 2>&1 | tail -1
+echo "== refine $k (${refine_deadline}s)"
+timeout -s INT "$refine_deadline" python3 -P -m presetdb refine "$k" --shapes "benchmarks/shapes/tune_v2_$k.json" \
+  --k 8 --timing graph --db "$out/candidates.db" --out "$out/refine_$k.json" > "$out/refine_$k.log" 2>&1
+echo "refine $k exit $?"; grep -v '━' "$out/refine_$k.log" | tail -3
+pack; rm -rf "$out"
