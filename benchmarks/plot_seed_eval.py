@@ -36,7 +36,7 @@ def label(result: dict[str, Any]) -> str:
     return f"{result['device']} ({result['platform']})"
 
 
-def _key_text(key: dict[str, Any]) -> str:
+def key_text(key: dict[str, Any]) -> str:
     return ",".join(f"{k}={v}" for k, v in key.items() if k != "dtype")
 
 
@@ -72,7 +72,7 @@ def plot_kernel(kernel: str, results: list[dict[str, Any]], out: Path) -> Path:
         ax.grid(True, which="both", axis="y", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     axes[-1].set_xticks(range(len(order)))
-    axes[-1].set_xticklabels([_key_text(json.loads(k)) for k in order], rotation=90, fontsize=6)
+    axes[-1].set_xticklabels([key_text(json.loads(k)) for k in order], rotation=90, fontsize=6)
     axes[-1].set_xlim(-0.5, len(order) - 0.5)
     timing = "CUDA-graph timing" if all(r.get("device_kind") == "cuda" for r in results) else "CPU smoke run: no meaning"
     axes[0].set_title(f"{kernel}: held-out shapes, the config presetdb serves ({timing})")

@@ -77,3 +77,24 @@ def test_runs_of_different_devices_are_not_merged(tmp_path: Path, coverage_merge
     second = _run(tmp_path / "two" / "coverage_eval.json", [_row("rms_norm", C, 1.0)], [], device="NVIDIA H200")
     with pytest.raises(SystemExit, match="different devices"):
         coverage_merge.merge([first, second])
+
+
+def test_the_plot_shows_a_merged_report_and_names_what_was_not_measured(tmp_path: Path, coverage_merge: Any) -> None:
+    sys.path.insert(0, str(SCRIPTS.parent))
+    try:
+        import plot_coverage
+    finally:
+        sys.path.remove(str(SCRIPTS.parent))
+    late = {"dtype": "bfloat16", "n": 256000, "num_rows": 4096}
+    run = _run(tmp_path / "one" / "coverage_eval.json",
+               [_row("rms_norm", C, 1.06), {**_row("matmul", A, 0.9), "far": True},
+                {"kernel": "softmax", "key": B, "error": "InductorLoweringError"}],
+               skipped=[f"softmax {json.dumps(late)}", f"autotune rms_norm {json.dumps(C)}"])
+    merged = coverage_merge.merge([run])
+    assert plot_coverage.unmeasured(merged) == ["softmax n=4096,num_rows=98304", "softmax n=256000,num_rows=4096"]
+    path = plot_coverage.plot(merged, tmp_path / "img")
+    assert path == tmp_path / "img" / "coverage_nvidia_h100.png"
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    with pytest.raises(SystemExit, match="no measured rows"):
+        plot_coverage.plot({**merged, "rows": [r for r in merged["rows"] if "error" in r]}, tmp_path / "img")
