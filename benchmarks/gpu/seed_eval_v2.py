@@ -158,7 +158,7 @@ def measure_shape(name: str, key: dict[str, Any], opts: argparse.Namespace, time
         check = "ok"
     except PresetDBError as exc:
         check = f"wrong: {exc}"[:400]
-    bound = rk.shape_kernel.bind(kargs)
+    bound = rk.bound_for(tuple(kargs))  # Helion's default for this shape's size class
     default_fn = bound.compile_config(bound.config_spec.default_config(), allow_print=False)
     samples = interleaved(timer, {
         "served": lambda: op(*args),

@@ -194,7 +194,7 @@ def _gpu_times(rk: Any, args: tuple[Any, ...]) -> str:
     kargs = rk.prepare_args(*args)
     preset_ms = median_ms(lambda: op(*args))
     ref_ms = median_ms(lambda: rk.baseline(*args))
-    bound = rk.shape_kernel.bind(kargs)
+    bound = rk.bound_for(tuple(kargs))
     runner = bound.compile_config(bound.config_spec.default_config())
     default_ms = median_ms(lambda: runner(*kargs))
     return f"op {preset_ms:.4f} ms | Helion default {default_ms:.4f} ms | PyTorch {ref_ms:.4f} ms"

@@ -56,6 +56,29 @@ def validation_args(example_inputs: Callable[..., Any], key: dict[str, Any], dev
     return empty_like_on(meta, device) if kind == "empty" else meta
 
 
+def size_class(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What a dynamic-shape Helion kernel's defaults depend on, per argument: a tensor's
+    dtype, device type and sizes rounded up to a power of two (0 and 1 stay: Helion
+    specializes on them); another argument's value where it is a plain scalar.
+
+    Helion binds a ``static_shapes=False`` kernel once per specialization (dtype, rank,
+    size 0/1/2+) and takes its ConfigSpec from the sizes of that first call: the default
+    config (silu_mul's block sizes follow num_tokens up to 32) and what normalizing a
+    config keeps (a softmax ``reduction_loops`` of 4096 becomes None, a persistent
+    reduction, when the first call had rows of 1,000). Within one size class these agree
+    (tests/test_size_class.py), so presetdb binds once per class, never per first call."""
+    out: list[Any] = []
+    for a in args:
+        if hasattr(a, "shape") and hasattr(a, "dtype"):
+            sizes = tuple(s if s < 2 else 1 << (int(s) - 1).bit_length() for s in a.shape)
+            out.append((str(a.dtype), a.device.type, sizes))
+        elif a is None or isinstance(a, (bool, int, float, str)):
+            out.append(a)
+        else:
+            out.append(type(a).__name__)
+    return tuple(out)
+
+
 # adapt(*args) -> (kernel args, restore or None): reshapes a call for the kernel body.
 Adapter = Callable[..., tuple[tuple[Any, ...], Callable[[Any], Any] | None]]
 

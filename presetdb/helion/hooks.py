@@ -51,6 +51,7 @@ from presetdb.errors import (  # the warnings are re-exported: their old import 
 )
 from presetdb.helion import autotune
 from presetdb.helion._accel import internals
+from presetdb.helion.args import size_class
 from presetdb.keys import KeyValue, canonical_key
 from presetdb.runtime.picker import Choice, Picker, get_picker
 from presetdb.settings import OnMiss
@@ -268,33 +269,6 @@ def default_output(rk: RegisteredKernel, args: tuple[Any, ...]) -> Any:
         return NOTHING
 
 
-class _DefaultConfig(BaseAutotuner):
-    """``autotuner_fn=`` of the default-config kernel: Helion's default config for each
-    specialization, no search."""
-
-    def __init__(self, bound: Any) -> None:
-        self.bound = bound
-
-    def autotune(self, *, skip_cache: bool = False) -> helion.Config:
-        return self.bound.config_spec.default_config()
-
-
-def default_config_search(bound: Any, args: Any, **kwargs: object) -> _DefaultConfig:
-    return _DefaultConfig(bound)
-
-
-def run_default(kernel: Any, args: tuple[Any, ...]) -> Any:
-    """Call the default-config kernel. ``HELION_DISALLOW_AUTOTUNING`` blocks any
-    ``autotuner_fn``, though this one does not search: then configure the bound kernel
-    with the default config directly (later calls of that specialization reuse it)."""
-    try:
-        return kernel(*args)
-    except helion.exc.AutotuningDisallowedInEnvironment:
-        bound = kernel.bind(args)
-        bound.set_config(bound.config_spec.default_config())
-        return kernel(*args)
-
-
 def split_device_keys(spec: Any, config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(keys this device's ConfigSpec supports, backend keys it cannot check here).
 
@@ -311,8 +285,11 @@ def split_device_keys(spec: Any, config: Any) -> tuple[dict[str, Any], dict[str,
 
 def key_hook(rk: RegisteredKernel, args: tuple[Any, ...]) -> Hashable:
     """``key=``: a direct call of the registered Helion kernel gets one compiled kernel
-    per stored config (its sha256), per miss policy otherwise."""
-    return resolve(rk, get_picker(), rk.features_of_kernel_args(args), record=False).token
+    per stored config (its sha256), per miss policy otherwise; Helion's default config
+    per size class (`presetdb.helion.args.size_class`), so it is the default for the
+    call's sizes rather than for the first call Helion bound."""
+    token = resolve(rk, get_picker(), rk.features_of_kernel_args(args), record=False).token
+    return (token, size_class(args)) if token == DEFAULT_TOKEN else token
 
 
 class PresetConfigSearch(BaseAutotuner):

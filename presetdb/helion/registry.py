@@ -25,7 +25,7 @@ from presetdb.errors import InvalidConfigError, KernelRegistrationError, Unknown
 from presetdb.helion import call, hooks, interpreter, ops
 from presetdb.helion._accel import internals
 from presetdb.helion._accel.dispatch import Entry, RunnerCache, runner_launcher
-from presetdb.helion.args import Adapter, flatten_leading, key_fields, validation_args
+from presetdb.helion.args import Adapter, flatten_leading, key_fields, size_class, validation_args
 from presetdb.helion.memo import CallMemo
 from presetdb.keys import KeySpec, KeyValue, canonical_key
 from presetdb.runtime.picker import Choice, get_picker
@@ -43,18 +43,17 @@ _registry: dict[str, RegisteredKernel] = {}
 
 
 class ConfigKernel:
-    """A plain Helion kernel that runs one config (a stored one, or Helion's default),
-    and, where the fast path is on, its compiled runners."""
+    """A plain Helion kernel that runs one config (a stored one, or Helion's default for
+    a size class), pinned with ``config=``, and, where the fast path is on, its compiled
+    runners."""
 
     __slots__ = ("config", "kernel", "runners")
 
     def __call__(self, *args: Any) -> Any:
         """Helion's own call (compiles on first use of a specialization)."""
-        if self.config is None:
-            return hooks.run_default(self.kernel, args)
         return self.kernel(*args)
 
-    def __init__(self, kernel: Any, config: helion.Config | None, runners: RunnerCache | None) -> None:
+    def __init__(self, kernel: Any, config: helion.Config, runners: RunnerCache | None) -> None:
         self.kernel = kernel
         self.config = config
         self.runners = runners
@@ -123,6 +122,7 @@ class RegisteredKernel:
             **settings,
         )
         self._shape_kernel: Any = None
+        self._class_bounds: dict[tuple[Any, ...], Any] = {}  # size class -> bound hook-free kernel
         # The call path's state: one plain Helion kernel per served config (token ->
         # ConfigKernel), the call memo, and whether the fast path (_accel) is on.
         self.config_kernels: dict[Hashable, ConfigKernel] = {}
@@ -149,28 +149,29 @@ class RegisteredKernel:
 
     def config_kernel(self, token: Hashable, config: dict[str, Any] | None, kargs: tuple[Any, ...]) -> ConfigKernel:
         """The plain Helion kernel serving `config` under `token`, built on first use;
-        None: Helion's default config, chosen per specialization as Helion would. Raises
-        if a stored config is invalid for these arguments."""
-        found = self.config_kernels.get(token)
+        None: Helion's default config for the size class of `kargs` (`bound_for`), as
+        Helion would choose it for a call of these sizes. Raises if a stored config is
+        invalid for these arguments."""
+        slot = _slot(token, config, kargs)
+        found = self.config_kernels.get(slot)
         if found is not None:
             return found
         settings = dict(
             static_shapes=False, autotune_effort=self.autotune_effort, force_autotune=False,
             ref_mode=RefMode.OFF, autotune_handoff=False, **self._helion_settings,
         )
-        normalized = None
+        spec = self.bound_for(kargs).config_spec
         if config is None:
-            kernel = helion.kernel(self.body, autotuner_fn=hooks.default_config_search, **settings)
+            normalized = spec.default_config()
         else:
-            spec = self.shape_kernel.bind(kargs).config_spec
             portable, _ = hooks.split_device_keys(spec, config)
             normalized = spec.normalized_config(helion.Config(**portable))
-            kernel = helion.kernel(self.body, config=normalized, **settings)
+        kernel = helion.kernel(self.body, config=normalized, **settings)
         runners = None
         if self.accel:
             launcher = self.launcher if self.launcher is not None else runner_launcher()
             runners = RunnerCache(kernel, launcher, scalars_by_value=self.scalars_by_value)
-        made = self.config_kernels[token] = ConfigKernel(kernel, normalized, runners)
+        made = self.config_kernels[slot] = ConfigKernel(kernel, normalized, runners)
         return made
 
     def use_accel(self, on: bool) -> None:
@@ -209,7 +210,9 @@ class RegisteredKernel:
     def entry_for(self, *args: Any) -> Entry | None:
         """The fast-path runner entry a call with these arguments would use, if any."""
         kargs, _ = self.adapt_args(args)
-        served = self.config_kernels.get(self.resolution(*args).token)
+        res = self.resolution(*args)
+        config = res.choice.config if res.choice is not None else res.config
+        served = self.config_kernels.get(_slot(res.token, config, kargs))
         if served is None or served.runners is None:
             return None
         meta = served.runners.key(kargs)
@@ -232,9 +235,24 @@ class RegisteredKernel:
         source = textwrap.dedent(inspect.getsource(self.body))
         return hashlib.sha256(source.encode()).hexdigest()
 
+    def bound_for(self, kargs: tuple[Any, ...]) -> Any:
+        """The hook-free kernel bound for the size class of `kargs` (`size_class`): its
+        ConfigSpec gives Helion's default config for calls of these sizes and normalizes
+        a config as Helion would for them, whatever was bound before. One bind per class."""
+        cls = size_class(kargs)
+        bound = self._class_bounds.get(cls)
+        if bound is None:
+            kernel = helion.kernel(
+                self.body, static_shapes=False, autotune_effort="none", ref_mode=RefMode.OFF,
+                **self._helion_settings,
+            )
+            bound = self._class_bounds[cls] = kernel.bind(kargs)
+        return bound
+
     @property
     def shape_kernel(self) -> Any:
-        """A hook-free copy of the kernel: fake implementation and config validation."""
+        """A hook-free copy of the kernel for the fake implementation (output shapes only:
+        which config it binds does not matter there; everything else uses `bound_for`)."""
         if self._shape_kernel is None:
             self._shape_kernel = helion.kernel(
                 self.body, static_shapes=False, autotune_effort="none", ref_mode=RefMode.OFF,
@@ -256,7 +274,7 @@ class RegisteredKernel:
             raise InvalidConfigError(
                 f"{self.name}: config {_config_text(config)} is invalid: " + "; ".join(problems)
             )
-        bound = self.shape_kernel.bind(kargs)
+        bound = self.bound_for(kargs)
         portable, device_only = hooks.split_device_keys(bound.config_spec, config)
         try:
             normalized = bound.config_spec.normalized_config(helion.Config(**portable))
@@ -285,6 +303,12 @@ class RegisteredKernel:
 
     def _autotuner_hook(self, bound: Any, args: Sequence[object], **kwargs: object) -> hooks.PresetConfigSearch:
         return hooks.PresetConfigSearch(self, bound, tuple(args))
+
+
+def _slot(token: Hashable, config: dict[str, Any] | None, kargs: tuple[Any, ...]) -> Hashable:
+    """Where `config_kernel` keeps a served config's kernel: by its token, and Helion's
+    default (config None) per size class too, since the default differs between them."""
+    return token if config is not None else (token, size_class(kargs))
 
 
 # Values Helion's ConfigSpec passes through unchecked but Triton cannot run; refused at

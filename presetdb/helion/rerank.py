@@ -202,22 +202,23 @@ def rank_configs(
     timer: Timer,
     device: str = "cuda",
     check: bool = True,
-    plain: Any = None,
+    bind: Callable[[tuple[Any, ...]], Any] | None = None,
     compile_batch: CompileBatch | None = None,
     deadline: float | None = None,
 ) -> RefineResult:
     """Time `candidates` and Helion's default config on the exact shape `key`; the
     fastest (after the 3 fastest and the default are re-timed round robin) is the entry.
-    `plain` is the hook-free Helion kernel to compile with (default: the registered
-    kernel's shape kernel). Past `deadline` (a perf_counter value) no more candidates
-    are compiled or timed. Raises RefineError when no candidate runs and computes what
-    the reference does."""
+    `bind` gives the hook-free Helion kernel bound for the shape's arguments, for their
+    size class (default: `RegisteredKernel.bound_for`), so Helion's default and each
+    candidate's normalization are those of this shape, not of one bound before it. Past
+    `deadline` (a perf_counter value) no more candidates are compiled or timed. Raises
+    RefineError when no candidate runs and computes what the reference does."""
     clock = timer
     started = time.perf_counter()
     args = tuple(rk.example_inputs(dict(key), device))
     kargs, restore = rk.adapt_args(args)
     kargs = tuple(kargs)
-    bound = (plain if plain is not None else rk.shape_kernel).bind(kargs)
+    bound = (bind or rk.bound_for)(kargs)
     failed: list[tuple[str, str]] = []
     chosen: list[Candidate] = [Candidate(dict(bound.config_spec.default_config()), DEFAULT_ORIGIN)]
     seen = {json.dumps(chosen[0].config, sort_keys=True)}

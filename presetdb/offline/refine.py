@@ -34,6 +34,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from presetdb import __version__
+from presetdb.helion.args import size_class
 from presetdb.helion.autotune import capture_provenance, machine_provenance, plain_kernel
 from presetdb.helion.rerank import (
     DEFAULT_ORIGIN,
@@ -129,14 +130,21 @@ class StoredConfigs:
 
 # ---------------------------------------------------------------- one shape
 
-_PLAIN: dict[int, Any] = {}  # id(registered kernel) -> its hook-free Helion kernel
+_PLAIN: dict[tuple[int, tuple[Any, ...]], Any] = {}  # (id(kernel), size class) -> hook-free kernel
 
 
-def _plain(rk: Any) -> Any:
-    plain = _PLAIN.get(id(rk))
-    if plain is None:
-        plain = _PLAIN[id(rk)] = plain_kernel(rk, effort=rk.autotune_effort, seed=None, budget_seconds=None)
-    return plain
+def _plain_bound(rk: Any) -> Callable[[tuple[Any, ...]], Any]:
+    """`rank_configs`' `bind`: a hook-free Helion kernel at the kernel's effort (Helion's
+    batch compiler reads it) per size class of the arguments (`size_class`), bound to them."""
+
+    def bind(kargs: tuple[Any, ...]) -> Any:
+        slot = (id(rk), size_class(kargs))
+        plain = _PLAIN.get(slot)
+        if plain is None:
+            plain = _PLAIN[slot] = plain_kernel(rk, effort=rk.autotune_effort, seed=None, budget_seconds=None)
+        return plain.bind(kargs)
+
+    return bind
 
 
 def _parallel_compile(bound: Any, kargs: tuple[Any, ...], configs: list[dict[str, Any]]) -> list[Any]:
@@ -174,7 +182,7 @@ def refine_shape(
     parallel = device.startswith("cuda") if parallel_compile is None else parallel_compile
     return rank_configs(
         kernel, key, candidates, timer=timer or timer_for(timing, device)[0], device=device, check=check,
-        plain=_plain(kernel), compile_batch=_parallel_compile if parallel else None, deadline=deadline,
+        bind=_plain_bound(kernel), compile_batch=_parallel_compile if parallel else None, deadline=deadline,
     )
 
 

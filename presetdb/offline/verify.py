@@ -189,7 +189,7 @@ class _Checker:
     def _bound(self, rk: Any, key: dict[str, Any]) -> Any:
         args = rk.example_inputs(dict(key), device=self.device)
         kargs, _ = rk.adapt_args(args)
-        return rk.shape_kernel.bind(kargs)
+        return rk.bound_for(tuple(kargs))
 
     def _default_compiles(self, rk: Any, shape_key: str, bound: Any) -> bool:
         slot = (rk.name, shape_key)

@@ -117,7 +117,7 @@ class RegisteredKernelChecker:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         args = validation_args(self.rk.example_inputs, dict(key or {}), device)
         kargs, _ = self.rk.adapt_args(args)
-        return dict(self.rk.shape_kernel.bind(kargs).config_spec.default_config().config)
+        return dict(self.rk.bound_for(tuple(kargs)).config_spec.default_config().config)
 
     def key_from_features(self, features: Mapping[str, Any]) -> dict[str, Any]:
         args = args_from_features(features)
