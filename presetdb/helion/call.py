@@ -11,6 +11,9 @@ arguments, extracts the shape key, asks the picker (memory only) for the stored 
 applies the miss/far policy and counts near misses (`presetdb.helion.hooks.serve`), and runs a plain Helion
 kernel built for exactly that config (`RegisteredKernel.config_kernel`; ``config=`` pinned,
 so ``HELION_AUTOTUNE_EFFORT`` or ``HELION_FORCE_AUTOTUNE`` cannot route around the store).
+A miss or far call under the default policy gets Helion's default config for its size class
+(`RegisteredKernel.bound_for`), as plain Helion would choose it for those sizes, whatever the
+process called before; stored configs are normalized for the sizes they first serve.
 Where the fast path is on (`presetdb.helion._accel`: verified Helion/Triton versions),
 the compiled host function is called directly and its Triton kernel launched directly.
 On either path a call whose exact metadata was seen before skips the key, the picker and
