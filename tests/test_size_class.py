@@ -135,6 +135,7 @@ def test_refine_ranks_each_shapes_own_default_and_candidates(softmax: Any) -> No
     kargs = tuple(softmax.adapt_args(softmax.example_inputs(long, DEVICE))[0])
     own = dict(fresh_spec(softmax, kargs).default_config())
     assert second.winner_origin == DEFAULT_ORIGIN and second.entry["config"]["reduction_loops"] == own["reduction_loops"]
+    assert second.default_config is not None and second.default_config["reduction_loops"] == own["reduction_loops"]
     # the persistent candidate was timed as itself (a runner-up), not folded into the default
     assert [r["config"]["reduction_loops"] for r in second.entry["runners_up"]] == [[None]]
     assert first.entry["config"]["reduction_loops"] == [None] and "runners_up" not in first.entry

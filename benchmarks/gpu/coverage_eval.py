@@ -198,6 +198,7 @@ def main() -> int:
                 "far": far, "far_fields": {} if choice is None else choice.far_fields,
                 "default_ms": default_ms, "torch_ms": entry.get("reference_ms"), "served_ms": served_ms,
                 "rerank_ms": entry["latency_ms"], "rerank_winner": ranked.winner_origin,
+                "default_config": ranked.default_config,  # Helion's default for this shape's size class
                 "policy_ms": policy_ms,
                 "vs_default": {p: (default_ms / ms if default_ms and ms else None) for p, ms in policy_ms.items()},
                 "vs_torch": {p: (entry["reference_ms"] / ms if entry.get("reference_ms") and ms else None) for p, ms in policy_ms.items()},

@@ -61,6 +61,7 @@ class RefineResult:
     entry: dict[str, Any]  # a presetdb-results/1 entry
     winner_origin: str
     failed: tuple[tuple[str, str], ...] = ()  # (origin, why) of candidates that did not run
+    default_config: dict[str, Any] | None = None  # Helion's default for the shape, as timed
 
 
 class TimedCall:
@@ -290,7 +291,7 @@ def rank_configs(
     if runners:
         entry["runners_up"] = runners
     entry = {k: v for k, v in entry.items() if v is not None}
-    return RefineResult(entry, calls[winner].origin, tuple(failed))
+    return RefineResult(entry, calls[winner].origin, tuple(failed), default_config=chosen[0].config)
 
 
 # ---------------------------------------------------------------- at run time
