@@ -79,6 +79,22 @@ def size_class(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
+class SizeClassBinds:
+    """Helion kernels bound once per size class (`size_class`) of their arguments: `make`
+    builds a fresh kernel for each new class, bound to the first arguments of that class."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+        self.bounds: dict[tuple[Any, ...], Any] = {}
+
+    def __call__(self, kargs: tuple[Any, ...]) -> Any:
+        cls = size_class(kargs)
+        bound = self.bounds.get(cls)
+        if bound is None:
+            bound = self.bounds[cls] = self.make().bind(kargs)
+        return bound
+
+
 # adapt(*args) -> (kernel args, restore or None): reshapes a call for the kernel body.
 Adapter = Callable[..., tuple[tuple[Any, ...], Callable[[Any], Any] | None]]
 

@@ -25,7 +25,7 @@ from presetdb.errors import InvalidConfigError, KernelRegistrationError, Unknown
 from presetdb.helion import call, hooks, interpreter, ops
 from presetdb.helion._accel import internals
 from presetdb.helion._accel.dispatch import Entry, RunnerCache, runner_launcher
-from presetdb.helion.args import Adapter, flatten_leading, key_fields, size_class, validation_args
+from presetdb.helion.args import Adapter, SizeClassBinds, flatten_leading, key_fields, size_class, validation_args
 from presetdb.helion.memo import CallMemo
 from presetdb.keys import KeySpec, KeyValue, canonical_key
 from presetdb.runtime.picker import Choice, get_picker
@@ -122,7 +122,9 @@ class RegisteredKernel:
             **settings,
         )
         self._shape_kernel: Any = None
-        self._class_bounds: dict[tuple[Any, ...], Any] = {}  # size class -> bound hook-free kernel
+        self._class_binds = SizeClassBinds(
+            lambda: helion.kernel(body, static_shapes=False, autotune_effort="none", ref_mode=RefMode.OFF, **settings)
+        )
         # The call path's state: one plain Helion kernel per served config (token ->
         # ConfigKernel), the call memo, and whether the fast path (_accel) is on.
         self.config_kernels: dict[Hashable, ConfigKernel] = {}
@@ -209,26 +211,24 @@ class RegisteredKernel:
 
     def entry_for(self, *args: Any) -> Entry | None:
         """The fast-path runner entry a call with these arguments would use, if any."""
-        kargs, _ = self.adapt_args(args)
-        res = self.resolution(*args)
-        config = res.choice.config if res.choice is not None else res.config
+        kargs, res, config = self._served(args)
         served = self.config_kernels.get(_slot(res.token, config, kargs))
-        if served is None or served.runners is None:
-            return None
-        meta = served.runners.key(kargs)
-        return None if meta is None else served.runners.lookup(meta, kargs)
+        return None if served is None else _entry(served, kargs)
 
     def bound(self, *args: Any) -> Any:
         """The Helion BoundKernel a call with these arguments uses (its config is the one
         Helion compiled): the one whose runner the fast path would call, else the one the
         served config's kernel binds them to."""
-        entry = self.entry_for(*args)
-        if entry is not None:
-            return entry.bound
+        kargs, res, config = self._served(args)
+        served = self.config_kernel(res.token, config, kargs)
+        entry = _entry(served, kargs)
+        return entry.bound if entry is not None else served.kernel.bind(kargs)
+
+    def _served(self, args: tuple[Any, ...]) -> tuple[tuple[Any, ...], hooks.Resolution, dict[str, Any] | None]:
+        """(kernel args, resolution, the config that runs: None for Helion's default)."""
         kargs, _ = self.adapt_args(args)
         res = self.resolution(*args)
-        config = res.choice.config if res.choice is not None else res.config
-        return self.config_kernel(res.token, config, kargs).kernel.bind(kargs)
+        return tuple(kargs), res, res.choice.config if res.choice is not None else res.config
 
     def source_hash(self) -> str:
         """sha256 of the kernel body's source (dedented), stored with tuned presets."""
@@ -239,15 +239,7 @@ class RegisteredKernel:
         """The hook-free kernel bound for the size class of `kargs` (`size_class`): its
         ConfigSpec gives Helion's default config for calls of these sizes and normalizes
         a config as Helion would for them, whatever was bound before. One bind per class."""
-        cls = size_class(kargs)
-        bound = self._class_bounds.get(cls)
-        if bound is None:
-            kernel = helion.kernel(
-                self.body, static_shapes=False, autotune_effort="none", ref_mode=RefMode.OFF,
-                **self._helion_settings,
-            )
-            bound = self._class_bounds[cls] = kernel.bind(kargs)
-        return bound
+        return self._class_binds(kargs)
 
     @property
     def shape_kernel(self) -> Any:
@@ -303,6 +295,14 @@ class RegisteredKernel:
 
     def _autotuner_hook(self, bound: Any, args: Sequence[object], **kwargs: object) -> hooks.PresetConfigSearch:
         return hooks.PresetConfigSearch(self, bound, tuple(args))
+
+
+def _entry(served: ConfigKernel, kargs: tuple[Any, ...]) -> Entry | None:
+    """The fast-path runner entry of `served` for these arguments, if it has one."""
+    if served.runners is None:
+        return None
+    meta = served.runners.key(kargs)
+    return None if meta is None else served.runners.lookup(meta, kargs)
 
 
 def _slot(token: Hashable, config: dict[str, Any] | None, kargs: tuple[Any, ...]) -> Hashable:

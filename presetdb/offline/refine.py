@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from presetdb import __version__
-from presetdb.helion.args import size_class
+from presetdb.helion.args import SizeClassBinds
 from presetdb.helion.autotune import capture_provenance, machine_provenance, plain_kernel
 from presetdb.helion.rerank import (
     DEFAULT_ORIGIN,
@@ -130,21 +130,18 @@ class StoredConfigs:
 
 # ---------------------------------------------------------------- one shape
 
-_PLAIN: dict[tuple[int, tuple[Any, ...]], Any] = {}  # (id(kernel), size class) -> hook-free kernel
+_PLAIN: dict[int, SizeClassBinds] = {}  # id(registered kernel) -> its plain kernels per size class
 
 
-def _plain_bound(rk: Any) -> Callable[[tuple[Any, ...]], Any]:
-    """`rank_configs`' `bind`: a hook-free Helion kernel at the kernel's effort (Helion's
-    batch compiler reads it) per size class of the arguments (`size_class`), bound to them."""
-
-    def bind(kargs: tuple[Any, ...]) -> Any:
-        slot = (id(rk), size_class(kargs))
-        plain = _PLAIN.get(slot)
-        if plain is None:
-            plain = _PLAIN[slot] = plain_kernel(rk, effort=rk.autotune_effort, seed=None, budget_seconds=None)
-        return plain.bind(kargs)
-
-    return bind
+def _plain_bound(rk: Any) -> SizeClassBinds:
+    """`rank_configs`' `bind`: hook-free Helion kernels at the kernel's effort (Helion's
+    batch compiler reads it), one per size class of the arguments, bound to them."""
+    binds = _PLAIN.get(id(rk))
+    if binds is None:
+        binds = _PLAIN[id(rk)] = SizeClassBinds(
+            lambda: plain_kernel(rk, effort=rk.autotune_effort, seed=None, budget_seconds=None)
+        )
+    return binds
 
 
 def _parallel_compile(bound: Any, kargs: tuple[Any, ...], configs: list[dict[str, Any]]) -> list[Any]:
