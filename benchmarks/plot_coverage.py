@@ -13,7 +13,6 @@ and the issue's 0.95x target. Shapes that were not measured are listed in the ti
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,10 @@ matplotlib.use("Agg")  # files only: no display on a GPU host or in CI
 import matplotlib.pyplot as plt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plot_seed_eval import key_text
+from plot_seed_eval import key_text, read_results
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "gpu"))
+from coverage_eval import parse_shape_id
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = {"nearest": ("tab:orange", "v"), "default": ("tab:blue", "o"), "rerank": ("tab:green", "^")}
@@ -45,9 +47,9 @@ def unmeasured(result: dict[str, Any]) -> list[str]:
     """The chosen shapes without a measurement: failed rows and shapes skipped at the deadline."""
     missing = [f"{r['kernel']} {key_text(r['key'])}" for r in result["rows"] if "error" in r]
     for entry in result.get("skipped", []):  # 'kernel {key}'; 'autotune kernel {key}' is not a shape
-        kernel, _, key = entry.partition(" ")
-        if kernel != "autotune":
-            missing.append(f"{kernel} {key_text(json.loads(key))}")
+        kernel, key = parse_shape_id(entry)
+        if not kernel.startswith("autotune "):
+            missing.append(f"{kernel} {key_text(key)}")
     return missing
 
 
@@ -95,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("results", type=Path, nargs="+", help="coverage_eval.json files (one per GPU)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/img/coverage")
     opts = parser.parse_args(argv)
-    for path in opts.results:
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            parser.error(f"{path}: cannot read it ({exc}); pass coverage_eval.json files")
+    for result in read_results(parser, opts.results, "coverage_eval.json"):
         print(plot(result, opts.out))
     return 0
 

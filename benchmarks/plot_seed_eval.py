@@ -108,17 +108,23 @@ def plot_e2e(results: list[dict[str, Any]], out: Path) -> Path:
     return path
 
 
+def read_results(parser: argparse.ArgumentParser, paths: list[Path], name: str) -> list[dict[str, Any]]:
+    """Each results file as JSON; one that cannot be read ends the script with its path."""
+    results = []
+    for path in paths:
+        try:
+            results.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            parser.error(f"{path}: cannot read it ({exc}); pass {name} files")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("results", type=Path, nargs="+", help="seed_eval_v2.json files (one per GPU)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs/img/seed_eval_v2")
     opts = parser.parse_args(argv)
-    results = []
-    for path in opts.results:
-        try:
-            results.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as exc:
-            parser.error(f"{path}: cannot read it ({exc}); pass seed_eval_v2.json files")
+    results = read_results(parser, opts.results, "seed_eval_v2.json")
     opts.out.mkdir(parents=True, exist_ok=True)
     written = [plot_kernel(k, results, opts.out) for k in KERNELS] + [plot_e2e(results, opts.out)]
     for path in written:

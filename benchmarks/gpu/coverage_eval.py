@@ -56,6 +56,12 @@ def shape_id(kernel: str, key: dict[str, Any]) -> str:
     return f"{kernel} {json.dumps(key, sort_keys=True)}"
 
 
+def parse_shape_id(text: str) -> tuple[str, dict[str, Any]]:
+    """(head, key) of a `shape_id` or of a `skipped` entry ('[autotune ]kernel {key}')."""
+    head, key = text.split(" {", 1)
+    return head, json.loads("{" + key)
+
+
 def geomean(xs: list[float]) -> float:
     xs = [x for x in xs if x > 0 and math.isfinite(x)]
     return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else float("nan")

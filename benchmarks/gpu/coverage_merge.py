@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from coverage_eval import ROOT, shape_id, write
+from coverage_eval import ROOT, parse_shape_id, shape_id, write
 
 
 def _shape(row: dict[str, Any]) -> str:
@@ -30,8 +30,7 @@ def _shape(row: dict[str, Any]) -> str:
 
 def _skipped(entry: str) -> str:
     """A run's skipped entry ('[autotune ]kernel {key}', key as measured) as a `shape_id`."""
-    head, key = entry.split(" {", 1)
-    return shape_id(head, json.loads("{" + key))
+    return shape_id(*parse_shape_id(entry))
 
 
 def _name(path: Path) -> str:
