@@ -44,12 +44,19 @@ def _ordered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def unmeasured(result: dict[str, Any]) -> list[str]:
-    """The chosen shapes without a measurement: failed rows and shapes skipped at the deadline."""
+    """The chosen shapes without a measurement: failed rows, shapes skipped at the deadline and
+    shapes with no row at all (a process killed by its step's time limit records nothing)."""
     missing = [f"{r['kernel']} {key_text(r['key'])}" for r in result["rows"] if "error" in r]
     for entry in result.get("skipped", []):  # 'kernel {key}'; 'autotune kernel {key}' is not a shape
         kernel, key = parse_shape_id(entry)
         if not kernel.startswith("autotune "):
             missing.append(f"{kernel} {key_text(key)}")
+    has_row = {f"{r['kernel']} {key_text(r['key'])}" for r in result["rows"]}
+    for kernel, keys in result.get("chosen", {}).items():
+        for key in keys:
+            name = f"{kernel} {key_text(key)}"
+            if name not in has_row and name not in missing:
+                missing.append(name)
     return missing
 
 

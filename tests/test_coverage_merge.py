@@ -98,3 +98,17 @@ def test_the_plot_shows_a_merged_report_and_names_what_was_not_measured(tmp_path
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     with pytest.raises(SystemExit, match="no measured rows"):
         plot_coverage.plot({**merged, "rows": [r for r in merged["rows"] if "error" in r]}, tmp_path / "img")
+
+
+def test_a_chosen_shape_without_any_row_counts_as_not_measured(tmp_path: Path) -> None:
+    # A shape whose process was killed by the GPU call's time limit leaves neither a row nor a
+    # `skipped` entry; the run's `chosen` list still names it.
+    sys.path.insert(0, str(SCRIPTS.parent))
+    try:
+        import plot_coverage
+    finally:
+        sys.path.remove(str(SCRIPTS.parent))
+    late = {"dtype": "bfloat16", "n": 256000, "num_rows": 4096}
+    result = json.loads(_run(tmp_path / "one" / "coverage_eval.json", [_row("rms_norm", C, 1.0)], []).read_text())
+    result["chosen"] = {"rms_norm": [C], "softmax": [late]}
+    assert plot_coverage.unmeasured(result) == ["softmax n=256000,num_rows=4096"]

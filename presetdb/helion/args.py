@@ -15,7 +15,7 @@ MAX_VALIDATION_BYTES = 64 << 20
 # On a GPU, larger inputs are uninitialised device tensors (no fill) while they fit in this
 # share of free memory, meta beyond: with torch 2.11 on an H100, Helion could not lower a
 # reduction on meta inputs (softmax's amax, rms_norm's mean: InductorLoweringError;
-# benchmarks/results/nvidia_h100/coverage/heldout_eval_h100).
+# benchmarks/results/nvidia_h100/coverage/heldout_eval_h100/README.md).
 DEVICE_VALIDATION_SHARE = 4
 
 
