@@ -245,3 +245,19 @@ def test_search_subsets_are_tuning_grid_keys_only() -> None:
         subset = [canonical_key(k) for k in load_shapes(path)]
         assert subset and len(set(subset)) == len(subset)
         assert set(subset) <= grid, f"{path.name} has keys outside tune_v2_{kernel}.json"
+
+
+def test_refine_orders_are_the_tuning_grid_reordered() -> None:
+    """A `refine_order_v2_<kernel>.json` is exactly its tuning grid, in another order (the one
+    run_search_refine.sh refines in, so a refine cut short covers every (n, k) pair)."""
+    files = sorted(SHAPES_DIR.glob("refine_order_v2_*.json"))
+    assert files, "benchmarks/shapes/refine_order_v2_matmul.json is gone"
+    for path in files:
+        kernel = path.stem.removeprefix("refine_order_v2_")
+        grid = [canonical_key(k) for k in load_shapes(SHAPES_DIR / f"tune_v2_{kernel}.json")]
+        order = [canonical_key(k) for k in load_shapes(path)]
+        assert sorted(order) == sorted(grid) and len(set(order)) == len(order)
+    matmul = load_shapes(SHAPES_DIR / "refine_order_v2_matmul.json")
+    pairs = {(k["n"], k["k"]) for k in matmul}
+    first = matmul[: 2 * len(pairs)]  # every (n, k) pair at m = 16 and m = 1024
+    assert {(k["n"], k["k"], k["m"]) for k in first} == {(n, kk, m) for n, kk in pairs for m in (16, 1024)}

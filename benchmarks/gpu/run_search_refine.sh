@@ -4,8 +4,10 @@
 #   1. a warm-started quick search (`presetdb tune --timing graph`) of
 #      benchmarks/shapes/search_v2_KERNEL.json, a subset of the tuning grid;
 #   2. its results imported into a copy of the shipped db;
-#   3. `presetdb refine` of the whole grid (benchmarks/shapes/tune_v2_KERNEL.json) against
-#      that copy, so the searched configs are among every key's candidates.
+#   3. `presetdb refine` of the whole grid (benchmarks/shapes/tune_v2_KERNEL.json, or the
+#      same keys in benchmarks/shapes/refine_order_v2_KERNEL.json's order where that exists,
+#      so that a refine cut short by its deadline has covered the grid evenly) against that
+#      copy, so the searched configs are among every key's candidates.
 # Both steps resume from DEVICE_DIR/{tune,refine}_KERNEL.json (commit $OUT's files there
 # between calls); each stops starting work at its deadline. Results: $OUT/seed_v2.tgz.
 #   bash benchmarks/gpu/run_search_refine.sh DEVICE_DIR SEARCH_DEADLINE_S REFINE_DEADLINE_S KERNEL
@@ -16,10 +18,10 @@ FINAL=${OUT:-out}
 out="$FINAL/seed_v2"; mkdir -p "$out"
 # Benchmarks in-process: a spawned benchmark worker re-imports torch per shape (~10 s).
 # Helion's precompile gives up on a config after COMPILE_TIMEOUT s (Helion's default: 60).
-# One held-out softmax shape (128k columns) took 106 s to refine on the H100 with a 25 s
+# One held-out softmax shape (128k columns) took 89-106 s to refine on the H100 with a 25 s
 # budget, which is checked between compiles; compiling persistent reductions over rows that
-# long (every stored softmax config, and Helion's default) is the likely cost, not yet
-# measured apart: the tune/refine logs of this script's first run will say.
+# long (every stored softmax config; Helion's own default for such rows loops) is the likely
+# cost, not yet measured apart: the tune/refine logs of this script's first run will say.
 export PYTHONUNBUFFERED=1 HELION_AUTOTUNE_BENCHMARK_SUBPROCESS=0 HELION_AUTOTUNE_COMPILE_TIMEOUT=${COMPILE_TIMEOUT:-20}
 pack() { tar czf "$FINAL/seed_v2.tgz" --exclude='candidates.db' -C "$FINAL" seed_v2; }
 for f in tune refine; do [ -f "$dir/${f}_$k.json" ] && cp "$dir/${f}_$k.json" "$out/${f}_$k.json"; done
@@ -33,7 +35,8 @@ echo "tune $k exit $?"; grep -v '━' "$out/tune_$k.log" | tail -4; pack
 
 [ -f "$out/tune_$k.json" ] && python3 -P -m presetdb import "$out/tune_$k.json" --db "$out/candidates.db" 2>&1 | tail -1
 echo "== refine $k (${refine_deadline}s)"
-timeout -s INT "$refine_deadline" python3 -P -m presetdb refine "$k" --shapes "benchmarks/shapes/tune_v2_$k.json" \
+grid="benchmarks/shapes/tune_v2_$k.json"; [ -f "benchmarks/shapes/refine_order_v2_$k.json" ] && grid="benchmarks/shapes/refine_order_v2_$k.json"
+timeout -s INT "$refine_deadline" python3 -P -m presetdb refine "$k" --shapes "$grid" \
   --k 8 --timing graph --db "$out/candidates.db" --out "$out/refine_$k.json" > "$out/refine_$k.log" 2>&1
 echo "refine $k exit $?"; grep -v '━' "$out/refine_$k.log" | tail -3
 pack; rm -rf "$out"
