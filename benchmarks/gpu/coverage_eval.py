@@ -28,6 +28,11 @@ as at run time (set it to try other limits).
 Timing per shape: each candidate once, then the 3 fastest and Helion's default 3 more
 times, round robin, median (refine's method); a config slower than the third fastest is
 timed once.
+
+A shape that hangs (one compile can outlast the per-shape budget, which is checked between
+compiles) costs at most `--shape-hard-limit` seconds: the file names the shape in progress
+before it starts, a watchdog ends the process (exit 4) when the limit passes, and a rerun
+with --resume records that shape as failed ("did not finish") and goes on with the next.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -49,6 +55,7 @@ KERNELS = ("rms_norm", "silu_mul", "softmax", "matmul")
 POLICIES = ("nearest", "default", "rerank")
 TARGET = 0.95
 LOST_CONTEXT = 3  # exit code: the CUDA context broke; rerun with --resume
+HUNG = 4  # exit code: a shape outlasted --shape-hard-limit; rerun with --resume
 
 
 def shape_id(kernel: str, key: dict[str, Any]) -> str:
@@ -90,6 +97,8 @@ def main() -> int:
     parser.add_argument("--autotune-budget", type=int, default=45, help="seconds per autotuned shape (Helion's budget)")
     parser.add_argument("--shape-budget", type=float, default=60.0,
                         help="seconds one shape's rerank may spend; later candidates are left out (recorded)")
+    parser.add_argument("--shape-hard-limit", type=float, default=240.0,
+                        help="seconds after which a shape still running ends the process (exit 4; rerun with --resume)")
     parser.add_argument("--deadline", type=float, default=440.0, help="seconds; later work is skipped")
     parser.add_argument("--kernels", default=",".join(KERNELS), help="comma-separated kernels to evaluate")
     parser.add_argument("--resume", type=Path, default=None,
@@ -139,6 +148,12 @@ def main() -> int:
         for part in ("rows", "autotune"):
             result[part] = earlier[part]
         result["lost_context"] = earlier.get("lost_context", [])
+        if earlier.get("in_progress"):  # the process ended while it ran: not tried again
+            hung = earlier["in_progress"]
+            kernel, key = parse_shape_id(hung["shape"])
+            result["rows"].append({"kernel": kernel, "key": key, "error": (
+                f"did not finish: the process ended {hung['limit_seconds']:g} s or less after the shape "
+                "started (the watchdog, or the call step's time limit); not retried")})
         done_keys = {shape_id(r["kernel"], r["key"]) for r in result["rows"]}
     kernels = [k for k in KERNELS if k in opts.kernels.split(",")]
 
@@ -157,6 +172,9 @@ def main() -> int:
             features = tuple(key[n] for n in rk.key_spec.names)
             choice = picker.resolve(name, rk.key_spec, features)
             served: dict[str, Any] | None = None
+            result["in_progress"] = {"shape": shape_id(name, key), "limit_seconds": opts.shape_hard_limit}
+            write(result, opts.out, quiet=True)
+            watchdog = start_watchdog(opts.shape_hard_limit, shape_id(name, key))
             t0 = time.perf_counter()
             try:
                 candidates: list[Candidate] = []
@@ -168,6 +186,8 @@ def main() -> int:
                 ranked = refine_shape(rk, key, candidates, device=opts.device, timing="graph", check=True,
                                       deadline=time.perf_counter() + opts.shape_budget)
             except Exception as exc:  # noqa: BLE001  (one shape's failure is recorded, not fatal)
+                watchdog.cancel()
+                del result["in_progress"]
                 result["rows"].append({"kernel": name, "key": key, "error": f"{type(exc).__name__}: {exc}"[:500],
                                        "traceback_tail": traceback.format_exc()[-2500:]})
                 print(f"{name} {json.dumps(key)}: FAILED {exc}", flush=True)
@@ -180,6 +200,8 @@ def main() -> int:
                     return LOST_CONTEXT
                 write(result, opts.out, quiet=True)
                 continue
+            watchdog.cancel()
+            del result["in_progress"]
             seconds = time.perf_counter() - t0
             entry = ranked.entry
             timed = [(entry["config"], entry["latency_ms"])] + [(r["config"], r["latency_ms"]) for r in entry.get("runners_up", [])]
@@ -248,6 +270,20 @@ def main() -> int:
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     write(result, opts.out)
     return 0
+
+
+def start_watchdog(seconds: float, shape: str) -> threading.Timer:
+    """Ends the process (exit HUNG) if `shape` is still running after `seconds`; the results
+    file already names it as in progress. os._exit: a hung compile or kernel holds the main
+    thread, and nothing else may run after it."""
+    def fire() -> None:
+        print(f"{shape}: still running after {seconds:.0f} s; ending the process (rerun with --resume)", flush=True)
+        os._exit(HUNG)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _ms(value: float | None) -> str:

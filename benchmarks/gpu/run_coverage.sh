@@ -7,7 +7,9 @@
 # only when named); WARM_KERNELS, WARM_TIMEOUT (default 130 s; written per kernel); for the
 # coverage step COVERAGE_DB (default: the shipped db), COVERAGE_KERNELS (default: all),
 # COVERAGE_AUTOTUNE (shapes quick-autotuned for the cost comparison, default 1),
-# COVERAGE_SHAPE_BUDGET (seconds one shape's rerank may spend, default 60).
+# COVERAGE_SHAPE_BUDGET (seconds one shape's rerank may spend, default 60; checked between
+# compiles), COVERAGE_SHAPE_LIMIT (seconds after which a shape still running is recorded as
+# failed and the next attempt goes on without it, default 240).
 # On the device machine, after installing .whl/ into /tmp/site:
 #   bash benchmarks/gpu/run_coverage.sh
 set -uo pipefail
@@ -30,16 +32,17 @@ if [[ " $steps " == *" dispatch "* ]]; then
   echo "bench_dispatch exit $?"; tail -16 "$OUT/dispatch.log"; pack
 fi
 if [[ " $steps " == *" coverage "* ]]; then
-  # a shape whose CUDA-graph capture breaks the context ends its process (exit 3): go on in a fresh one
+  # a shape whose CUDA-graph capture breaks the context (exit 3), or that outlasts
+  # COVERAGE_SHAPE_LIMIT seconds (exit 4), ends its process: go on in a fresh one
   for attempt in 1 2 3 4 5 6; do
     left=$(( ${COVERAGE_DEADLINE:-330} - ($(date +%s) - start) ))
     [ "$left" -le 40 ] && break
     timeout $(( left + 60 )) python3 -P benchmarks/gpu/coverage_eval.py --db "$DB" --out "$OUT/coverage" \
-      --deadline "$left" --autotune "${COVERAGE_AUTOTUNE:-1}" --autotune-budget 30 --shape-budget "${COVERAGE_SHAPE_BUDGET:-60}" \
+      --deadline "$left" --autotune "${COVERAGE_AUTOTUNE:-1}" --autotune-budget 30 --shape-budget "${COVERAGE_SHAPE_BUDGET:-60}" --shape-hard-limit "${COVERAGE_SHAPE_LIMIT:-240}" \
       ${COVERAGE_KERNELS:+--kernels "$COVERAGE_KERNELS"} --resume "$OUT/coverage/coverage_eval.json" \
       >> "$OUT/coverage.log" 2>&1
     rc=$?; echo "coverage_eval attempt $attempt exit $rc"
-    [ "$rc" -ne 3 ] && break
+    [ "$rc" -ne 3 ] && [ "$rc" -ne 4 ] && break
   done
   grep -E "^(rms_norm|silu_mul|softmax|matmul|autotune|CUDA|\| (nearest|default|rerank) )" "$OUT/coverage.log" | cut -c1-220 | tail -40; pack
 fi
