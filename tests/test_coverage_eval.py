@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import CLEARED_VARIABLES
+
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"rms_norm": [{"dtype": "float32", "hidden": 64, "num_tokens": 2},
                        {"dtype": "float32", "hidden": 128, "num_tokens": 4}]}
@@ -22,7 +24,7 @@ def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     args = [sys.executable, "-P", str(ROOT / "benchmarks/gpu/coverage_eval.py"), "--db", str(tmp_path / "presets.db"),
             "--out", str(out), "--shapes", str(tmp_path / "shapes.json"), "--kernels", "rms_norm",
             "--device", "cpu", "--autotune", "0", "--resume", str(out / "coverage_eval.json"), *extra]
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env = {**{k: v for k, v in os.environ.items() if k not in CLEARED_VARIABLES}, "TRITON_INTERPRET": "1"}
     return subprocess.run(args, check=False, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
 
 

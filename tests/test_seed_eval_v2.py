@@ -176,3 +176,27 @@ def test_plots_are_png_files_per_kernel_and_end_to_end(evaluation: dict[str, Any
     for name in names:
         data = (out / name).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 1000, name
+
+
+def test_a_hung_shape_ends_the_call_and_a_resumed_call_records_it_and_measures_the_rest(
+    evaluation: dict[str, Any],
+) -> None:
+    tmp, out = evaluation["tmp"], evaluation["tmp"] / "hung"
+    common = (SCRIPT, "--device", "cpu", "--db", evaluation["db"], "--shapes", tmp / "shapes.json",
+              "--rounds", "1", "--part", "1/2", "--sections", "heldout", "--out", out)
+    hung = subprocess.run([sys.executable, "-P", *map(str, (*common, "--shape-hard-limit", "0.05"))], env=_env(),
+                          capture_output=True, text=True, timeout=300, check=False)
+    first = f"rms_norm {json.dumps(SHAPES['rms_norm'][0], sort_keys=True)}"
+    assert hung.returncode == 4, hung.stdout[-2000:] + hung.stderr[-2000:]
+    partial = json.loads((out / "seed_eval_v2.json").read_text())
+    assert partial["rows"] == [] and partial["in_progress"]["key"] == SHAPES["rms_norm"][0]
+
+    _run(*common, "--resume", out / "seed_eval_v2.json")
+    result = json.loads((out / "seed_eval_v2.json").read_text())
+    assert "in_progress" not in result
+    by_kernel = {(r["kernel"], json.dumps(r["key"], sort_keys=True)): r for r in result["rows"]}
+    failed = by_kernel[("rms_norm", first.split(" ", 1)[1])]
+    assert failed["error"].startswith("did not finish")
+    measured = [r for r in result["rows"] if "error" not in r]
+    assert {r["kernel"] for r in measured} == {"silu_mul", "softmax", "matmul"}  # part 1/2: each kernel's first shape
+    assert len(result["calls"]) == 2  # the cut-short call and the resumed one, each once

@@ -11,6 +11,16 @@ out="${OUT:-out}/seed_eval_v2"; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 prev="$dir/seed_eval_v2/seed_eval_v2.json"
 resume=(); [ -f "$prev" ] && resume=(--resume "$prev")
-timeout 560 python3 -P benchmarks/gpu/seed_eval_v2.py --out "$out" --part "$part" --sections "$sections" \
-  --deadline "${DEADLINE_S:-330}" "${resume[@]}" "$@" > "$out/seed_eval_v2.${part/\//of}.log" 2>&1
-echo "seed_eval_v2 exit $?"; tail -25 "$out"/seed_eval_v2.*.log | grep -v '^|.*| ok |$' | tail -25
+# A shape that outlasts --shape-hard-limit ends its process (exit 4): go on in a fresh one,
+# resuming this call's own file, which names that shape (recorded as failed, not retried).
+start=$(date +%s)
+for attempt in 1 2 3; do
+  left=$(( ${DEADLINE_S:-330} - ($(date +%s) - start) ))
+  [ "$left" -le 30 ] && break
+  [ -f "$out/seed_eval_v2.json" ] && resume+=(--resume "$out/seed_eval_v2.json")
+  timeout $(( left + 230 )) python3 -P benchmarks/gpu/seed_eval_v2.py --out "$out" --part "$part" --sections "$sections" \
+    --deadline "$left" "${resume[@]}" "$@" >> "$out/seed_eval_v2.${part/\//of}.log" 2>&1
+  rc=$?; echo "seed_eval_v2 attempt $attempt exit $rc"
+  [ "$rc" -ne 4 ] && break
+done
+tail -25 "$out"/seed_eval_v2.*.log | grep -v '^|.*| ok |$' | tail -25

@@ -24,7 +24,10 @@ Each call measures one part of the held-out shapes (`--part i/n`: every n-th sha
 kernel, from the i-th, of the `--per-kernel` evenly spaced ones; 0 = all) and stops starting
 work after `--deadline` seconds (skipped shapes are listed). `--resume FILE` keeps the rows
 of earlier calls (same device and db), so the last call's seed_eval_v2.json holds them all
-and its targets cover every shape measured. Writes seed_eval_v2.json and seed_eval_v2.md.
+and its targets cover every shape measured. Writes seed_eval_v2.json and seed_eval_v2.md;
+the json also before and after every shape, so a call cut short keeps what it measured. A
+shape still running after `--shape-hard-limit` seconds ends the process (exit 4), the file
+naming it; `--resume` of that file records it as failed ("did not finish") and goes on.
 
 `--device cpu`: a smoke run in the Triton interpreter (tiny shapes, wall-clock timing;
 its figures mean nothing, but every code path runs).
@@ -46,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts (python -P drops it)
 import seed_eval_v2_e2e as e2e
-from coverage_eval import spaced
+from coverage_eval import HUNG, spaced, start_watchdog
 from seed_eval_v2_report import KERNELS, MATMUL_MIN_M, summarize, write
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +77,9 @@ def options(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shapes", type=Path, default=ROOT / "benchmarks/shapes/heldout_v2.json")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")))
     parser.add_argument("--deadline", type=float, default=330.0, help="seconds; no work starts after it")
+    parser.add_argument("--shape-hard-limit", type=float, default=180.0,
+                        help=f"seconds after which a shape still running ends the process (exit {HUNG}); "
+                             "--resume of its results file records that shape as failed and goes on")
     parser.add_argument("--per-kernel", type=int, default=0, help="evenly spaced held-out shapes per kernel (0: all)")
     parser.add_argument("--part", type=parse_part, default=(1, 1), help="i/n: this call's share of the shapes")
     parser.add_argument("--sections", default=",".join(SECTIONS), help="heldout,e2e (comma-separated)")
@@ -203,10 +209,26 @@ def load_resumed(paths: list[Path], device: str, digest: str) -> dict[str, Any]:
                                  "results of another device or db cannot be combined")
         for row in earlier.get("rows", []):
             rows[key_id(row["kernel"], row["key"])] = row
+        hung = earlier.get("in_progress")
+        if hung and hung["id"] not in rows:  # its process ended while it ran: not tried again
+            rows[hung["id"]] = {"kernel": hung["kernel"], "key": hung["key"], "error": (
+                f"did not finish: the process ended {hung['limit_seconds']:g} s or less after the shape started "
+                "(the watchdog, or the call's time limit); not retried")}
         if earlier.get("e2e", {}).get("rows"):
             e2e = earlier["e2e"]
-        calls += earlier.get("calls", [])
+        calls += [c for c in earlier.get("calls", []) if c not in calls]
     return {"rows": rows, "e2e": e2e, "calls": calls}
+
+
+def save_progress(result: dict[str, Any], rows: dict[str, dict[str, Any]], out: Path,
+                  in_progress: dict[str, Any] | None = None) -> None:
+    """The results so far (rows; no summary yet), rewritten before and after every shape, so
+    that a call cut short keeps its finished shapes for --resume and names the one it was in."""
+    doc = {**result, "rows": list(rows.values()), **({"in_progress": in_progress} if in_progress else {})}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "seed_eval_v2.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    tmp.replace(out / "seed_eval_v2.json")
 
 
 def versions() -> dict[str, str]:
@@ -290,11 +312,16 @@ def main(argv: list[str] | None = None) -> int:
             if left() < SHAPE_RESERVE_S + e2e_reserve:
                 result["skipped"].append(ident)
                 continue
+            save_progress(result, rows, opts.out, {"id": ident, "kernel": name, "key": key,
+                                                   "limit_seconds": opts.shape_hard_limit})
+            watchdog = start_watchdog(opts.shape_hard_limit, ident)
             try:
                 row = measure_shape(name, key, opts, timer)
             except Exception as exc:  # noqa: BLE001  (one shape's failure is recorded, not fatal)
                 row = {"kernel": name, "key": key, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            watchdog.cancel()
             rows[ident] = row
+            save_progress(result, rows, opts.out)
             print(f"{ident}: " + (row.get("error") or f"{row['match']} ({row['served']}) "
                                   f"vs torch {row['vs_torch']:.2f} vs default {row['vs_default']:.2f} "
                                   f"check {row['check'][:40]}"), flush=True)
