@@ -31,17 +31,22 @@ def result() -> dict[str, Any]:
     return json.loads((RUN / "coverage_eval.json").read_text())
 
 
-def _served(make_picker: Any, kernel: str, key: dict[str, Any]) -> Any:
-    picker = make_picker(default=default_db.default_db_path(), platform=H100)
+@pytest.fixture
+def shipped(make_picker: Any) -> Any:
+    """The picker an H100 server has over the shipped (embedded) db alone."""
+    return make_picker(default=default_db.default_db_path(), platform=H100)
+
+
+def _served(picker: Any, kernel: str, key: dict[str, Any]) -> Any:
     spec = get_kernel(kernel).key_spec
     return picker.resolve(kernel, spec, tuple(key[n] for n in spec.names))
 
 
-def test_the_shipped_db_serves_every_measured_shape_what_was_measured(make_picker: Any, result: dict[str, Any]) -> None:
+def test_the_shipped_db_serves_every_measured_shape_what_was_measured(shipped: Any, result: dict[str, Any]) -> None:
     rows = [r for r in result["rows"] if "error" not in r]
     assert len(rows) == 23
     for row in rows:
-        choice = _served(make_picker, row["kernel"], row["key"])
+        choice = _served(shipped, row["kernel"], row["key"])
         assert choice is not None
         served = f"{choice.platform}:{choice.preset.shape_key}"
         assert (served, choice.far) == (row["served_key"], row["far"]), (
@@ -52,7 +57,7 @@ def test_the_shipped_db_serves_every_measured_shape_what_was_measured(make_picke
 
 
 def test_the_unmeasured_shape_is_a_far_match_so_the_default_policy_serves_helions_default(
-    make_picker: Any, result: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    shipped: Any, result: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     measured = {(r["kernel"], json.dumps(r["key"], sort_keys=True)) for r in result["rows"] if "error" not in r}
     missing = [(k, key) for k, keys in result["chosen"].items() for key in keys
@@ -61,5 +66,5 @@ def test_the_unmeasured_shape_is_a_far_match_so_the_default_policy_serves_helion
     monkeypatch.delenv("PRESETDB_ON_FAR", raising=False)
     assert Settings.from_env().on_far == "default"  # what a far call gets: tests/test_coverage_guard.py
     for kernel, key in missing:
-        choice = _served(make_picker, kernel, key)
+        choice = _served(shipped, kernel, key)
         assert choice is not None and choice.far and "n" in choice.far_fields

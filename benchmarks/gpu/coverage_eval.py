@@ -47,6 +47,8 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -148,12 +150,8 @@ def main() -> int:
         for part in ("rows", "autotune"):
             result[part] = earlier[part]
         result["lost_context"] = earlier.get("lost_context", [])
-        if earlier.get("in_progress"):  # the process ended while it ran: not tried again
-            hung = earlier["in_progress"]
-            kernel, key = parse_shape_id(hung["shape"])
-            result["rows"].append({"kernel": kernel, "key": key, "error": (
-                f"did not finish: the process ended {hung['limit_seconds']:g} s or less after the shape "
-                "started (the watchdog, or the call step's time limit); not retried")})
+        if earlier.get("in_progress"):
+            result["rows"].append(unfinished(earlier["in_progress"]))
         done_keys = {shape_id(r["kernel"], r["key"]) for r in result["rows"]}
     kernels = [k for k in KERNELS if k in opts.kernels.split(",")]
 
@@ -172,24 +170,27 @@ def main() -> int:
             features = tuple(key[n] for n in rk.key_spec.names)
             choice = picker.resolve(name, rk.key_spec, features)
             served: dict[str, Any] | None = None
-            result["in_progress"] = {"shape": shape_id(name, key), "limit_seconds": opts.shape_hard_limit}
+            result["in_progress"] = in_progress(name, key, opts.shape_hard_limit)
             write(result, opts.out, quiet=True)
-            watchdog = start_watchdog(opts.shape_hard_limit, shape_id(name, key))
             t0 = time.perf_counter()
+            failure: tuple[Exception, str] | None = None
             try:
-                candidates: list[Candidate] = []
-                if choice is not None:
-                    served = rk.validate_config(dict(choice.config), key)
-                    candidates.append(Candidate(served, f"served:{choice.platform}:{choice.preset.shape_key}"))
-                candidates += distinct_nearest(picker.neighbours(name, rk.key_spec, features), opts.k)
-                candidates = distinct_nearest(((c.origin, c.config) for c in candidates), opts.k + 1)
-                ranked = refine_shape(rk, key, candidates, device=opts.device, timing="graph", check=True,
-                                      deadline=time.perf_counter() + opts.shape_budget)
+                with hard_limit(opts.shape_hard_limit, shape_id(name, key)):
+                    candidates: list[Candidate] = []
+                    if choice is not None:
+                        served = rk.validate_config(dict(choice.config), key)
+                        candidates.append(Candidate(served, f"served:{choice.platform}:{choice.preset.shape_key}"))
+                    candidates += distinct_nearest(picker.neighbours(name, rk.key_spec, features), opts.k)
+                    candidates = distinct_nearest(((c.origin, c.config) for c in candidates), opts.k + 1)
+                    ranked = refine_shape(rk, key, candidates, device=opts.device, timing="graph", check=True,
+                                          deadline=time.perf_counter() + opts.shape_budget)
             except Exception as exc:  # noqa: BLE001  (one shape's failure is recorded, not fatal)
-                watchdog.cancel()
-                del result["in_progress"]
+                failure = (exc, traceback.format_exc())
+            del result["in_progress"]
+            if failure is not None:
+                exc, trace = failure
                 result["rows"].append({"kernel": name, "key": key, "error": f"{type(exc).__name__}: {exc}"[:500],
-                                       "traceback_tail": traceback.format_exc()[-2500:]})
+                                       "traceback_tail": trace[-2500:]})
                 print(f"{name} {json.dumps(key)}: FAILED {exc}", flush=True)
                 if opts.device == "cuda" and not context_ok(torch):
                     # a failed CUDA-graph capture can leave the context unusable: stop here;
@@ -200,8 +201,6 @@ def main() -> int:
                     return LOST_CONTEXT
                 write(result, opts.out, quiet=True)
                 continue
-            watchdog.cancel()
-            del result["in_progress"]
             seconds = time.perf_counter() - t0
             entry = ranked.entry
             timed = [(entry["config"], entry["latency_ms"])] + [(r["config"], r["latency_ms"]) for r in entry.get("runners_up", [])]
@@ -272,10 +271,24 @@ def main() -> int:
     return 0
 
 
-def start_watchdog(seconds: float, shape: str) -> threading.Timer:
-    """Ends the process (exit HUNG) if `shape` is still running after `seconds`; the results
-    file already names it as in progress. os._exit: a hung compile or kernel holds the main
-    thread, and nothing else may run after it."""
+def in_progress(kernel: str, key: dict[str, Any], limit_seconds: float) -> dict[str, Any]:
+    """The results file's note of the shape being measured, written before it starts."""
+    return {"shape": shape_id(kernel, key), "kernel": kernel, "key": key, "limit_seconds": limit_seconds}
+
+
+def unfinished(note: dict[str, Any]) -> dict[str, Any]:
+    """The failed row of the shape an `in_progress` note names in a resumed file: its process
+    ended while it ran, and it is not tried again."""
+    return {"kernel": note["kernel"], "key": note["key"], "error": (
+        f"did not finish: the process ended {note['limit_seconds']:g} s or less after the shape started "
+        "(the watchdog, or the call's time limit); not retried")}
+
+
+@contextmanager
+def hard_limit(seconds: float, shape: str) -> Iterator[None]:
+    """Ends the process (exit HUNG) if the block, measuring `shape`, still runs after
+    `seconds`; the results file already names the shape (`in_progress`). os._exit: a hung
+    compile or kernel holds the main thread, and nothing else may run after it."""
     def fire() -> None:
         print(f"{shape}: still running after {seconds:.0f} s; ending the process (rerun with --resume)", flush=True)
         os._exit(HUNG)
@@ -283,7 +296,10 @@ def start_watchdog(seconds: float, shape: str) -> threading.Timer:
     timer = threading.Timer(seconds, fire)
     timer.daemon = True
     timer.start()
-    return timer
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _ms(value: float | None) -> str:

@@ -3,8 +3,9 @@
 # side by side), the held-out coverage evaluation (far policies vs Helion's default vs
 # PyTorch, refine's cost vs a quick autotune) and warm-started vs cold search. The tarball
 # $OUT/coverage_run.tgz is rewritten after every step, so a cut-short call still returns
-# what finished. Steps: STEPS="dispatch coverage warm" (default), "probe" (softmax_bind_probe.py,
-# only when named); WARM_KERNELS, WARM_TIMEOUT (default 130 s; written per kernel); for the
+# what finished. Steps: STEPS="dispatch coverage warm" (default), "probe" (only when named:
+# large_shape_probe.py on PROBE_KERNEL, PROBE_KEY, default the softmax shape over 256,000
+# columns that never finished, for up to PROBE_TIMEOUT s, default 300); WARM_KERNELS, WARM_TIMEOUT (default 130 s; written per kernel); for the
 # coverage step COVERAGE_DB (default: the shipped db), COVERAGE_KERNELS (default: all),
 # COVERAGE_AUTOTUNE (shapes quick-autotuned for the cost comparison, default 1),
 # COVERAGE_SHAPE_BUDGET (seconds one shape's rerank may spend, default 60; checked between
@@ -23,9 +24,11 @@ pack() { tar czf "$FINAL/coverage_run.tgz" --exclude='*triton*cache*' -C "$FINAL
 DB=${COVERAGE_DB:-$(python3 -P -c 'from presetdb.store.default_db import embedded_path; print(embedded_path())')}
 python3 -P -c 'from importlib.metadata import version; import torch; print({p: version(p) for p in ("torch", "triton", "helion", "presetdb")}, torch.cuda.get_device_name())' | tee "$OUT/versions.txt"
 python3 -P -m presetdb platform | tee "$OUT/platform.txt"
-if [[ " $steps " == *" probe "* ]]; then  # why 2 held-out softmax shapes fail to bind on the GPU
-  timeout 60 python3 -P benchmarks/gpu/softmax_bind_probe.py "$OUT/probe" > "$OUT/probe.log" 2>&1
-  echo "softmax_bind_probe exit $?"; tail -4 "$OUT/probe.log" | cut -c1-300; pack
+if [[ " $steps " == *" probe "* ]]; then  # where one held-out shape's time goes
+  key=${PROBE_KEY:-'{"dtype": "bfloat16", "n": 256000, "num_rows": 4096}'}
+  timeout ${PROBE_TIMEOUT:-300} python3 -P benchmarks/gpu/large_shape_probe.py "$OUT/probe" "${PROBE_KERNEL:-softmax}" "$key" \
+    > "$OUT/probe.log" 2>&1
+  echo "large_shape_probe exit $?"; tail -8 "$OUT/probe.log" | cut -c1-300; pack
 fi
 if [[ " $steps " == *" dispatch "* ]]; then
   timeout 110 python3 -P benchmarks/bench_dispatch.py --out "$OUT/dispatch" > "$OUT/dispatch.log" 2>&1

@@ -17,9 +17,9 @@ start=$(date +%s)
 for attempt in 1 2 3; do
   left=$(( ${DEADLINE_S:-330} - ($(date +%s) - start) ))
   [ "$left" -le 30 ] && break
-  [ -f "$out/seed_eval_v2.json" ] && resume+=(--resume "$out/seed_eval_v2.json")
+  again=(); [ -f "$out/seed_eval_v2.json" ] && again=(--resume "$out/seed_eval_v2.json")
   timeout $(( left + 230 )) python3 -P benchmarks/gpu/seed_eval_v2.py --out "$out" --part "$part" --sections "$sections" \
-    --deadline "$left" "${resume[@]}" "$@" >> "$out/seed_eval_v2.${part/\//of}.log" 2>&1
+    --deadline "$left" "${resume[@]}" "${again[@]}" "$@" >> "$out/seed_eval_v2.${part/\//of}.log" 2>&1
   rc=$?; echo "seed_eval_v2 attempt $attempt exit $rc"
   [ "$rc" -ne 4 ] && break
 done

@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts (python -P drops it)
 import seed_eval_v2_e2e as e2e
-from coverage_eval import HUNG, spaced, start_watchdog
+from coverage_eval import HUNG, hard_limit, in_progress, shape_id, spaced, unfinished
 from seed_eval_v2_report import KERNELS, MATMUL_MIN_M, summarize, write
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,10 +65,6 @@ def parse_part(text: str) -> tuple[int, int]:
     if not 1 <= i <= n:
         raise argparse.ArgumentTypeError(f"--part {text!r}: need 1 <= i <= n")
     return i, n
-
-
-def key_id(kernel: str, key: dict[str, Any]) -> str:
-    return f"{kernel} {json.dumps(key, sort_keys=True)}"
 
 
 def options(argv: list[str] | None = None) -> argparse.Namespace:
@@ -208,12 +204,10 @@ def load_resumed(paths: list[Path], device: str, digest: str) -> dict[str, Any]:
                 raise SystemExit(f"--resume {path}: {field} is {earlier.get(field)!r}, this run's is {mine!r}; "
                                  "results of another device or db cannot be combined")
         for row in earlier.get("rows", []):
-            rows[key_id(row["kernel"], row["key"])] = row
-        hung = earlier.get("in_progress")
-        if hung and hung["id"] not in rows:  # its process ended while it ran: not tried again
-            rows[hung["id"]] = {"kernel": hung["kernel"], "key": hung["key"], "error": (
-                f"did not finish: the process ended {hung['limit_seconds']:g} s or less after the shape started "
-                "(the watchdog, or the call's time limit); not retried")}
+            rows[shape_id(row["kernel"], row["key"])] = row
+        note = earlier.get("in_progress")
+        if note and note["shape"] not in rows:
+            rows[note["shape"]] = unfinished(note)
         if earlier.get("e2e", {}).get("rows"):
             e2e = earlier["e2e"]
         calls += [c for c in earlier.get("calls", []) if c not in calls]
@@ -306,20 +300,18 @@ def main(argv: list[str] | None = None) -> int:
     e2e_reserve = e2e.RESERVE_S if "e2e" in opts.sections and opts.device == "cuda" else 0.0
     for name in KERNELS:
         for key in todo[name]:
-            ident = key_id(name, key)
+            ident = shape_id(name, key)
             if ident in kept:
                 continue  # measured by an earlier call
             if left() < SHAPE_RESERVE_S + e2e_reserve:
                 result["skipped"].append(ident)
                 continue
-            save_progress(result, rows, opts.out, {"id": ident, "kernel": name, "key": key,
-                                                   "limit_seconds": opts.shape_hard_limit})
-            watchdog = start_watchdog(opts.shape_hard_limit, ident)
+            save_progress(result, rows, opts.out, in_progress(name, key, opts.shape_hard_limit))
             try:
-                row = measure_shape(name, key, opts, timer)
+                with hard_limit(opts.shape_hard_limit, ident):
+                    row = measure_shape(name, key, opts, timer)
             except Exception as exc:  # noqa: BLE001  (one shape's failure is recorded, not fatal)
                 row = {"kernel": name, "key": key, "error": f"{type(exc).__name__}: {exc}"[:500]}
-            watchdog.cancel()
             rows[ident] = row
             save_progress(result, rows, opts.out)
             print(f"{ident}: " + (row.get("error") or f"{row['match']} ({row['served']}) "
@@ -327,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                                   f"check {row['check'][:40]}"), flush=True)
     # chosen shapes no call has measured yet (skipped at a deadline, or in a part not run): run
     # again with --resume of this file (the same --part, or 1/1 for all of them) to add them
-    result["not_measured"] = [key_id(k, key) for k in KERNELS for key in chosen[k] if key_id(k, key) not in rows]
+    result["not_measured"] = [shape_id(k, key) for k in KERNELS for key in chosen[k] if shape_id(k, key) not in rows]
     result["rows"] = sorted(rows.values(), key=lambda r: (KERNELS.index(r["kernel"]), json.dumps(r["key"], sort_keys=True)))
     if "e2e" in opts.sections:
         if left() < 20:
