@@ -159,6 +159,69 @@ def test_tune_cli_warm_starts_from_db_unless_told_not_to(tmp_path: Path) -> None
     assert tried[0] > tried[1]  # the stored neighbours were tried on top of the sample
 
 
+
+def test_seed_configs_file_is_tried_in_every_search_after_the_warm_start(tmp_path: Path) -> None:
+    db, _, _ = _stored_db(tmp_path)
+    rk = get_kernel("rms_norm")
+    own = {"block_sizes": [2], "reduction_loops": [None], "num_warps": 2, "num_stages": 1}
+    seeds_file = tmp_path / "seeds.json"
+    seeds_file.write_text(json.dumps({"configs": [own]}))
+    seeds = tuning.load_seed_configs(seeds_file, rk, NEW)
+    assert seeds == [own]
+
+    seen: list[Any] = []
+    inner = tuning.sample_search(count=2, timer=tuning.cpu_timer(1))
+
+    def search(request: tuning.SearchRequest) -> tuning.SearchOutcome:
+        seen.append([dict(c) for c in request.plain.bind(request.args).settings.autotune_seed_configs or ()])
+        return inner(request)
+
+    neighbours = tuning.stored_neighbours(rk, "cpu", db=db)
+    tuner = tuning.Tuner(
+        rk, tmp_path / "seeded.json", search=search, timer=tuning.cpu_timer(1), device="cpu",
+        seed=12, progress=False, warm_start=neighbours, seed_configs=seeds,
+    )
+    assert tuner.run([NEW, NEAR]).done == 2
+    assert seen[0] == [*neighbours(NEW), own] and seen[1][-1] == own  # every shape, after the warm start
+    # a seed equal to a neighbour's config is tried once
+    tuner.seed_configs = [neighbours(NEW)[0]]
+    assert tuner.seeds_for(NEW) == neighbours(NEW)
+
+
+def test_tune_cli_seed_configs_are_tried_and_bad_ones_refused_before_any_work(tmp_path: Path) -> None:
+    base = ["tune", "rms_norm", "--grid", "dtype=float32;hidden=128;num_tokens=4", "--device", "cpu",
+            "--search", "sample", "--no-warm-start"]
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([{"block_sizes": [2], "num_warps": 2}, {"block_sizes": [1], "num_warps": 1}]))
+    seeded = CliRunner().invoke(app, [*base, "--seed-configs", str(good), "--out", str(tmp_path / "s.json")])
+    assert seeded.exit_code == 0, seeded.output
+    plain = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "p.json")])
+    assert plain.exit_code == 0, plain.output
+    tried = [load(tmp_path / f)["entries"][0]["configs_tried"] for f in ("s.json", "p.json")]
+    assert tried[0] == tried[1] + 2
+
+    cases = {
+        "warps.json": ([{"block_sizes": [2]}, {"block_sizes": [2], "num_warps": 3}], ["entry 1", "num_warps must be a power of two"]),
+        "shape.json": ([{"block_sizes": [1, 2, 3, 4, 5]}], ["entry 0", "is invalid for shape key"]),
+        "list.json": ([], ["non-empty JSON array of configs"]),
+        "item.json": (["num_warps=2"], ["entry 0 is str"]),
+    }
+    for name, (content, expected) in cases.items():
+        bad = tmp_path / name
+        bad.write_text(json.dumps(content))
+        out = tmp_path / f"{name}.out.json"
+        result = CliRunner().invoke(app, [*base, "--seed-configs", str(bad), "--out", str(out)])
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2, (name, result.output)
+        assert str(bad) in text.replace(" ", "") or name in text, text
+        assert all(e in text for e in expected), (name, text)
+        assert not out.exists()  # refused before any work
+    broken = tmp_path / "broken.json"
+    broken.write_text("[{")
+    result = CliRunner().invoke(app, [*base, "--seed-configs", str(broken), "--out", str(tmp_path / "b.json")])
+    assert result.exit_code == 2 and "not JSON" in result.output
+
+
 # ---------------------------------------------------------------- timing
 
 
@@ -233,3 +296,16 @@ def test_results_file_refuses_another_effort_and_keeps_the_run_on_resume(tmp_pat
     other = farm.ResultsFile(path, kernel=kernel, platform="cpu", run={"autotune_effort": "full"}, resume_same=("autotune_effort",))
     with pytest.raises(tuning.TuneError, match="autotune_effort 'quick'"):
         other.open()
+
+
+def test_committed_seed_configs_fit_every_key_they_seed() -> None:
+    """benchmarks/shapes/seed_configs_v2_<kernel>.json (run_search_refine.sh passes it to
+    `presetdb tune --seed-configs`) is valid for each key of the search it seeds."""
+    files = sorted((ROOT / "benchmarks" / "shapes").glob("seed_configs_v2_*.json"))
+    assert files, "benchmarks/shapes/seed_configs_v2_matmul.json is gone"
+    for path in files:
+        kernel = path.stem.removeprefix("seed_configs_v2_")
+        rk = get_kernel(kernel)
+        for key in tuning.load_shapes(ROOT / "benchmarks" / "shapes" / f"search_v2_{kernel}.json"):
+            configs = tuning.load_seed_configs(path, rk, key)
+            assert len({json.dumps(c, sort_keys=True) for c in configs}) == len(configs) >= 2

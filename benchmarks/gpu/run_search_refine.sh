@@ -2,7 +2,8 @@
 # Seed presets v2 for a kernel whose stored configs do not fit part of its grid (issue
 # [seed-v2]; softmax: no stored config was tuned for rows longer than 8,192): one GPU call
 #   1. a warm-started quick search (`presetdb tune --timing graph`) of
-#      benchmarks/shapes/search_v2_KERNEL.json, a subset of the tuning grid;
+#      benchmarks/shapes/search_v2_KERNEL.json, a subset of the tuning grid, also seeded with
+#      benchmarks/shapes/seed_configs_v2_KERNEL.json where that exists (--seed-configs);
 #   2. its results imported into a copy of the shipped db;
 #   3. `presetdb refine` of the whole grid (benchmarks/shapes/tune_v2_KERNEL.json, or the
 #      same keys in benchmarks/shapes/refine_order_v2_KERNEL.json's order where that exists,
@@ -28,8 +29,9 @@ for f in tune refine; do [ -f "$dir/${f}_$k.json" ] && cp "$dir/${f}_$k.json" "$
 cp "$(python3 -P -c 'from presetdb.store.default_db import embedded_path; print(embedded_path())')" "$out/candidates.db"
 
 echo "== search $k (${search_deadline}s)"
+seeds=(); [ -f "benchmarks/shapes/seed_configs_v2_$k.json" ] && seeds=(--seed-configs "benchmarks/shapes/seed_configs_v2_$k.json")
 timeout -s INT "$search_deadline" python3 -P -m presetdb tune "$k" --shapes "benchmarks/shapes/search_v2_$k.json" \
-  --effort quick --budget-seconds "${SEARCH_BUDGET:-40}" --seed 1234 --timing graph --warm-start \
+  --effort quick --budget-seconds "${SEARCH_BUDGET:-40}" --seed 1234 --timing graph --warm-start "${seeds[@]}" \
   --db "$out/candidates.db" --out "$out/tune_$k.json" > "$out/tune_$k.log" 2>&1
 echo "tune $k exit $?"; grep -v '━' "$out/tune_$k.log" | tail -4; pack
 

@@ -345,6 +345,14 @@ def tune_cmd(
             help="Seed Helion's search with the stored configs of the nearest keys and the key's current preset.",
         ),
     ] = True,
+    seed_configs: Annotated[
+        Path | None,
+        typer.Option(
+            "--seed-configs", show_default=False,
+            help="JSON array of configs to try first in every shape's search (after the warm start's), "
+            "e.g. known-good tile shapes for this GPU family; checked against the kernel before any work.",
+        ),
+    ] = None,
     db: Annotated[
         str | None,
         typer.Option(
@@ -443,6 +451,8 @@ def tune_cmd(
             executor=runner,
             console=err_console,
         )
+        if seed_configs is not None:
+            tuner.seed_configs = tuning.load_seed_configs(seed_configs, tuner.rk, keys[0])
         if warm_start:
             tuner.warm_start = tuning.stored_neighbours(tuner.rk, tuner.platform_name(), db=source)
         summary = tuner.run(keys)

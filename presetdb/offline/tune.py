@@ -15,7 +15,9 @@ each run, host launch included). The method is recorded per row (``benchmark_met
 
 Warm start: the tuner can hand Helion's search the stored configs of the nearest keys
 and the key's current preset (`stored_neighbours`) as ``autotune_seed_configs``: tried
-first, without narrowing the search space.
+first, without narrowing the search space. ``--seed-configs FILE`` adds configs of your
+own to every shape's seeds (`load_seed_configs`), e.g. tile shapes known to suit a GPU
+family that no stored key has yet.
 
 The per-shape work is `ShapeTuner` (picklable: it runs in this process or in a Ray worker,
 see `presetdb.offline.farm`). The results file (presetdb-results/1) is rewritten
@@ -87,6 +89,7 @@ __all__ = [
     "flush_timer",
     "graph_timer",
     "helion_search",
+    "load_seed_configs",
     "load_shapes",
     "parse_grid",
     "plain_kernel",
@@ -141,6 +144,34 @@ def load_shapes(path: Path) -> list[dict[str, Any]]:
     return data
 
 
+def load_seed_configs(path: Path, rk: Any, key: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`presetdb tune --seed-configs`: configs to try first in every shape's search (e.g.
+    known-good tile shapes for a GPU family), as a JSON array of config objects or
+    ``{"configs": [...]}``. Each is checked against the kernel's ConfigSpec for `key` (the
+    run's first shape) before any work starts; a config that does not fit some other shape
+    is skipped there by Helion's search, which logs it."""
+    from presetdb.errors import InvalidConfigError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TuneError(f"--seed-configs {path}: cannot read it: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise TuneError(f"--seed-configs {path}: not JSON (line {exc.lineno}: {exc.msg})") from None
+    if isinstance(data, dict) and "configs" in data:
+        data = data["configs"]
+    if not isinstance(data, list) or not data:
+        raise TuneError(f'--seed-configs {path}: expected a non-empty JSON array of configs, e.g. [{{"num_warps": 4}}]')
+    configs = []
+    for i, config in enumerate(data):
+        if not isinstance(config, dict):
+            raise TuneError(f"--seed-configs {path}: entry {i} is {type(config).__name__}, not a config object")
+        try:
+            rk.validate_config(config, dict(key))
+        except InvalidConfigError as exc:
+            raise TuneError(f"--seed-configs {path}: entry {i}: {exc}") from None
+        configs.append(dict(config))
+    return configs
 
 
 # ---------------------------------------------------------------- search and timing
@@ -475,6 +506,7 @@ class Tuner:
         runners_up: int = 3,
         check: bool = True,
         warm_start: Callable[[dict[str, Any]], Sequence[Mapping[str, Any]]] | None = None,
+        seed_configs: Sequence[Mapping[str, Any]] = (),
         executor: LocalExecutor | RayExecutor | None = None,
         console: Console | None = None,
         progress: bool = True,
@@ -512,6 +544,7 @@ class Tuner:
         self.runners_up = runners_up
         self.check = check
         self.warm_start = warm_start
+        self.seed_configs = [dict(c) for c in seed_configs]  # tried in every shape's search
         self.executor = executor or LocalExecutor(device)
         self.console = console or Console(stderr=True)
         self.progress = progress
@@ -559,10 +592,18 @@ class Tuner:
             check=self.check,
         )
 
+    def seeds_for(self, key: dict[str, Any]) -> list[dict[str, Any]]:
+        """The configs Helion's search of `key` tries first: the warm start's (the key's
+        preset and its stored neighbours'), then --seed-configs, each once."""
+        seeds: list[dict[str, Any]] = []
+        for config in [*(self.warm_start(key) if self.warm_start else ()), *self.seed_configs]:
+            if dict(config) not in seeds:
+                seeds.append(dict(config))
+        return seeds
+
     def tune_shape(self, key: dict[str, Any]) -> dict[str, Any]:
         """One shape in this process (no file): the entry, without provenance."""
-        seeds = self.warm_start(key) if self.warm_start else ()
-        return self.work().tune(self.rk, dict(key), seeds)
+        return self.work().tune(self.rk, dict(key), self.seeds_for(key))
 
     def run(self, shapes: Sequence[Mapping[str, Any]]) -> TuneSummary:
         keys = []
@@ -581,7 +622,7 @@ class Tuner:
                 self.work(),
                 out=out,
                 executor=self.executor,
-                configs_for=self.warm_start,
+                configs_for=self.seeds_for,
                 console=self.console,
                 progress=self.progress,
                 describe=describe_entry,
