@@ -5,6 +5,7 @@ hook to keys that `presetdb tune --shapes` reads."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +262,8 @@ def test_refine_orders_are_the_tuning_grid_reordered() -> None:
     pairs = {(k["n"], k["k"]) for k in matmul}
     first = matmul[: 2 * len(pairs)]  # every (n, k) pair at m = 16 and m = 1024
     assert {(k["n"], k["k"], k["m"]) for k in first} == {(n, kk, m) for n, kk in pairs for m in (16, 1024)}
+    ladder = (1, 4, 16, 64, 256, 1024, 4096)  # then every pair on a x4 ladder of m
+    head = matmul[: len(ladder) * len(pairs)]
+    assert {(k["n"], k["k"], k["m"]) for k in head} == {(n, kk, m) for n, kk in pairs for m in ladder}
+    # ... so every m of the grid is within the far limit (a factor of 2) of a refined m
+    assert all(min(abs(math.log2(k["m"] / m)) for m in ladder) <= 1 for k in matmul)
