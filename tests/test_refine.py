@@ -119,6 +119,28 @@ def test_k_limits_the_stored_configs_to_the_nearest(rk: Any, stored_db: Path, tm
     assert [r["latency_ms"] for r in entry["runners_up"]] == [4.0]
 
 
+def test_candidates_from_another_platform_are_timed_for_this_one(rk: Any, stored_db: Path, tmp_path: Path) -> None:
+    """--candidates-from: one GPU's presets as the candidates of another (an H200 refining
+    with the H100's); the rows are this platform's, the provenance names where they came from."""
+    own = tmp_path / "own.json"
+    timer = TableTimer()
+    refining.Refiner(rk, own, db=stored_db, timer=timer, device="cpu", platform="nvidia_h200", progress=False).run([SHAPE])
+    (entry,) = load(own)["entries"]  # nothing stored for nvidia_h200: Helion's default only
+    assert entry["configs_tried"] == 1 and {o for _, o in timer.calls} == {"helion-default", "reference"}
+
+    borrowed = tmp_path / "borrowed.json"
+    timer = TableTimer()
+    refining.Refiner(
+        rk, borrowed, db=stored_db, timer=timer, device="cpu", platform="nvidia_h200", candidates_from="cpu",
+        progress=False,
+    ).run([SHAPE])
+    doc = load(borrowed)
+    (entry,) = doc["entries"]
+    assert doc["platform"] == "nvidia_h200" and entry["configs_tried"] == 4
+    assert entry["config"] == rk.validate_config(CONFIGS[canonical_key(FAR)], SHAPE)
+    assert doc["run"]["benchmark_method"].startswith("refine: the 8 nearest stored configs (rms_norm on cpu, stored.db)")
+
+
 def test_refine_shape_is_callable_with_plain_data(rk: Any) -> None:
     """What a Ray worker gets: a kernel name, a key and candidate configs."""
     candidates = [refining.Candidate(CONFIGS[canonical_key(MIDDLE)], canonical_key(MIDDLE))]

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Seed presets v2 on a GPU (issue [seed-v2]): refine the v2 tuning grids
-# (benchmarks/shapes/tune_v2_<kernel>.json) with graph timing. Resumable: earlier partial
+# (benchmarks/shapes/tune_v2_<kernel>.json, in refine_order_v2_<kernel>.json's order where
+# that exists) with graph timing. Resumable: earlier partial
 # results in $CARRY_DIR (default benchmarks/results/<device>/seed_v2) are copied in first and
 # `presetdb refine` skips finished shapes. Stops starting work after DEADLINE_S seconds.
 #   bash benchmarks/gpu/run_seed_v2.sh DEVICE_DIR DEADLINE_S [KERNEL...]
+# CANDIDATES_FROM=PLATFORM times that platform's stored configs instead of the GPU's own
+# (`presetdb refine --candidates-from`; e.g. nvidia_h100 on an H200: the same SM 9.0
+# architecture, and the H100's presets are the v2 ones, refined with graph timing).
 set -uo pipefail
 dir=$1; deadline=$2; shift 2
 kernels=${*:-rms_norm silu_mul softmax matmul}
@@ -16,8 +20,9 @@ for k in $kernels; do
   left=$(( deadline - ($(date +%s) - start) ))
   [ "$left" -le 20 ] && { echo "deadline: skipping $k"; continue; }
   echo "== $k (${left}s left)"
-  timeout -s INT "$left" python3 -P -m presetdb refine "$k" --shapes "benchmarks/shapes/tune_v2_$k.json" --k 8 \
-    --timing graph --out "$out/refine_$k.json" > "$out/refine_$k.log" 2>&1
+  grid="benchmarks/shapes/tune_v2_$k.json"; [ -f "benchmarks/shapes/refine_order_v2_$k.json" ] && grid="benchmarks/shapes/refine_order_v2_$k.json"
+  timeout -s INT "$left" python3 -P -m presetdb refine "$k" --shapes "$grid" --k 8 \
+    ${CANDIDATES_FROM:+--candidates-from "$CANDIDATES_FROM"} --timing graph --out "$out/refine_$k.json" > "$out/refine_$k.log" 2>&1
   echo "refine $k exit $?"; grep -v '━' "$out/refine_$k.log" | tail -3
 done
 tar czf "$FINAL/seed_v2.tgz" -C "$FINAL" seed_v2 && rm -rf "$out"
