@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Seed presets v2 on a GPU (issue [seed-v2]): refine the v2 tuning grids
 # (benchmarks/shapes/tune_v2_<kernel>.json, in refine_order_v2_<kernel>.json's order where
-# that exists) with graph timing. Resumable: earlier partial
-# results in $CARRY_DIR (default benchmarks/results/<device>/seed_v2) are copied in first and
+# that exists) with graph timing. Resumable: earlier partial results in DEVICE_DIR
+# (refine_KERNEL.json, e.g. benchmarks/results/nvidia_h200/seed_v2) are copied in first and
 # `presetdb refine` skips finished shapes. Stops starting work after DEADLINE_S seconds.
 #   bash benchmarks/gpu/run_seed_v2.sh DEVICE_DIR DEADLINE_S [KERNEL...]
 # CANDIDATES_FROM=PLATFORM times that platform's stored configs instead of the GPU's own
