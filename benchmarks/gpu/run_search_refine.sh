@@ -25,6 +25,7 @@ out="$FINAL/seed_v2"; mkdir -p "$out"
 # long (every stored softmax config; Helion's own default for such rows loops) is the likely
 # cost, not yet measured apart: the tune/refine logs of this script's first run will say.
 export PYTHONUNBUFFERED=1 HELION_AUTOTUNE_BENCHMARK_SUBPROCESS=0 HELION_AUTOTUNE_COMPILE_TIMEOUT=${COMPILE_TIMEOUT:-20}
+stamp=$(date -u +%Y%m%dT%H%MZ)  # one log per call: a resumed run keeps the earlier calls' logs
 pack() { tar czf "$FINAL/seed_v2.tgz" --exclude='candidates.db' -C "$FINAL" seed_v2; }
 for f in tune refine; do [ -f "$dir/${f}_$k.json" ] && cp "$dir/${f}_$k.json" "$out/${f}_$k.json"; done
 cp "$(python3 -P -c 'from presetdb.store.default_db import embedded_path; print(embedded_path())')" "$out/candidates.db"
@@ -33,13 +34,13 @@ echo "== search $k (${search_deadline}s)"
 seeds=(); [ -f "benchmarks/shapes/seed_configs_v2_$k.json" ] && seeds=(--seed-configs "benchmarks/shapes/seed_configs_v2_$k.json")
 timeout -s INT "$search_deadline" python3 -P -m presetdb tune "$k" --shapes "benchmarks/shapes/search_v2_$k.json" \
   --effort quick --budget-seconds "${SEARCH_BUDGET:-40}" --seed 1234 --timing graph --warm-start "${seeds[@]}" \
-  --db "$out/candidates.db" --out "$out/tune_$k.json" > "$out/tune_$k.log" 2>&1
-echo "tune $k exit $?"; grep -v '━' "$out/tune_$k.log" | tail -4; pack
+  --db "$out/candidates.db" --out "$out/tune_$k.json" > "$out/tune_$k.$stamp.log" 2>&1
+echo "tune $k exit $?"; grep -v '━' "$out/tune_$k.$stamp.log" | tail -4; pack
 
 [ -f "$out/tune_$k.json" ] && python3 -P -m presetdb import "$out/tune_$k.json" --db "$out/candidates.db" 2>&1 | tail -1
 echo "== refine $k (${refine_deadline}s)"
 grid="benchmarks/shapes/tune_v2_$k.json"; [ -f "benchmarks/shapes/refine_order_v2_$k.json" ] && grid="benchmarks/shapes/refine_order_v2_$k.json"
 timeout -s INT "$refine_deadline" python3 -P -m presetdb refine "$k" --shapes "$grid" \
-  --k 8 ${CANDIDATES_FROM:+--candidates-from "$CANDIDATES_FROM"} --timing graph --db "$out/candidates.db" --out "$out/refine_$k.json" > "$out/refine_$k.log" 2>&1
-echo "refine $k exit $?"; grep -v '━' "$out/refine_$k.log" | tail -3
+  --k 8 ${CANDIDATES_FROM:+--candidates-from "$CANDIDATES_FROM"} --timing graph --db "$out/candidates.db" --out "$out/refine_$k.json" > "$out/refine_$k.$stamp.log" 2>&1
+echo "refine $k exit $?"; grep -v '━' "$out/refine_$k.$stamp.log" | tail -3
 pack; rm -rf "$out"

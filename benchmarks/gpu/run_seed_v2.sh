@@ -15,6 +15,7 @@ FINAL=${OUT:-out}
 out="$FINAL/seed_v2"; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
+stamp=$(date -u +%Y%m%dT%H%MZ)  # one log per call: a resumed run keeps the earlier calls' logs
 for k in $kernels; do
   [ -f "$dir/refine_$k.json" ] && cp "$dir/refine_$k.json" "$out/refine_$k.json"
   left=$(( deadline - ($(date +%s) - start) ))
@@ -22,7 +23,7 @@ for k in $kernels; do
   echo "== $k (${left}s left)"
   grid="benchmarks/shapes/tune_v2_$k.json"; [ -f "benchmarks/shapes/refine_order_v2_$k.json" ] && grid="benchmarks/shapes/refine_order_v2_$k.json"
   timeout -s INT "$left" python3 -P -m presetdb refine "$k" --shapes "$grid" --k 8 \
-    ${CANDIDATES_FROM:+--candidates-from "$CANDIDATES_FROM"} --timing graph --out "$out/refine_$k.json" > "$out/refine_$k.log" 2>&1
-  echo "refine $k exit $?"; grep -v '━' "$out/refine_$k.log" | tail -3
+    ${CANDIDATES_FROM:+--candidates-from "$CANDIDATES_FROM"} --timing graph --out "$out/refine_$k.json" > "$out/refine_$k.$stamp.log" 2>&1
+  echo "refine $k exit $?"; grep -v '━' "$out/refine_$k.$stamp.log" | tail -3
 done
 tar czf "$FINAL/seed_v2.tgz" -C "$FINAL" seed_v2 && rm -rf "$out"
