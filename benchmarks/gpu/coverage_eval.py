@@ -52,6 +52,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from presetdb._util import write_atomic  # stdlib only: safe before the env is set
+
 ROOT = Path(__file__).resolve().parents[2]
 KERNELS = ("rms_norm", "silu_mul", "softmax", "matmul")
 POLICIES = ("nearest", "default", "rerank")
@@ -173,24 +175,22 @@ def main() -> int:
             result["in_progress"] = in_progress(name, key, opts.shape_hard_limit)
             write(result, opts.out, quiet=True)
             t0 = time.perf_counter()
-            failure: tuple[Exception, str] | None = None
             try:
-                with hard_limit(opts.shape_hard_limit, shape_id(name, key)):
-                    candidates: list[Candidate] = []
-                    if choice is not None:
-                        served = rk.validate_config(dict(choice.config), key)
-                        candidates.append(Candidate(served, f"served:{choice.platform}:{choice.preset.shape_key}"))
-                    candidates += distinct_nearest(picker.neighbours(name, rk.key_spec, features), opts.k)
-                    candidates = distinct_nearest(((c.origin, c.config) for c in candidates), opts.k + 1)
-                    ranked = refine_shape(rk, key, candidates, device=opts.device, timing="graph", check=True,
-                                          deadline=time.perf_counter() + opts.shape_budget)
+                try:
+                    with hard_limit(opts.shape_hard_limit, shape_id(name, key)):
+                        candidates: list[Candidate] = []
+                        if choice is not None:
+                            served = rk.validate_config(dict(choice.config), key)
+                            candidates.append(Candidate(served, f"served:{choice.platform}:{choice.preset.shape_key}"))
+                        candidates += distinct_nearest(picker.neighbours(name, rk.key_spec, features), opts.k)
+                        candidates = distinct_nearest(((c.origin, c.config) for c in candidates), opts.k + 1)
+                        ranked = refine_shape(rk, key, candidates, device=opts.device, timing="graph", check=True,
+                                              deadline=time.perf_counter() + opts.shape_budget)
+                finally:
+                    del result["in_progress"]  # finished or failed: no longer "did not finish"
             except Exception as exc:  # noqa: BLE001  (one shape's failure is recorded, not fatal)
-                failure = (exc, traceback.format_exc())
-            del result["in_progress"]
-            if failure is not None:
-                exc, trace = failure
                 result["rows"].append({"kernel": name, "key": key, "error": f"{type(exc).__name__}: {exc}"[:500],
-                                       "traceback_tail": trace[-2500:]})
+                                       "traceback_tail": traceback.format_exc()[-2500:]})
                 print(f"{name} {json.dumps(key)}: FAILED {exc}", flush=True)
                 if opts.device == "cuda" and not context_ok(torch):
                     # a failed CUDA-graph capture can leave the context unusable: stop here;
@@ -317,10 +317,7 @@ def context_ok(torch: Any) -> bool:
 
 
 def write(result: dict[str, Any], out: Path, quiet: bool = False) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "coverage_eval.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    tmp.replace(out / "coverage_eval.json")
+    write_atomic(out / "coverage_eval.json", json.dumps(result, indent=1, default=str))
     if quiet:
         return
     rows = [r for r in result["rows"] if "error" not in r]

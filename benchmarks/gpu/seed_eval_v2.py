@@ -52,6 +52,8 @@ import seed_eval_v2_e2e as e2e
 from coverage_eval import HUNG, hard_limit, in_progress, shape_id, spaced, unfinished
 from seed_eval_v2_report import KERNELS, MATMUL_MIN_M, summarize, write
 
+from presetdb._util import write_atomic
+
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("heldout", "e2e")
 SHAPE_RESERVE_S = 25.0  # do not start a shape with less time than this left
@@ -219,10 +221,7 @@ def save_progress(result: dict[str, Any], rows: dict[str, dict[str, Any]], out: 
     """The results so far (rows; no summary yet), rewritten before and after every shape, so
     that a call cut short keeps its finished shapes for --resume and names the one it was in."""
     doc = {**result, "rows": list(rows.values()), **({"in_progress": in_progress} if in_progress else {})}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "seed_eval_v2.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    tmp.replace(out / "seed_eval_v2.json")
+    write_atomic(out / "seed_eval_v2.json", json.dumps(doc, indent=1, default=str) + "\n")
 
 
 def versions() -> dict[str, str]:

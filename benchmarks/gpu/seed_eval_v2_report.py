@@ -9,6 +9,8 @@ from typing import Any
 
 from coverage_eval import geomean
 
+from presetdb._util import write_atomic
+
 KERNELS = ("rms_norm", "silu_mul", "softmax", "matmul")
 # The targets (held-out shapes, CUDA-graph timing, ratios from one run).
 TARGET_VS_DEFAULT = 0.95
@@ -103,8 +105,7 @@ def _key_text(key: dict[str, Any]) -> str:
 
 
 def write(result: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "seed_eval_v2.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    write_atomic(out / "seed_eval_v2.json", json.dumps(result, indent=1, default=str) + "\n")  # replaces the progress file
     s = result["summary"]
     lines = [f"# Seed presets v2 on held-out shapes: {result['device']} ({result['platform']})", "",
              (f"torch {result['torch']}, triton {result['triton']}, helion {result['helion']}, "
