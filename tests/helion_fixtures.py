@@ -138,6 +138,22 @@ def settle() -> None:
         picker_module._picker.flush_misses()
 
 
+def recorded_misses(overlay: Path, kernel: str) -> dict[str, Any]:
+    """The miss counts of `kernel` in the user overlay, by features, after a flush. The
+    ledger's thread writes the counts every FLUSH_SECONDS, so a test that runs slow calls
+    (interpreted compiles) reads them here, where every count lands, not in the pending
+    counts, which such a flush may already have emptied."""
+    from presetdb.store.repository import Repository
+
+    settle()
+    store = migrate.open_store(overlay, "ro")
+    try:
+        with store.read() as session:
+            return {m.features: m for m in Repository(session).misses(kernel)}
+    finally:
+        store.dispose()
+
+
 def set_policy(monkeypatch: pytest.MonkeyPatch, policy: str) -> None:
     from presetdb.runtime.picker import reset_picker
 

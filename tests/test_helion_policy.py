@@ -20,6 +20,7 @@ from helion_fixtures import (
     candidate_search,
     install_interpreter_shims,
     preset_store_fixture,  # noqa: F401  (provides the preset_store fixture)
+    recorded_misses,
     require_interpreter,
     set_policy,
 )
@@ -38,7 +39,7 @@ from presetdb.helion.hooks import (
     set_autotune_search,
 )
 from presetdb.helion.registry import get_kernel
-from presetdb.runtime.picker import get_picker, reset_picker
+from presetdb.runtime.picker import reset_picker
 
 RMS = "rms_norm"
 STORED_KEY = {"dtype": "float32", "hidden": 16, "num_tokens": 8}
@@ -72,7 +73,7 @@ def test_default_policy_warns_once_per_key_and_counts_misses(preset_store) -> No
     assert_close(out, rk.reference(a, wa, 1e-6), torch.float16)
     bound = rk.bound(a, wa, 1e-6)
     assert bound._config == bound.config_spec.default_config()  # Helion's default, per specialization
-    counts = {m.features: m.count for m in get_picker().pending_misses()}
+    counts = {f: m.count for f, m in recorded_misses(preset_store.overlay, RMS).items()}
     assert counts == {
         '{"dtype":"float16","hidden":16,"num_tokens":3}': 3,
         '{"dtype":"float16","hidden":16,"num_tokens":5}': 1,
