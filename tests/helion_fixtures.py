@@ -143,15 +143,10 @@ def recorded_misses(overlay: Path, kernel: str) -> dict[str, Any]:
     ledger's thread writes the counts every FLUSH_SECONDS, so a test that runs slow calls
     (interpreted compiles) reads them here, where every count lands, not in the pending
     counts, which such a flush may already have emptied."""
-    from presetdb.store.repository import Repository
+    from picker_fixtures import read_repository
 
     settle()
-    store = migrate.open_store(overlay, "ro")
-    try:
-        with store.read() as session:
-            return {m.features: m for m in Repository(session).misses(kernel)}
-    finally:
-        store.dispose()
+    return {m.features: m for m in read_repository(overlay, lambda repo: repo.misses(kernel))}
 
 
 def set_policy(monkeypatch: pytest.MonkeyPatch, policy: str) -> None:

@@ -9,11 +9,11 @@ opened `immutable=1` as a deployment or default layer.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from presetdb.keys import KeySpec
 from presetdb.runtime.layers import Layer, open_immutable, open_overlay
@@ -21,6 +21,8 @@ from presetdb.runtime.picker import Picker
 from presetdb.runtime.platforms import DeviceInfo, resolve_platform
 from presetdb.store import migrate
 from presetdb.store.repository import PresetInput, Repository
+
+T = TypeVar("T")
 
 H100, H200, B200, A100 = "nvidia_h100", "nvidia_h200", "nvidia_b200", "nvidia_a100"
 # What detect_device() reports on a machine without a GPU: the platform comes from elsewhere.
@@ -128,6 +130,17 @@ def to_rollback_journal(path: Path) -> None:
         conn.execute("PRAGMA journal_mode=DELETE")
     finally:
         conn.close()
+
+
+def read_repository(path: Path, read: Callable[[Repository], T]) -> T:
+    """`read(repository)` over a read-only connection to the db at `path` (e.g. what a
+    serving process's ledger wrote to its overlay)."""
+    store = migrate.open_store(path, "ro")
+    try:
+        with store.read() as session:
+            return read(Repository(session))
+    finally:
+        store.dispose()
 
 
 def write_presets(path: Path, presets: Iterable[P], **provenance: Any) -> None:

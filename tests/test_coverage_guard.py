@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from picker_fixtures import H100, RMS_SCHEMA, P, make_db, picker_factory, rms_key
+from picker_fixtures import H100, RMS_SCHEMA, P, make_db, picker_factory, read_repository, rms_key
 from test_picker import StatementCounter, engines_of
 from typer.testing import CliRunner
 
@@ -173,12 +173,7 @@ def test_pick_says_far_with_the_distance(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def _near_misses(path: Path) -> list[NearMissRecord]:
-    store = migrate.open_store(path, "ro")
-    try:
-        with store.read() as session:
-            return Repository(session).near_misses()
-    finally:
-        store.dispose()
+    return read_repository(path, Repository.near_misses)
 
 
 def test_near_misses_are_counted_without_sql_and_flushed(

@@ -27,6 +27,7 @@ require_interpreter()
 install_interpreter_shims()
 
 import torch
+from picker_fixtures import read_repository
 from test_picker import StatementCounter
 from typer.testing import CliRunner
 
@@ -86,12 +87,7 @@ def _call(rk: Any, rows: int, times: int = 1) -> list[str]:
 
 
 def _near_misses(path: Path) -> dict[str, Any]:
-    store = migrate.open_store(path, "ro")
-    try:
-        with store.read() as session:
-            return {r.requested_key: r for r in Repository(session).near_misses()}
-    finally:
-        store.dispose()
+    return {r.requested_key: r for r in read_repository(path, Repository.near_misses)}
 
 
 class OriginTimer:

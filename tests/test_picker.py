@@ -31,6 +31,7 @@ from picker_fixtures import (
     build,
     make_db,
     picker_factory,
+    read_repository,
     rms_key,
     schema,
 )
@@ -479,12 +480,7 @@ def engines_of(picker: Picker) -> list[Any]:
 
 
 def ledger(path: Path) -> list[Any]:
-    store = migrate.open_store(path, "ro")
-    try:
-        with store.read() as session:
-            return Repository(session).misses()
-    finally:
-        store.dispose()
+    return read_repository(path, Repository.misses)
 
 
 def test_misses_are_counted_in_memory_and_flushed_to_the_overlay(
