@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import presetdb.kernels  # noqa: F401  (registers the example kernels)
 from presetdb.cli import app
-from presetdb.keys import canonical_key
+from presetdb.helion.registry import get_kernel
+from presetdb.keys import KeyIndex, canonical_key, far_fields
 from presetdb.offline import models, shapes
 from presetdb.offline.tune import load_shapes
 
@@ -262,8 +264,21 @@ def test_refine_orders_are_the_tuning_grid_reordered() -> None:
     pairs = {(k["n"], k["k"]) for k in matmul}
     first = matmul[: 2 * len(pairs)]  # every (n, k) pair at m = 16 and m = 1024
     assert {(k["n"], k["k"], k["m"]) for k in first} == {(n, kk, m) for n, kk in pairs for m in (16, 1024)}
-    ladder = (1, 4, 16, 64, 256, 1024, 4096)  # then every pair on a x4 ladder of m
-    head = matmul[: len(ladder) * len(pairs)]
-    assert {(k["n"], k["k"], k["m"]) for k in head} == {(n, kk, m) for n, kk in pairs for m in ladder}
-    # ... so every m of the grid is within the far limit (a factor of 2) of a refined m
-    assert all(min(abs(math.log2(k["m"] / m)) for m in ladder) <= 1 for k in matmul)
+    # Then one m at a time for every pair, until every m from 1 to 8192 is served within
+    # the far limit under matmul's own matching (m is `ceil`): every power of two but 2 and
+    # 8192. Checked with the picker's index and limits, at every m, odd ones included.
+    ceil_ladder = (1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+    head = matmul[: len(ceil_ladder) * len(pairs)]
+    assert {(k["n"], k["k"], k["m"]) for k in head} == {(n, kk, m) for n, kk in pairs for m in ceil_ladder}
+    assert {k["m"] for k in matmul[len(head):]} == {2, 8192}
+    spec = get_kernel("matmul").key_spec
+    limits = spec.limits("matmul")
+    index = KeyIndex(spec, [(k, None) for k in head])
+    for n, kk in sorted(pairs):
+        for m in range(1, 8193):
+            found = index.match(("bfloat16", n, kk, m))
+            assert found is not None and not far_fields(found.distances, limits), (n, kk, m, found)
+    # A x4 ladder (1, 4, ..., 4096: enough for a `nearest` m) is not: 300 ceils to 1024.
+    x4 = KeyIndex(spec, [(k, None) for k in head if k["m"] in (1, 4, 16, 64, 256, 1024, 4096)])
+    m300 = x4.match(("bfloat16", 4096, 4096, 300))
+    assert m300 is not None and far_fields(m300.distances, limits) == {"m": pytest.approx(math.log2(1024 / 300))}

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from presetdb.cli import audit, build, db, imports, presets, queue, refine, shapes
+from presetdb.cli import audit, build, coverage, db, imports, presets, queue, refine, shapes
 from presetdb.cli.common import console, err_console, safe
 from presetdb.errors import PresetDBError
 
@@ -19,7 +19,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-for module in (db, presets, imports, build, audit, shapes, refine, queue):
+for module in (db, presets, imports, build, audit, shapes, coverage, refine, queue):
     module.register(app)
 
 

@@ -16,7 +16,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from presetdb._text import quoted
 from presetdb.cli.common import (
     DbOption,
     ListFormat,
@@ -28,7 +27,8 @@ from presetdb.cli.common import (
     print_table,
     safe,
 )
-from presetdb.errors import KeySpecError, UnknownKernelError, UnknownPlatformError
+from presetdb.cli.picking import check_platform, picker_for, stored_key_schema
+from presetdb.errors import KeySpecError
 from presetdb.keys import KeySpec, KeyValue, parse_key
 from presetdb.runtime.verification import refusal
 from presetdb.store import migrate
@@ -232,10 +232,10 @@ def pick(
         wanted = parse_key(shape)
     except KeySpecError as exc:
         raise typer.BadParameter(plain(exc), param_hint="--shape") from None
-    picker = _picker_for(db, platform)
+    picker = picker_for(db, platform)
     try:
-        spec = KeySpec.from_schema(_kernel_schema(picker, kernel))
-        _check_platform(picker, platform)
+        spec = KeySpec.from_schema(stored_key_schema(picker, kernel))
+        check_platform(picker, platform)
         features = _features(kernel, spec, wanted)
         choice = picker.resolve(kernel, spec, features)
         head = f"{kernel} on {platform} for {json.dumps(spec.key_of(features), separators=(',', ':'))}"
@@ -279,64 +279,6 @@ def _registered(kernel: str) -> bool:
 
     load_kernel_modules()
     return kernel in registered_kernels()
-
-
-def _picker_for(db: str | None, platform: str) -> Any:
-    from presetdb.runtime.layers import open_immutable
-    from presetdb.runtime.picker import Picker, build_picker
-    from presetdb.runtime.platforms import resolve_platform
-    from presetdb.settings import Settings
-
-    if db is None:
-        settings = Settings.from_env()
-        # The run-time layers, as PRESETDB_PLATFORM=platform would see them. An overlay
-        # that does not exist yet holds nothing: a question does not create one.
-        skip = settings.disable_overlay or not settings.user_db_path.exists()
-        settings = dataclasses.replace(settings, platform=platform, disable_overlay=skip)
-        return build_picker(settings, device=_device_for_override())
-    layer = open_immutable("deployment", parse_target(db), strict=True)
-    assert layer is not None  # strict: raises instead
-    with layer.store.read() as session:
-        info = resolve_platform([Repository(session)], override=platform, device=_device_for_override())
-    return Picker([layer], None, info)
-
-
-def _device_for_override() -> Any:
-    from presetdb.runtime.platforms import DeviceInfo
-
-    # `pick` names its platform, so nothing is detected and torch is never imported; the
-    # fallback chain comes from the stored platform record, as for PRESETDB_PLATFORM.
-    return DeviceInfo("(not detected: platform given)", "cpu", None, None)
-
-
-def _kernel_schema(picker: Any, kernel: str) -> dict[str, Any]:
-    """The stored key schema of `kernel` from the first layer that has one."""
-    known: set[str] = set()
-    for layer in picker.layers:
-        with layer.store.read() as session:
-            repo = Repository(session)
-            record = repo.find_kernel(kernel)
-            if record is not None and record.key_schema.get("fields"):
-                return record.key_schema
-            known |= {k.name for k in repo.list_kernels()}
-    where = ", ".join(f"{layer.name} {layer.path}" for layer in picker.layers) or "no usable db"
-    raise UnknownKernelError(
-        f"unknown kernel {quoted(kernel)}; known kernels: {', '.join(sorted(known)) or '(none)'} "
-        f"(searched: {where})"
-    )
-
-
-def _check_platform(picker: Any, platform: str) -> None:
-    known: set[str] = set()
-    for layer in picker.layers:
-        with layer.store.read() as session:
-            repo = Repository(session)
-            if repo.find_platform(platform) is not None:
-                return
-            known |= {p.name for p in repo.list_platforms()}
-    raise UnknownPlatformError(
-        f"unknown platform {quoted(platform)}; known platforms: {', '.join(sorted(known)) or '(none)'}"
-    )
 
 
 def _features(kernel: str, spec: KeySpec, wanted: dict[str, KeyValue]) -> tuple[KeyValue, ...]:
