@@ -166,3 +166,28 @@ def test_bad_input_is_named(db: Path, shapes_file: Path, tmp_path: Path) -> None
     assert nothing.exit_code == 2 and "give --model NAME" in nothing.output
     missing = coverage("--shapes", str(tmp_path / "nope.json"), "--kernel", "rms_norm", "--platform", H100)
     assert missing.exit_code == 2 and "no such file" in missing.output
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "benchmarks/results/cpu/coverage_v2"
+COMMITTED_HEAD = "0013"  # the embedded db's head when the files were written (their README)
+
+
+@pytest.mark.parametrize("platform", [H100, H200])
+def test_the_committed_held_out_coverage_holds_for_its_db(platform: str, tmp_path: Path) -> None:
+    """benchmarks/results/cpu/coverage_v2 (quoted in docs/benchmarks.md) says what the db at
+    COMMITTED_HEAD serves each held-out key; a change to those migrations or to matching
+    makes it stale, and this fails."""
+    from presetdb.store import migrate
+
+    db = tmp_path / f"head_{COMMITTED_HEAD}.db"
+    assert migrate.upgrade(db, COMMITTED_HEAD) == COMMITTED_HEAD
+    shapes = Path(__file__).resolve().parents[1] / "benchmarks/shapes/heldout_v2.json"
+    result = coverage("--shapes", str(shapes), "--platform", platform, "--db", str(db), "-f", "json")
+    assert result.exit_code == 0, result.output
+    now = json.loads(result.output)["coverage"]
+    then = json.loads((COMMITTED / f"heldout_v2_{platform}.json").read_text())["coverage"]
+    assert sum(sum(c.values()) for c in then["summary"].values()) == 115
+    assert now["summary"] == then["summary"]
+    assert [(k["key"], k["status"], k["served"]) for k in now["keys"]] == [
+        (k["key"], k["status"], k["served"]) for k in then["keys"]
+    ], "regenerate benchmarks/results/cpu/coverage_v2 (its README) and the figures in docs/benchmarks.md"
