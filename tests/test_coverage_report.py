@@ -162,6 +162,9 @@ def test_bad_input_is_named(db: Path, shapes_file: Path, tmp_path: Path) -> None
     result = coverage("--shapes", str(stray), "--platform", H100, "--db", str(db))
     assert "unknown kernel 'layer_norm'" in str(result.exception)
 
+    filtered = coverage("--shapes", str(shapes_file), "--kernel", "softmax", "--platform", H100, "--db", str(db))
+    assert filtered.exit_code == 0 and "no shape keys to check" in filtered.output
+
     nothing = coverage("--platform", H100, "--db", str(db))
     assert nothing.exit_code == 2 and "give --model NAME" in nothing.output
     missing = coverage("--shapes", str(tmp_path / "nope.json"), "--kernel", "rms_norm", "--platform", H100)

@@ -91,8 +91,9 @@ def coverage_cmd(
         specs: dict[str, KeySpec] = {}
         for where, found in sources:
             for name, keys in found.items():
-                spec = specs[name] if name in specs else specs.setdefault(name, _key_spec(picker, name))
-                for key in covering.check_keys(spec, name, keys, where):
+                if name not in specs:
+                    specs[name] = _key_spec(picker, name)
+                for key in covering.check_keys(specs[name], name, keys, where):
                     wanted.setdefault(name, {}).setdefault(canonical_key(key), key)
         rows = [row for name, keys in wanted.items() for row in covering.cover(picker, name, specs[name], list(keys.values()))]
         layers = ", ".join(f"{layer.name} {layer.path}" for layer in picker.layers)
@@ -160,6 +161,8 @@ def _print(rows: list[covering.KeyCoverage], platform: str, layers: str, policie
         covered = sum(counts[s] for s in covering.COVERED)
         table.add_row(safe(name), str(total), *(str(counts[s]) for s in covering.STATUSES), f"{covered / total:.0%}")
     print_table(table)
+    if not rows:
+        console.print("no shape keys to check (--kernel left none of them)", highlight=False)
     gaps = covering.queue_items(rows, platform, "")
     if gaps and top:
         shown = gaps[:top]
