@@ -147,6 +147,12 @@ def test_refine_shape_is_callable_with_plain_data(rk: Any) -> None:
     result = refining.refine_shape("rms_norm", SHAPE2, candidates, device="cpu", timer=TableTimer())
     assert result.winner_origin == canonical_key(MIDDLE) and result.entry["latency_ms"] == 2.0
     assert result.entry["key"] == SHAPE2 and result.failed == ()
+    # Where the shape's time went, per phase, printed on its console line.
+    assert set(result.phases) == {"compile", "time", "check"} and min(result.phases.values()) >= 0
+    assert sum(result.phases.values()) <= result.entry["tuning_seconds"] + 0.01
+    assert result.phases["compile"] > 0  # two real compiles (the candidate, Helion's default)
+    line = refining.describe_result(result)
+    assert line.endswith(", ".join(f"{n} {s:.1f} s" for n, s in result.phases.items()) + ")")
     # A stored config that does not fit the shape is left out with its reason, not a crash.
     bad = [refining.Candidate({"block_sizes": [1, 2, 3]}, "bad-key")]
     result = refining.refine_shape(rk, SHAPE2, bad, device="cpu", timer=TableTimer())

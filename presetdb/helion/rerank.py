@@ -21,7 +21,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from presetdb._util import utc_now
@@ -62,6 +62,10 @@ class RefineResult:
     winner_origin: str
     failed: tuple[tuple[str, str], ...] = ()  # (origin, why) of candidates that did not run
     default_config: dict[str, Any] | None = None  # Helion's default for the shape, as timed
+    # Wall seconds per phase: "compile" (on a GPU, Helion's batch compile, which also runs
+    # and times each candidate once), "time" (our timer, re-timing, the PyTorch baseline),
+    # "check" (the winner against the reference): where a shape's refine time went.
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 class TimedCall:
@@ -233,7 +237,9 @@ def rank_configs(
         if marker not in seen:
             seen.add(marker)
             chosen.append(Candidate(config, cand.origin))
+    compiling = time.perf_counter()
     compiled = _compile(bound, kargs, [c.config for c in chosen], compile_batch, deadline)
+    timing = time.perf_counter()
     calls: list[TimedCall] = []
     times: list[float] = []
     for cand, fn in zip(chosen, compiled, strict=True):
@@ -257,6 +263,7 @@ def rank_configs(
         raise RefineError(f"shape {canonical_key(key)}: none of {len(chosen)} candidate(s) ran: {failed}")
     default_index = next((i for i, c in enumerate(calls) if c.origin == DEFAULT_ORIGIN), None)
     order = final_order(calls, times, clock, default_index)
+    checking = time.perf_counter()
     winner = None
     wrong: set[int] = set()
     expected = rk.reference(*args) if check else None
@@ -279,19 +286,30 @@ def rank_configs(
     config = _normalized(bound, calls[winner].config or {})
     runners = [{"config": calls[i].config, "latency_ms": times[i]} for i in order if i != winner and i not in wrong]
     reference = TimedCall(lambda *a: rk.baseline(*a), args, None, "reference")
+    timing_reference = time.perf_counter()
+    reference_ms = clock(reference)
+    ended = time.perf_counter()
+    phases = {
+        "compile": timing - compiling,
+        "time": (checking - timing) + (ended - timing_reference),
+        "check": timing_reference - checking,
+    }
     entry: dict[str, Any] = {
         "key": dict(key),
         "config": config,
         "latency_ms": times[winner],
         "default_ms": None if default_index is None else times[default_index],
-        "reference_ms": clock(reference),
+        "reference_ms": reference_ms,
         "configs_tried": len(calls),
         "tuning_seconds": round(time.perf_counter() - started, 3),
     }
     if runners:
         entry["runners_up"] = runners
     entry = {k: v for k, v in entry.items() if v is not None}
-    return RefineResult(entry, calls[winner].origin, tuple(failed), default_config=chosen[0].config)
+    return RefineResult(
+        entry, calls[winner].origin, tuple(failed), default_config=chosen[0].config,
+        phases={name: round(seconds, 3) for name, seconds in phases.items()},
+    )
 
 
 # ---------------------------------------------------------------- at run time

@@ -223,6 +223,7 @@ def describe_result(result: RefineResult) -> str:
         f"{entry['latency_ms']:.4f} ms from {result.winner_origin} ({entry['configs_tried']} timed; "
         f"Helion default {'-' if default is None else f'{default:.4f}'} ms, PyTorch "
         f"{'-' if reference is None else f'{reference:.4f}'} ms) in {entry['tuning_seconds']:.1f} s"
+        + (f" ({', '.join(f'{name} {s:.1f} s' for name, s in result.phases.items())})" if result.phases else "")
     )
 
 
