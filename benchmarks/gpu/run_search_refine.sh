@@ -13,7 +13,7 @@
 # between calls); each stops starting work at its deadline. Results: $OUT/seed_v2.tgz.
 #   bash benchmarks/gpu/run_search_refine.sh DEVICE_DIR SEARCH_DEADLINE_S REFINE_DEADLINE_S KERNEL
 # SEARCH_BUDGET: seconds of search per shape (default 40); COMPILE_TIMEOUT (default 20 s);
-# CANDIDATES_FROM: refine with that platform's stored configs (see run_seed_v2.sh).
+# CANDIDATES_FROM: refine with that platform's stored configs; K: configs per key (see run_seed_v2.sh).
 set -uo pipefail
 dir=$1; search_deadline=$2; refine_deadline=$3; k=$4
 FINAL=${OUT:-out}
@@ -41,6 +41,6 @@ echo "tune $k exit $?"; grep -v '━' "$out/tune_$k.$stamp.log" | tail -4; pack
 echo "== refine $k (${refine_deadline}s)"
 grid="benchmarks/shapes/tune_v2_$k.json"; [ -f "benchmarks/shapes/refine_order_v2_$k.json" ] && grid="benchmarks/shapes/refine_order_v2_$k.json"
 timeout -s INT "$refine_deadline" python3 -P -m presetdb refine "$k" --shapes "$grid" \
-  --k 8 ${CANDIDATES_FROM:+--candidates-from "$CANDIDATES_FROM"} --timing graph --db "$out/candidates.db" --out "$out/refine_$k.json" > "$out/refine_$k.$stamp.log" 2>&1
+  --k "${K:-8}" ${CANDIDATES_FROM:+--candidates-from "$CANDIDATES_FROM"} --timing graph --db "$out/candidates.db" --out "$out/refine_$k.json" > "$out/refine_$k.$stamp.log" 2>&1
 echo "refine $k exit $?"; grep -v '━' "$out/refine_$k.$stamp.log" | tail -3
 pack; rm -rf "$out"
