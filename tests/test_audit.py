@@ -26,10 +26,11 @@ from audit_fixtures import (
 )
 from typer.testing import CliRunner
 
-from presetdb.audit import core as audit
-from presetdb.audit.core import AuditError, ReadOnlyDB, parse_audit, run_audit
+from presetdb.audit import canned as audit
+from presetdb.audit.canned import parse_audit, run_audit
+from presetdb.audit.readonly import ReadOnlyDB
 from presetdb.cli import app
-from presetdb.errors import NotADatabaseError, SchemaTooOldError
+from presetdb.errors import AuditError, NotADatabaseError, SchemaTooOldError
 from presetdb.keys import canonical_key
 from presetdb.store import migrate
 from presetdb.store.repository import config_sha256

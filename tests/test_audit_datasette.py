@@ -14,7 +14,7 @@ import pytest
 from audit_fixtures import seed_example_db, sha256_file, ship_copy
 from datasette.app import Datasette
 
-from presetdb.audit import core as audit
+from presetdb import audit
 
 # Values for canned queries that take parameters (the others run as they are).
 QUERY_PARAMS = {"stale": {"helion_version": "9.9.9"}, "history": {"kernel": "matmul"}}

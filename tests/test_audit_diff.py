@@ -16,7 +16,7 @@ from audit_fixtures import (
 )
 from typer.testing import CliRunner
 
-from presetdb.audit.core import diff_databases
+from presetdb.audit.diff import diff_databases
 from presetdb.cli import app
 from presetdb.errors import NotADatabaseError
 from presetdb.keys import canonical_key

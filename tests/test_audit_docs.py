@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from presetdb.audit import core as audit
+from presetdb import audit
 from presetdb.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ import yaml
 from datasette.app import Datasette
 from typer.testing import CliRunner
 
-from presetdb.audit import core as audit
+from presetdb import audit
 from presetdb.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from import_fixtures import RESULTS, edited, registry
 from reliability_helpers import child_env, presetdb_cli, sha256
 
-from presetdb.audit.core import QueryLimits, run_sql
+from presetdb.audit.readonly import QueryLimits, run_sql
 from presetdb.errors import ImportValidationError, QueryLimitError, SettingsError, StoreWarning
 from presetdb.helion.args import MAX_VALIDATION_BYTES, empty_like_on, validation_kind
 from presetdb.offline.build import build_database

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from test_sql_readonly import REFUSED
 from typer.testing import CliRunner
 
-from presetdb.audit.core import run_sql
+from presetdb.audit.readonly import run_sql
 from presetdb.cli import app
 from presetdb.errors import ReadOnlySQLError, StoreError
 from presetdb.offline.build import build_database, content_digest

@@ -10,7 +10,8 @@ from pathlib import Path
 from audit_fixtures import seed_example_db
 from typer.testing import CliRunner
 
-from presetdb.audit.core import ReadOnlyDB, run_audit
+from presetdb.audit.canned import run_audit
+from presetdb.audit.readonly import ReadOnlyDB
 from presetdb.cli import app
 
 

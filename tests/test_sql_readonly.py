@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from presetdb.audit.core import ReadOnlyDB, _Guard, run_sql, split_statements
+from presetdb.audit.readonly import ReadOnlyDB, _Guard, run_sql, split_statements
 from presetdb.cli import app
 from presetdb.errors import ReadOnlySQLError
 from presetdb.offline.build import build_database

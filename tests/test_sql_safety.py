@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from presetdb.audit.core import run_sql
+from presetdb.audit.readonly import run_sql
 from presetdb.errors import PresetDBError, ReadOnlySQLError, StoreError
 from presetdb.offline.build import build_database
 

@@ -1,6 +1,6 @@
 """`presetdb audit`, `presetdb sql` and `presetdb diff`: read-only looks into a db file.
 
-Nothing here can change a file: every db is opened through `presetdb.audit.core.ReadOnlyDB`.
+Nothing here can change a file: every db is opened through `presetdb.audit.readonly.ReadOnlyDB`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from presetdb._text import quoted
-from presetdb.audit import core as audits_mod
-from presetdb.audit.core import AuditError, QueryResult, ReadOnlyDB
+from presetdb.audit import canned, datasette, readonly
+from presetdb.audit import diff as diffing
+from presetdb.audit.readonly import QueryResult, ReadOnlyDB
 from presetdb.cli.common import DbOption, console, db_label, db_path, print_table, safe
+from presetdb.errors import AuditError
 from presetdb.store.engine import parse_target
 from presetdb.store.snapshot import sqlite_snapshot
 
@@ -128,8 +130,8 @@ def audit(
     Example: presetdb audit stale --db presets.db --format json
     """
     if datasette_metadata is not None:
-        audits_mod.write_json(datasette_metadata, audits_mod.datasette_metadata(database_name))
-        console.print(f"wrote {safe(datasette_metadata)} ({len(audits_mod.audits())} canned queries)")
+        datasette.write_json(datasette_metadata, datasette.datasette_metadata(database_name))
+        console.print(f"wrote {safe(datasette_metadata)} ({len(canned.audits())} canned queries)")
         return
     if fail_on_rows and name is None:
         raise typer.BadParameter("--fail-on-rows needs an audit NAME")
@@ -137,13 +139,13 @@ def audit(
         raise typer.BadParameter(f"--check-source applies to `stale`, not {quoted(name)}")
     params: dict[str, Any] = parse_params(param)
     if check_source:
-        params["source_hashes"] = audits_mod.current_source_hashes()
+        params["source_hashes"] = canned.current_source_hashes()
     path = db_path(db)
     # A registry is audited through a SQLite copy: the canned audits are SQLite SQL.
     with sqlite_snapshot(path) as file, ReadOnlyDB(file) as rodb:
         rodb.require_presetdb()
         if name is None:
-            rows = audits_mod.summary(rodb, params)
+            rows = canned.summary(rodb, params)
             emit(
                 ["audit", "rows", "highlight", "title"],
                 [(r.audit, r.rows, r.highlight, r.title) for r in rows],
@@ -152,13 +154,13 @@ def audit(
                 caption="details: presetdb audit NAME",
             )
             return
-        canned = audits_mod.get_audit(name)
-        result: QueryResult = audits_mod.run_audit(rodb, name, params)
+        chosen = canned.get_audit(name)
+        result: QueryResult = canned.run_audit(rodb, name, params)
     emit(
         result.columns,
         result.rows,
         fmt,
-        title=f"{canned.title}: {len(result.rows)} row(s)",
+        title=f"{chosen.title}: {len(result.rows)} row(s)",
         caption=escape(db_label(path)),
     )
     if fail_on_rows and result.rows:
@@ -197,7 +199,7 @@ def sql(
     import dataclasses
 
     path = db_path(db)
-    limits = audits_mod.QueryLimits.from_env()
+    limits = readonly.QueryLimits.from_env()
     if timeout is not None:
         if timeout <= 0:
             raise typer.BadParameter("must be > 0", param_hint="--timeout")
@@ -210,7 +212,7 @@ def sql(
         if max_memory_mb <= 0:
             raise typer.BadParameter("must be > 0", param_hint="--max-memory-mb")
         limits = dataclasses.replace(limits, max_bytes=max_memory_mb << 20)
-    result = audits_mod.run_sql(path, query, parse_params(param), limits)
+    result = readonly.run_sql(path, query, parse_params(param), limits)
     emit(result.columns, result.rows, fmt, caption=f"{len(result.rows)} row(s) from {db_label(path)}")
 
 
@@ -230,7 +232,7 @@ def diff(
     Example: presetdb diff vllm-0.11.db vllm-0.12.db --per-pair
     """
     old_target, new_target = parse_target(old), parse_target(new)
-    result = audits_mod.diff_databases(old_target, new_target)
+    result = diffing.diff_databases(old_target, new_target)
     counts = result.counts()
     old, new = db_label(old_target), db_label(new_target)  # never print a password
     revs = f"source revisions: {', '.join(result.old_revs) or '-'} -> {', '.join(result.new_revs) or '-'}"
@@ -290,7 +292,7 @@ _DIFF_COLUMNS = (
 def _audit_help() -> str:
     """The command's help lists the audits found in presetdb/sql (never out of date)."""
     try:
-        names = "; ".join(f"{a.name}: {a.title}" for a in audits_mod.audits().values())
+        names = "; ".join(f"{a.name}: {a.title}" for a in canned.audits().values())
     except AuditError as exc:  # a broken .sql file must not break `presetdb --help`
         names = f"(audits unavailable: {exc})"
     # Typer keeps the newlines of an explicit help text: rejoin each paragraph's lines.
