@@ -53,7 +53,8 @@ def _setup_store(tmp: Path) -> None:
     """A deployment db holding CONFIG for the benchmark's key, wired through the env."""
     from presetdb.keys import KeyField, KeySpec
     from presetdb.store import migrate
-    from presetdb.store.repository import PresetInput, Repository
+    from presetdb.store.records import PresetInput
+    from presetdb.store.repository import Repository
 
     db = tmp / "bench.db"
     migrate.upgrade(db, seed_data=False)

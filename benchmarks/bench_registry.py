@@ -50,7 +50,8 @@ from presetdb.offline.importers import import_files
 from presetdb.offline.importers.presetdb_results import FORMAT_ID, entry_row
 from presetdb.offline.importers.validate import RegistryResolver, check_row
 from presetdb.store import migrate
-from presetdb.store.repository import PresetInput, Repository
+from presetdb.store.records import PresetInput
+from presetdb.store.repository import Repository
 
 KERNEL = "rms_norm"
 PLATFORM = "nvidia_h100"

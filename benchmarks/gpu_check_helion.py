@@ -95,7 +95,8 @@ class Report:
 def _build_db(tmp: Path) -> Path:
     from presetdb.helion.registry import get_kernel
     from presetdb.store import migrate
-    from presetdb.store.repository import PresetInput, Repository
+    from presetdb.store.records import PresetInput
+    from presetdb.store.repository import Repository
 
     db = tmp / "gpucheck.db"
     migrate.upgrade(db, seed_data=False)

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from presetdb.store import helion_cache, migrate
 from presetdb.store.models import Config, HelionCacheEntry, Kernel, Preset, TuningRun
-from presetdb.store.repository import MissRecord, NearMissRecord, PresetInput, Repository
+from presetdb.store.records import MissRecord, NearMissRecord, PresetInput
+from presetdb.store.repository import Repository
 
 H100, H200 = "nvidia_h100", "nvidia_h200"
 RMS_SCHEMA = {

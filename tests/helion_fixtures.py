@@ -66,7 +66,8 @@ class PresetStore:
     ) -> None:
         """Write one preset into the deployment db (then rebuild the picker)."""
         from presetdb.runtime.picker import reset_picker
-        from presetdb.store.repository import PresetInput, Repository
+        from presetdb.store.records import PresetInput
+        from presetdb.store.repository import Repository
 
         platform = platform or self.platform
         store = migrate.open_store(self.db, "rw")

@@ -20,7 +20,8 @@ from presetdb.runtime.layers import Layer, open_immutable, open_overlay
 from presetdb.runtime.picker import Picker
 from presetdb.runtime.platforms import DeviceInfo, resolve_platform
 from presetdb.store import migrate
-from presetdb.store.repository import PresetInput, Repository
+from presetdb.store.records import PresetInput
+from presetdb.store.repository import Repository
 
 T = TypeVar("T")
 

@@ -33,7 +33,7 @@ from presetdb.cli import app
 from presetdb.errors import AuditError, NotADatabaseError, SchemaTooOldError
 from presetdb.keys import canonical_key
 from presetdb.store import migrate
-from presetdb.store.repository import config_sha256
+from presetdb.store.records import config_sha256
 
 EXPECTED_AUDITS = {
     "coverage",

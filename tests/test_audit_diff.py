@@ -20,7 +20,7 @@ from presetdb.audit.diff import diff_databases
 from presetdb.cli import app
 from presetdb.errors import NotADatabaseError
 from presetdb.keys import canonical_key
-from presetdb.store.repository import config_sha256
+from presetdb.store.records import config_sha256
 
 
 @pytest.fixture(scope="module")

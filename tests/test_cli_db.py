@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from presetdb.cli import app, main
 from presetdb.store import migrate
-from presetdb.store.repository import PresetInput, Repository
+from presetdb.store.records import PresetInput
+from presetdb.store.repository import Repository
 
 HEAD = migrate.head()
 

@@ -22,7 +22,8 @@ from presetdb.offline import queue as queueing
 from presetdb.runtime import ledger as ledger_module
 from presetdb.settings import Settings, parse_max_distance
 from presetdb.store import migrate
-from presetdb.store.repository import MissRecord, NearMissRecord, Repository
+from presetdb.store.records import MissRecord, NearMissRecord
+from presetdb.store.repository import Repository
 
 make_picker_fixture = pytest.fixture(picker_factory, name="make_picker")
 

@@ -389,7 +389,8 @@ def test_failed_foreign_key_check_rolls_the_whole_migration_back(
 
 
 def test_views_exist_and_are_queryable(rw_store) -> None:  # type: ignore[no-untyped-def]
-    from presetdb.store.repository import PresetInput, Repository
+    from presetdb.store.records import PresetInput
+    from presetdb.store.repository import Repository
 
     with rw_store.transaction() as session:
         repo = Repository(session)

@@ -23,7 +23,8 @@ from presetdb.errors import (
 from presetdb.offline.build import build_database
 from presetdb.store import migrate
 from presetdb.store.engine import sqlite_url
-from presetdb.store.repository import PresetInput, Repository
+from presetdb.store.records import PresetInput
+from presetdb.store.repository import Repository
 
 MODES = ("rw", "ro", "immutable")
 

@@ -14,13 +14,8 @@ from sqlalchemy.orm import Session
 
 from presetdb.errors import KeySpecError, UnknownKernelError, UnknownPlatformError
 from presetdb.store.engine import Store
-from presetdb.store.repository import (
-    MissRecord,
-    PresetInput,
-    Repository,
-    canonical_config,
-    config_sha256,
-)
+from presetdb.store.records import MissRecord, PresetInput, canonical_config, config_sha256
+from presetdb.store.repository import Repository
 
 SCHEMA = {
     "fields": [

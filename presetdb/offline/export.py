@@ -26,7 +26,8 @@ from presetdb.offline.importers import presetdb_results, vllm
 from presetdb.offline.importers.records import PROVENANCE_FIELDS
 from presetdb.store import migrate
 from presetdb.store.engine import describe
-from presetdb.store.repository import PresetRecord, Repository, RunRecord, config_sha256
+from presetdb.store.records import PresetRecord, RunRecord, config_sha256
+from presetdb.store.repository import Repository
 
 ExportFormat = Literal["vllm", "presetdb"]
 _RUN_KEYS = ("source", *PROVENANCE_FIELDS)

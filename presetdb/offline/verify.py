@@ -27,7 +27,8 @@ from typing import Any
 
 from presetdb.errors import PresetDBError
 from presetdb.store import migrate
-from presetdb.store.repository import PresetRecord, Repository
+from presetdb.store.records import PresetRecord
+from presetdb.store.repository import Repository
 
 
 class VerifyError(PresetDBError):

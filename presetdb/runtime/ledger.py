@@ -37,7 +37,8 @@ from presetdb.errors import SchemaTooOldError
 from presetdb.keys import canonical_key
 from presetdb.store import migrate
 from presetdb.store.engine import Store
-from presetdb.store.repository import MissRecord, NearMissRecord, Repository
+from presetdb.store.records import MissRecord, NearMissRecord
+from presetdb.store.repository import Repository
 
 FLUSH_SECONDS = 2.0
 QUEUE_LIMIT = 1024  # pending writes; beyond it new ones are dropped with a warning

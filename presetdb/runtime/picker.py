@@ -42,13 +42,8 @@ from presetdb.runtime.ledger import Ledger, NearMiss, Tally
 from presetdb.runtime.platforms import DeviceInfo, PlatformInfo, detect_device, resolve_platform
 from presetdb.settings import Settings
 from presetdb.store import migrate
-from presetdb.store.repository import (
-    MissRecord,
-    PresetInput,
-    PresetRecord,
-    PresetRows,
-    Repository,
-)
+from presetdb.store.records import MissRecord, PresetInput, PresetRecord
+from presetdb.store.repository import PresetRows, Repository
 
 RECHECK_SECONDS = 1.0
 MEMO_LIMIT = 65_536

@@ -56,7 +56,8 @@ from presetdb.runtime.platforms import derive_platform_name, family_names
 from presetdb.store import migrate
 from presetdb.store.engine import Store, Target, connect_sqlite, parse_target
 from presetdb.store.helion_cache import store_entry
-from presetdb.store.repository import PresetInput, Repository, config_sha256
+from presetdb.store.records import PresetInput, config_sha256
+from presetdb.store.repository import Repository
 
 # Rows kept in a report for printing; counts are always complete.
 MAX_REPORT_ROWS = 10_000

@@ -23,7 +23,7 @@ from presetdb._text import clip, quoted
 from presetdb.errors import InvalidConfigError, KeySpecError, UnknownKernelError
 from presetdb.keys import KeySpec, canonical_key
 from presetdb.offline.importers.records import Row
-from presetdb.store.repository import PresetInput
+from presetdb.store.records import PresetInput
 
 # A kernel call slower than a minute is a unit mistake, not a measurement.
 MAX_LATENCY_MS = 60_000.0
