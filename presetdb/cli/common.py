@@ -74,6 +74,20 @@ PlatformOption = Annotated[
     str | None, typer.Option("--platform", "-p", help="Canonical platform, e.g. nvidia_h100.")
 ]
 
+ModuleOption = Annotated[
+    list[str] | None,
+    typer.Option("--module", help="Import this module first (it registers your kernel); repeatable."),
+]
+
+
+def load_modules(modules: list[str] | None) -> None:
+    """--module: import the user's modules so their kernels are registered."""
+    if modules:
+        from presetdb.helion.registry import load_kernel_modules
+
+        load_kernel_modules(modules)
+
+
 DbOption = Annotated[
     str | None,
     typer.Option(

@@ -9,11 +9,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from presetdb.cli.common import ListFormat, ListFormatOption, console, print_table, safe
+from presetdb.cli.common import ListFormat, ListFormatOption, ModuleOption, console, load_modules, print_table, safe
 from presetdb.cli.picking import check_platform, picker_for, stored_key_schema
+from presetdb.cli.shapes import ModelsOption, TokensOption
 from presetdb.errors import UnknownKernelError
 from presetdb.keys import KeySpec, canonical_key
 from presetdb.offline import coverage as covering
+from presetdb.offline import shapes as shaping
 
 
 def coverage_cmd(
@@ -23,20 +25,8 @@ def coverage_cmd(
             "--platform", "-p", help="Canonical platform to serve, e.g. nvidia_h100; its fallbacks apply as at run time."
         ),
     ],
-    model: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--model", "-m", show_default=False,
-            help="Catalog name, Hugging Face id or config.json path (as `presetdb shapes`); repeatable.",
-        ),
-    ] = None,
-    tokens: Annotated[
-        str | None,
-        typer.Option(
-            "--tokens", "-t", show_default=False,
-            help="Token counts for --model: '1,16,37'; 'A..B' = powers of two. Default: 1..8192 plus 3, 37, 300, 1000.",
-        ),
-    ] = None,
+    model: ModelsOption = None,
+    tokens: TokensOption = None,
     shapes: Annotated[
         Path | None,
         typer.Option(
@@ -59,10 +49,7 @@ def coverage_cmd(
     ] = None,
     top: Annotated[int, typer.Option("--top", "-n", help="Gaps listed in the table (json lists all).", min=0)] = 20,
     fmt: ListFormatOption = ListFormat.table,
-    module: Annotated[
-        list[str] | None,
-        typer.Option("--module", help="Import this module first (it registers your kernel); repeatable."),
-    ] = None,
+    module: ModuleOption = None,
 ) -> None:
     """How a model's shapes would be served on a platform, before it runs: per kernel, the keys
     served by an exact stored key, a near one (within the far limits), another platform's,
@@ -77,11 +64,8 @@ def coverage_cmd(
 
     if not model and shapes is None:
         raise typer.BadParameter("give --model NAME (see `presetdb shapes --catalog`) or --shapes FILE", param_hint="--model")
-    if module:
-        from presetdb.helion.registry import load_kernel_modules
-
-        load_kernel_modules(module)
-    sources = [(f"--model {', '.join(model)}", _model_keys(model, tokens, kernel))] if model else []
+    load_modules(module)
+    sources = [(f"--model {', '.join(model)}", shaping.model_shapes(model, tokens, kernel)[1])] if model else []
     if shapes is not None:
         sources.append((f"--shapes {shapes}", _file_keys(shapes, kernel)))
     picker = picker_for(db, platform)
@@ -121,15 +105,6 @@ def _key_spec(picker: Any, kernel: str) -> KeySpec:
         if registered is None:
             raise
         return registered.key_spec
-
-
-def _model_keys(models: list[str], tokens: str | None, kernels: list[str] | None) -> dict[str, list[dict[str, Any]]]:
-    from presetdb.offline import models as model_dims
-    from presetdb.offline import shapes as shaping
-
-    dims = [model_dims.load_model(spec) for spec in models]
-    counts = shaping.parse_tokens(tokens) if tokens is not None else list(shaping.DEFAULT_TOKENS)
-    return shaping.shapes_for_models(dims, counts, shaping.kernels_with_shapes(kernels))
 
 
 def _file_keys(path: Path, kernels: list[str] | None) -> dict[str, list[dict[str, Any]]]:

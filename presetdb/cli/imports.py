@@ -11,7 +11,18 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from presetdb.cli.common import DbOption, console, db_path, err_console, plain, print_table, safe, warn_if_served
+from presetdb.cli.common import (
+    DbOption,
+    ModuleOption,
+    console,
+    db_path,
+    err_console,
+    load_modules,
+    plain,
+    print_table,
+    safe,
+    warn_if_served,
+)
 from presetdb.cli.executors import (
     AddressOption,
     CpusPerTaskOption,
@@ -363,10 +374,7 @@ def tune_cmd(
         ),
     ] = None,
     runners_up: Annotated[int, typer.Option("--runners-up", help="Runners-up to re-measure and keep.")] = 3,
-    module: Annotated[
-        list[str] | None,
-        typer.Option("--module", help="Import this module first (it registers your kernel); repeatable."),
-    ] = None,
+    module: ModuleOption = None,
     executor: ExecutorOption = "local",
     address: AddressOption = None,
     gpus_per_task: GpusPerTaskOption = 1,
@@ -396,10 +404,7 @@ def tune_cmd(
         raise typer.BadParameter(f"{plain(timing)!r}: use one of {', '.join(tuning.TIMINGS)}", param_hint="--timing")
     if effort not in tuning.EFFORTS:
         raise typer.BadParameter(f"{plain(effort)!r}: use one of {', '.join(tuning.EFFORTS)}", param_hint="--effort")
-    if module:
-        from presetdb.helion.registry import load_kernel_modules
-
-        load_kernel_modules(module)
+    load_modules(module)
     keys = shapes_from(kernel, shapes, grid, from_queue, tuning.load_shapes)
     check_tune_device(device)
     if search not in ("helion", "sample"):

@@ -9,7 +9,24 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from presetdb.cli.common import err_console, print_table
+from presetdb.cli.common import ModuleOption, err_console, load_modules, print_table
+
+ModelsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model", "-m", show_default=False,
+        help="Catalog name (see `presetdb shapes --catalog`), its Hugging Face id, or a path to a "
+        "config.json (or its directory); repeatable: the keys of all models, without duplicates.",
+    ),
+]
+TokensOption = Annotated[
+    str | None,
+    typer.Option(
+        "--tokens", "-t", show_default=False,
+        help="Token counts (rows in flight): '1,16,37'; 'A..B' = powers of two from A to B. "
+        "Default: 1..8192 plus 3, 37, 300, 1000.",
+    ),
+]
 
 
 def _clean(text: str) -> str:
@@ -17,22 +34,8 @@ def _clean(text: str) -> str:
 
 
 def shapes_cmd(
-    model: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--model", "-m", show_default=False,
-            help="Catalog name (see --catalog), its Hugging Face id, or a path to a config.json "
-            "(or its directory); repeatable: the keys of all models, without duplicates.",
-        ),
-    ] = None,
-    tokens: Annotated[
-        str | None,
-        typer.Option(
-            "--tokens", "-t", show_default=False,
-            help="Token counts (rows in flight): '1,16,37'; 'A..B' = powers of two from A to B. "
-            "Default: 1..8192 plus 3, 37, 300, 1000.",
-        ),
-    ] = None,
+    model: ModelsOption = None,
+    tokens: TokensOption = None,
     kernel: Annotated[
         list[str] | None,
         typer.Option("--kernel", "-k", help="Only this kernel; repeatable. Default: every kernel with a shapes_for hook."),
@@ -63,10 +66,7 @@ def shapes_cmd(
             "e.g. a tuning grid); repeatable. For held-out sets.",
         ),
     ] = None,
-    module: Annotated[
-        list[str] | None,
-        typer.Option("--module", help="Import this module first (it registers your kernel); repeatable."),
-    ] = None,
+    module: ModuleOption = None,
     list_catalog: Annotated[
         bool, typer.Option("--catalog", help="List the models in the shipped catalog and exit.")
     ] = False,
@@ -82,10 +82,7 @@ def shapes_cmd(
     from presetdb.offline import shapes as shaping
     from presetdb.offline.importers.records import write_atomic
 
-    if module:
-        from presetdb.helion.registry import load_kernel_modules
-
-        load_kernel_modules(module)
+    load_modules(module)
     if list_catalog:
         ids = model_dims.catalog_ids()
         table = Table(title="model catalog (presetdb shapes --model NAME)")
@@ -101,16 +98,7 @@ def shapes_cmd(
         return
     if not model:
         raise typer.BadParameter("give --model NAME|config.json (see --catalog)", param_hint="--model")
-    dims = [model_dims.load_model(spec) for spec in model]
-    if dtype:
-        dims = [d.with_dtype(dtype) for d in dims]
-    counts = shaping.parse_tokens(tokens) if tokens is not None else list(shaping.DEFAULT_TOKENS)
-    kernels = shaping.kernels_with_shapes(kernel)
-    excluded: dict[str, list[dict[str, object]]] = {}
-    for pattern in exclude or ():
-        for name, keys in shaping.load_exclusions(pattern, kernels).items():
-            excluded.setdefault(name, []).extend(keys)
-    found = shaping.shapes_for_models(dims, counts, kernels, excluded)
+    dims, found = shaping.model_shapes(model, tokens, kernel, dtype=dtype, exclude=exclude or ())
     summary = ", ".join(f"{name} {len(keys)}" for name, keys in found.items())
     names = ", ".join(d.name for d in dims)
     if out is None:

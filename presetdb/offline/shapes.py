@@ -21,7 +21,7 @@ from typing import Any
 
 from presetdb.errors import PresetDBError
 from presetdb.keys import canonical_key
-from presetdb.offline.models import ModelDims
+from presetdb.offline.models import ModelDims, load_model
 
 # Powers of two from 1 to 8192 (decode batches, prefill chunks) and a few odd counts that
 # no power-of-two grid hits (a 3-sequence batch, a short prompt, ragged prefills).
@@ -111,6 +111,30 @@ def shapes_for_models(
         spec = rk.key_spec
         out[name] = sorted(seen.values(), key=lambda k: _sort_key(spec, k))
     return out
+
+
+def model_shapes(
+    specs: Sequence[str],
+    tokens: str | None = None,
+    kernel_names: Sequence[str] | None = None,
+    *,
+    dtype: str | None = None,
+    exclude: Sequence[str] = (),
+) -> tuple[list[ModelDims], dict[str, list[dict[str, Any]]]]:
+    """What ``--model``, ``--tokens``, ``--kernel`` (and ``--dtype``, ``--exclude``) ask of
+    `presetdb shapes` and `presetdb coverage` alike: the models read (catalog name, Hugging
+    Face id or config.json), and their kernels' keys at those token counts (default
+    `DEFAULT_TOKENS`), minus the keys in the `exclude` shapes files (`load_exclusions`)."""
+    dims = [load_model(spec) for spec in specs]
+    if dtype:
+        dims = [d.with_dtype(dtype) for d in dims]
+    counts = parse_tokens(tokens) if tokens is not None else list(DEFAULT_TOKENS)
+    kernels = kernels_with_shapes(kernel_names)
+    excluded: dict[str, list[dict[str, Any]]] = {}
+    for pattern in exclude:
+        for name, keys in load_exclusions(pattern, kernels).items():
+            excluded.setdefault(name, []).extend(keys)
+    return dims, shapes_for_models(dims, counts, kernels, excluded)
 
 
 def load_exclusions(pattern: str, kernels: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
