@@ -16,6 +16,8 @@ stored key is matched when the call's value was never tuned:
 Fields are matched in spec order: the first field picks its best stored value, the
 remaining candidates are those stored keys with that value, and so on. The chosen key
 therefore always exists, and the order of fields states which dimension matters most.
+Serving asks `KeyIndex.match_within`: when that key is far (below) but another stored key
+has every field within its limit, the nearest such key serves instead.
 
 The far-match guard: every numeric field has a maximum distance (log2 of the ratio
 between the stored and the actual value, the distance a `Match` reports). A match with
@@ -301,6 +303,10 @@ class KeyIndex(Generic[T]):
         self._root = _Level()
         self.default: tuple[str, T] | None = None
         self.keys: list[str] = []
+        # (values in field order, text, payload) of every non-default key: what `match_within`
+        # scans when the field-by-field match is far.
+        self._stored: list[tuple[tuple[KeyValue, ...], str, T]] = []
+        stored_append = self._stored.append
         names = spec.names
         # key -> its values in field order, as a tuple (itemgetter of one name returns the bare value)
         get = operator.itemgetter(*names) if len(names) > 1 else (lambda key: (key[names[0]],))
@@ -326,6 +332,7 @@ class KeyIndex(Generic[T]):
                     raise KeySpecError(f"stored key {text}: does not fit the key spec {list(names)}")
             seen_append(values)
             texts_append(text)
+            stored_append((values, text, payload))
             level = root
             for value in values[:-1]:
                 child = level.children.get(value)
@@ -395,6 +402,40 @@ class KeyIndex(Generic[T]):
         text, payload = node
         kind = "exact" if not kinds else (kinds.pop() if len(kinds) == 1 else "nearest")
         return Match(text, payload, kind, distances)  # type: ignore[arg-type]
+
+    def match_within(self, features: tuple[KeyValue, ...], limits: Mapping[str, float]) -> Match[T] | None:
+        """`match`, unless that key is far (a field beyond `limits`) while another stored
+        key has every field within its limit: then the nearest such key.
+
+        Field-by-field matching commits to the nearest value of each field in turn, so a
+        call whose first numeric field is near a stored value that was tuned with only one
+        value of the next field ends far, although keys within every limit exist (matmul n
+        5,120 with k 13,824 matches n 5,120's only k, 25,600, not (4,096, 14,336)). Such
+        keys are ranked by how many ceil/floor fields they go against, then total log2
+        distance, then key text. A scan of the kernel's keys, once per new shape (the
+        picker memoizes), and only for far matches."""
+        first = self.match(features)
+        if first is None or not far_fields(first.distances, limits):
+            return first
+        best: tuple[tuple[int, float, str], Match[T]] | None = None
+        for values, text, payload in self._stored:
+            distances: dict[str, float] = {}
+            against = 0
+            for f, stored, actual in zip(self.spec.fields, values, features, strict=True):
+                if f.policy == "exact" or isinstance(actual, (str, bool)) or isinstance(stored, (str, bool)):
+                    if stored != actual:
+                        break
+                    continue
+                d = abs(_log2(float(stored)) - _log2(float(actual)))
+                if d > limits.get(f.name, math.inf):
+                    break
+                distances[f.name] = d
+                against += (f.policy == "ceil" and stored < actual) or (f.policy == "floor" and stored > actual)
+            else:
+                rank = (against, sum(distances.values()), text)
+                if best is None or rank < best[0]:
+                    best = (rank, Match(text, payload, "nearest", distances))
+        return first if best is None else best[1]
 
     def entries(self) -> dict[str, T]:
         """Every stored key text -> its payload, the default entry included (a walk of the

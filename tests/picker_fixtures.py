@@ -19,6 +19,7 @@ from presetdb.keys import KeySpec
 from presetdb.runtime.layers import Layer, open_immutable, open_overlay
 from presetdb.runtime.picker import Picker
 from presetdb.runtime.platforms import DeviceInfo, resolve_platform
+from presetdb.settings import Settings
 from presetdb.store import migrate
 from presetdb.store.records import PresetInput
 from presetdb.store.repository import Repository
@@ -194,15 +195,17 @@ def build(
     default: Path | None = None,
     platform: str | None = H100,
     device: DeviceInfo = CPU,
+    settings: Settings | None = None,
 ) -> Picker:
-    """A Picker over exactly these files (no embedded default db unless given)."""
+    """A Picker over exactly these files (no embedded default db unless given); `settings`
+    default to the environment's."""
     layers, writer = open_layers_for(overlay, deployment, default)
     with ExitStack() as stack:
         repos = [
             Repository(stack.enter_context(layer.store.read())) for layer in layers
         ]
         info = resolve_platform(repos, override=platform, device=device)
-    return Picker(layers, writer, info)
+    return Picker(layers, writer, info, settings)
 
 
 def picker_factory() -> Iterator[Any]:

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,11 @@ from sqlalchemy import event
 from typer.testing import CliRunner
 
 from presetdb.cli import app
-from presetdb.keys import KeySpec
+from presetdb.keys import DEFAULT_MAX_DISTANCE, DistanceLimit, KeySpec, canonical_key
 from presetdb.runtime import ledger as ledger_module
 from presetdb.runtime import picker as picker_module
 from presetdb.runtime.picker import Choice, Picker
+from presetdb.settings import Settings
 from presetdb.store import migrate
 from presetdb.store.repository import Repository
 
@@ -96,7 +98,7 @@ STORED = _stored_keys()
 
 
 @pytest.fixture(scope="module")
-def policy_picker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Picker]:
+def policy_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("policies") / "deployment.db"
     presets = [
         P(kernel, H100, key, {"block": i})
@@ -104,7 +106,24 @@ def policy_picker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Picker]:
         for i, key in enumerate(keys)
     ]
     make_db(path, presets, kernels=POLICY_KERNELS)
-    picker = build(deployment=path, platform=H100)
+    return path
+
+
+@pytest.fixture(scope="module")
+def policy_picker(policy_db: Path) -> Iterator[Picker]:
+    """The field-by-field policies alone: no limit, so no match is ever far (a far match
+    gives way to a key within the limits: `guarded_picker`)."""
+    unlimited = replace(Settings.from_env(), max_distance=(DistanceLimit(None, "*", math.inf),))
+    picker = build(deployment=policy_db, platform=H100, settings=unlimited)
+    yield picker
+    picker.close()
+
+
+@pytest.fixture(scope="module")
+def guarded_picker(policy_db: Path) -> Iterator[Picker]:
+    """The same keys under the far-match guard's default limit (1.0 log2 per field)."""
+    limited = replace(Settings.from_env(), max_distance=())
+    picker = build(deployment=policy_db, platform=H100, settings=limited)
     yield picker
     picker.close()
 
@@ -135,6 +154,36 @@ def oracle(kernel: str, features: tuple[Any, ...]) -> dict[str, Any] | None:
             return None
         candidates = [k for k in candidates if k[f["name"]] == chosen]
     return candidates[0]
+
+
+def oracle_within(kernel: str, features: tuple[Any, ...], limit: float) -> dict[str, Any] | None:
+    """`oracle`, unless its key is far (a numeric field more than `limit` log2 away): then
+    the stored key with every numeric field within `limit` (exact fields equal) that goes
+    against the fewest ceil/floor fields, then is nearest in summed log2 distance, then has
+    the smallest canonical text; none such: the far key."""
+    first = oracle(kernel, features)
+    fields = POLICY_KERNELS[kernel]["fields"]
+    numeric = [(f, actual) for f, actual in zip(fields, features, strict=True) if f["policy"] != "exact"]
+
+    def gap(key: dict[str, Any], name: str, actual: Any) -> float:
+        return abs(log2(key[name]) - log2(actual))
+
+    if first is None or all(gap(first, f["name"], a) <= limit for f, a in numeric):
+        return first
+    within = [
+        k for k in STORED[kernel]
+        if all(k[f["name"]] == a for f, a in zip(fields, features, strict=True) if f["policy"] == "exact")
+        and all(gap(k, f["name"], a) <= limit for f, a in numeric)
+    ]
+
+    def rank(key: dict[str, Any]) -> tuple[int, float, str]:
+        against = sum(
+            (f["policy"] == "ceil" and key[f["name"]] < a) or (f["policy"] == "floor" and key[f["name"]] > a)
+            for f, a in numeric
+        )
+        return (against, sum(gap(key, f["name"], a) for f, a in numeric), canonical_key(key))
+
+    return min(within, key=rank) if within else first
 
 
 sizes = st.one_of(
@@ -246,6 +295,31 @@ def test_nearest_minimises_log2_distance_and_ties_go_to_the_larger(
         )
         if math.isclose(d, best, abs_tol=1e-12):
             assert got["size"] >= v, "a tie must go to the larger value"
+
+
+@examples
+@given(
+    kernel=st.sampled_from(("by_nearest", "by_ceil", "by_floor")),
+    dtype=query_dtypes, size=sizes, tokens=sizes,
+)
+def test_a_far_match_gives_way_to_the_nearest_key_within_every_limit(
+    guarded_picker: Picker, kernel: str, dtype: str, size: int, tokens: int
+) -> None:
+    features = (dtype, size, tokens)
+    choice = resolve(guarded_picker, kernel, features)
+    expected = oracle_within(kernel, features, DEFAULT_MAX_DISTANCE)
+    if expected is None:
+        assert choice is None
+        return
+    assert choice is not None
+    assert choice.preset.key == expected, f"{kernel} {features}: {choice.preset.key}, expected {expected}"
+    assert choice.config == {"block": STORED[kernel].index(expected)}
+    for name, actual in (("size", size), ("tokens", tokens)):
+        assert choice.distances[name] == pytest.approx(abs(log2(expected[name]) - log2(actual)))
+    # Far only when no stored key is within every limit; then it is the field-by-field key.
+    assert choice.far == (expected == oracle(kernel, features) and any(
+        abs(log2(expected[n]) - log2(a)) > DEFAULT_MAX_DISTANCE for n, a in (("size", size), ("tokens", tokens))
+    ))
 
 
 @examples

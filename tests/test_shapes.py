@@ -265,8 +265,9 @@ def test_refine_orders_are_the_tuning_grid_reordered() -> None:
     first = matmul[: 2 * len(pairs)]  # every (n, k) pair at m = 16 and m = 1024
     assert {(k["n"], k["k"], k["m"]) for k in first} == {(n, kk, m) for n, kk in pairs for m in (16, 1024)}
     # Then one m at a time for every pair, until every m from 1 to 8192 is served within
-    # the far limit under matmul's own matching (m is `ceil`): every power of two but 2 and
-    # 8192. Checked with the picker's index and limits, at every m, odd ones included.
+    # the far limit by the field-by-field match (m is `ceil`), the picker's first choice:
+    # every power of two but 2 and 8192. Checked with the picker's index and limits, at
+    # every m, odd ones included.
     ceil_ladder = (1, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
     head = matmul[: len(ceil_ladder) * len(pairs)]
     assert {(k["n"], k["k"], k["m"]) for k in head} == {(n, kk, m) for n, kk in pairs for m in ceil_ladder}
@@ -278,7 +279,10 @@ def test_refine_orders_are_the_tuning_grid_reordered() -> None:
         for m in range(1, 8193):
             found = index.match(("bfloat16", n, kk, m))
             assert found is not None and not far_fields(found.distances, limits), (n, kk, m, found)
-    # A x4 ladder (1, 4, ..., 4096: enough for a `nearest` m) is not: 300 ceils to 1024.
+    # A x4 ladder (1, 4, ..., 4096: enough for a `nearest` m) is not: 300 ceils to 1024,
+    # so the picker's fallback (`match_within`) serves m 256's config, against `ceil`.
     x4 = KeyIndex(spec, [(k, None) for k in head if k["m"] in (1, 4, 16, 64, 256, 1024, 4096)])
     m300 = x4.match(("bfloat16", 4096, 4096, 300))
     assert m300 is not None and far_fields(m300.distances, limits) == {"m": pytest.approx(math.log2(1024 / 300))}
+    rescued = x4.match_within(("bfloat16", 4096, 4096, 300), limits)
+    assert rescued is not None and json.loads(rescued.key)["m"] == 256 and not far_fields(rescued.distances, limits)

@@ -10,6 +10,9 @@ answers never loads the others). `resolve()` then answers from memory:
     memo miss                     own platform's shape match, then fallback platforms'
                                   shape match, then default entries ({}), else None
 
+A shape match is `KeyIndex.match_within`: field by field, or, where that key is far, the
+nearest stored key within every field's far limit.
+
 Nothing on the hot path touches SQLite. The overlay is the only layer that can change
 under a running process; its ``PRAGMA data_version`` is looked at no more than once per
 `RECHECK_SECONDS`, on a resolve, and a change drops the indexes and the memo. Immutable
@@ -186,7 +189,7 @@ class Picker:
         index = self._index(kernel, spec)
         for platform in self.chain:
             idx = self._slice(kernel, index, platform)
-            m = idx.match(features) if idx is not None else None
+            m = idx.match_within(features, index.limits) if idx is not None else None
             if m is not None:
                 return self._choice(kernel, index, platform, m.payload, m.kind, m.distances, features)
         for platform in self.chain:
