@@ -122,8 +122,8 @@ def test_far_default_runs_helions_default_config_and_says_why(rms: Any) -> None:
     said = _call(rms, 3, times=3)
     far = [s for s in said if s.startswith("FarMatchWarning")]
     assert len(far) == 1, said  # once per key
-    assert ('the nearest stored key {"dtype":"float32","hidden":16,"num_tokens":8} (cpu) is far: '
-            "num_tokens 1.42 > max 1 (log2 distance); running Helion's default config instead") in far[0]
+    assert ('no stored key is within every limit; the nearest, {"dtype":"float32","hidden":16,"num_tokens":8} '
+            "(cpu), is far: num_tokens 1.42 > max 1 (log2 distance); running Helion's default config instead") in far[0]
     x, w = _inputs(3)
     res = rms.resolution(x, w, EPS)
     assert res.choice is None and res.far is not None and res.far.preset.key == NEAR8

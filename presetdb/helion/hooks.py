@@ -180,8 +180,8 @@ def serve_far(rk: RegisteredKernel, picker: Picker, features: tuple[KeyValue, ..
     """A far match (counted already): what PRESETDB_ON_FAR says, warned once per key."""
     policy = picker.settings.on_far
     text = canonical_key(rk.key_spec.key_of(features))
-    where = (f"presetdb: {rk.name} {text} on {picker.platform}: the nearest stored key "
-             f"{choice.preset.shape_key} ({choice.platform}) is {choice.far_text()}")
+    where = (f"presetdb: {rk.name} {text} on {picker.platform}: no stored key is within every "
+             f"limit; the nearest, {choice.preset.shape_key} ({choice.platform}), is {choice.far_text()}")
     if policy == "rerank":
         from presetdb.helion import rerank
 
