@@ -5,6 +5,8 @@ names each candidate's time. Checks the choice, runners-up, provenance, import a
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typer.testing import CliRunner
 from presetdb.cli import app
 from presetdb.errors import FarmError
 from presetdb.keys import canonical_key
+from presetdb.offline import farm
 from presetdb.offline import refine as refining
 from presetdb.offline.importers import import_files, presetdb_results
 from presetdb.offline.importers.presetdb_results import _header_validator, schema_problems
@@ -223,6 +226,43 @@ def test_cli_refine_executor_options(stored_db: Path, tmp_path: Path, monkeypatc
     help_text = " ".join(CliRunner().invoke(app, ["refine", "--help"], env={"COLUMNS": "300"}).output.split())
     for option in ("--executor", "--address", "--gpus-per-task", "--cpus-per-task", "--max-retries"):
         assert option in help_text
+
+
+def test_a_shape_past_the_hard_limit_is_abandoned_for_good_and_the_rerun_goes_on(
+    stored_db: Path, tmp_path: Path
+) -> None:
+    """--shape-hard-limit: the watchdog records the shape still running as failed with
+    retry false and ends the process (exit 4: a hung compile cannot be interrupted, so a
+    real process must end); the rerun skips it and refines the rest. A real CLI process
+    each time; refining one key in the interpreter (4 compiles) takes well over 1 s."""
+    out = tmp_path / "hung.json"
+    grid = "dtype=float32;hidden=64;num_tokens=8,16"
+    base = [sys.executable, "-m", "presetdb", "refine", "rms_norm", "--grid", grid, "--db", str(stored_db),
+            "--device", "cpu", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "TRITON_INTERPRET": "1", "COLUMNS": "300"}
+    first = subprocess.run([*base, "--shape-hard-limit", "1"], check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == farm.HUNG, first.stdout + first.stderr
+    assert "still running after 1 s; ending the process (exit 4)" in " ".join(first.stderr.split())
+    doc = load(out)
+    assert doc["entries"] == []
+    (failure,) = doc["failures"]
+    assert failure["key"] == SHAPE and failure["retry"] is False
+    assert "did not finish within --shape-hard-limit 1 s" in failure["error"]
+    again = subprocess.run(base, check=False, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    said = " ".join(again.stdout.split())
+    assert "1 refined, 0 already there, 0 failed, 1 abandoned earlier (--shape-hard-limit), of 2 shape(s)" in said
+    doc = load(out)
+    assert [e["key"] for e in doc["entries"]] == [SHAPE2]  # SHAPE was not started again
+    assert [(f["key"], f["retry"]) for f in doc["failures"]] == [(SHAPE, False)]
+    assert not schema_problems(_header_validator(), doc)  # retry: false is in the format
+
+
+def test_the_hard_limit_is_for_the_local_executor(stored_db: Path, tmp_path: Path) -> None:
+    args = ["refine", "rms_norm", "--grid", "dtype=float32;hidden=64;num_tokens=8", "--db", str(stored_db),
+            "--device", "cpu", "--out", str(tmp_path / "x.json"), "--executor", "ray", "--shape-hard-limit", "60"]  # fmt: skip
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "only with --executor local" in " ".join(result.output.split())
 
 
 def test_an_invalidated_graph_capture_is_measured_again_and_other_errors_raise() -> None:

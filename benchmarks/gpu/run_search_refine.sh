@@ -14,7 +14,10 @@
 #   bash benchmarks/gpu/run_search_refine.sh DEVICE_DIR SEARCH_DEADLINE_S REFINE_DEADLINE_S KERNEL
 # SEARCH_BUDGET: seconds of search per shape (default 40); COMPILE_TIMEOUT (default 20 s);
 # CANDIDATES_FROM: refine with that platform's stored configs; K: configs per key (see run_seed_v2.sh).
+# HARD_LIMIT (refine, default 150 s) / HARD_LIMIT_TUNE (240 s): a shape still running then
+# is abandoned for good (recorded in the results file) and the command resumes with the next.
 set -uo pipefail
+. "$(dirname "$0")/until_deadline.sh"
 dir=$1; search_deadline=$2; refine_deadline=$3; k=$4
 FINAL=${OUT:-out}
 out="$FINAL/seed_v2"; mkdir -p "$out"
@@ -32,15 +35,16 @@ cp "$(python3 -P -c 'from presetdb.store.default_db import embedded_path; print(
 
 echo "== search $k (${search_deadline}s)"
 seeds=(); [ -f "benchmarks/shapes/seed_configs_v2_$k.json" ] && seeds=(--seed-configs "benchmarks/shapes/seed_configs_v2_$k.json")
-timeout -s INT "$search_deadline" python3 -P -m presetdb tune "$k" --shapes "benchmarks/shapes/search_v2_$k.json" \
+until_deadline $(( $(date +%s) + search_deadline )) python3 -P -m presetdb tune "$k" --shapes "benchmarks/shapes/search_v2_$k.json" \
   --effort quick --budget-seconds "${SEARCH_BUDGET:-40}" --seed 1234 --timing graph --warm-start "${seeds[@]}" \
-  --db "$out/candidates.db" --out "$out/tune_$k.json" > "$out/tune_$k.$stamp.log" 2>&1
+  --shape-hard-limit "${HARD_LIMIT_TUNE:-240}" --db "$out/candidates.db" --out "$out/tune_$k.json" >> "$out/tune_$k.$stamp.log" 2>&1
 echo "tune $k exit $?"; grep -v '━' "$out/tune_$k.$stamp.log" | tail -4; pack
 
 [ -f "$out/tune_$k.json" ] && python3 -P -m presetdb import "$out/tune_$k.json" --db "$out/candidates.db" 2>&1 | tail -1
 echo "== refine $k (${refine_deadline}s)"
 grid="benchmarks/shapes/tune_v2_$k.json"; [ -f "benchmarks/shapes/refine_order_v2_$k.json" ] && grid="benchmarks/shapes/refine_order_v2_$k.json"
-timeout -s INT "$refine_deadline" python3 -P -m presetdb refine "$k" --shapes "$grid" \
-  --k "${K:-8}" ${CANDIDATES_FROM:+--candidates-from "$CANDIDATES_FROM"} --timing graph --db "$out/candidates.db" --out "$out/refine_$k.json" > "$out/refine_$k.$stamp.log" 2>&1
+until_deadline $(( $(date +%s) + refine_deadline )) python3 -P -m presetdb refine "$k" --shapes "$grid" \
+  --k "${K:-8}" ${CANDIDATES_FROM:+--candidates-from "$CANDIDATES_FROM"} --timing graph --shape-hard-limit "${HARD_LIMIT:-150}" \
+  --db "$out/candidates.db" --out "$out/refine_$k.json" >> "$out/refine_$k.$stamp.log" 2>&1
 echo "refine $k exit $?"; grep -v '━' "$out/refine_$k.$stamp.log" | tail -3
 pack; rm -rf "$out"

@@ -10,7 +10,10 @@
 # architecture, and the H100's presets are the v2 ones, refined with graph timing).
 # K: stored configs timed per key (`--k`, default 8; benchmarks/refine_k.py: on the H200's
 # 31 matmul keys, K=4 would have kept the same preset on 29 and lost at most 0.9 %).
+# HARD_LIMIT (default 150 s): a key still refining then is abandoned for good (recorded in
+# the results file) and refine resumes with the next (benchmarks/gpu/until_deadline.sh).
 set -uo pipefail
+. "$(dirname "$0")/until_deadline.sh"
 dir=$1; deadline=$2; shift 2
 kernels=${*:-rms_norm silu_mul softmax matmul}
 FINAL=${OUT:-out}
@@ -24,8 +27,9 @@ for k in $kernels; do
   [ "$left" -le 20 ] && { echo "deadline: skipping $k"; continue; }
   echo "== $k (${left}s left)"
   grid="benchmarks/shapes/tune_v2_$k.json"; [ -f "benchmarks/shapes/refine_order_v2_$k.json" ] && grid="benchmarks/shapes/refine_order_v2_$k.json"
-  timeout -s INT "$left" python3 -P -m presetdb refine "$k" --shapes "$grid" --k "${K:-8}" \
-    ${CANDIDATES_FROM:+--candidates-from "$CANDIDATES_FROM"} --timing graph --out "$out/refine_$k.json" > "$out/refine_$k.$stamp.log" 2>&1
+  until_deadline $(( $(date +%s) + left )) python3 -P -m presetdb refine "$k" --shapes "$grid" --k "${K:-8}" \
+    ${CANDIDATES_FROM:+--candidates-from "$CANDIDATES_FROM"} --timing graph --shape-hard-limit "${HARD_LIMIT:-150}" \
+    --out "$out/refine_$k.json" >> "$out/refine_$k.$stamp.log" 2>&1
   echo "refine $k exit $?"; grep -v '━' "$out/refine_$k.$stamp.log" | tail -3
 done
 tar czf "$FINAL/seed_v2.tgz" -C "$FINAL" seed_v2 && rm -rf "$out"

@@ -48,6 +48,14 @@ WorkerOption = Annotated[
         "no per-shape start-up; docs/farm.md).",
     ),
 ]
+ShapeHardLimitOption = Annotated[
+    float | None,
+    typer.Option(
+        "--shape-hard-limit", min=1, show_default=False,
+        help="Seconds (local executor): a shape still running then (a compile that hangs) is recorded "
+        "as failed for good and the process exits with code 4; rerun the same command to go on.",
+    ),
+]
 
 
 def make_executor(
@@ -61,6 +69,7 @@ def make_executor(
     platform: str | None,
     device: str,
     modules: Sequence[str] | None,
+    shape_hard_limit: float | None = None,
 ) -> LocalExecutor | RayExecutor:
     """--executor and its options -> the executor (Ray is imported only when it runs:
     without it, the run fails saying how to install it)."""
@@ -71,7 +80,12 @@ def make_executor(
     if worker not in farm_ray.WORKER_KINDS:
         raise typer.BadParameter(f"use {' or '.join(farm_ray.WORKER_KINDS)}", param_hint="--worker")
     if executor == "local":
-        return farm.LocalExecutor(device)
+        return farm.LocalExecutor(device, shape_hard_limit)
+    if shape_hard_limit is not None:
+        raise typer.BadParameter(
+            "only with --executor local (a Ray task's worker process is its own: stop it with Ctrl-C)",
+            param_hint="--shape-hard-limit",
+        )
     return farm_ray.RayExecutor(
         address,
         gpus_per_task=gpus_per_task,

@@ -31,6 +31,7 @@ from presetdb.cli.executors import (
     FromQueueOption,
     GpusPerTaskOption,
     MaxRetriesOption,
+    ShapeHardLimitOption,
     WorkerOption,
     make_executor,
 )
@@ -381,6 +382,7 @@ def tune_cmd(
     cpus_per_task: CpusPerTaskOption = 1,
     max_retries: MaxRetriesOption = 2,
     worker: WorkerOption = "shape",
+    shape_hard_limit: ShapeHardLimitOption = None,
 ) -> None:
     """Autotune a kernel per shape with Helion and write a presetdb-results/1 file (GPU).
 
@@ -421,6 +423,7 @@ def tune_cmd(
         platform=platform,
         device=device,
         modules=module,
+        shape_hard_limit=shape_hard_limit,
     )
     on_cpu = device == "cpu"
     timer = tuning.cpu_timer() if on_cpu else None
@@ -466,7 +469,9 @@ def tune_cmd(
         raise typer.Exit(2) from None
     console.print(
         f"{safe(summary.path)}: {summary.done} tuned, {summary.skipped} already there, "
-        f"{len(summary.failed)} failed, of {summary.total} shape(s)"
+        f"{len(summary.failed)} failed, "
+        + (f"{summary.abandoned} abandoned earlier (--shape-hard-limit), " if summary.abandoned else "")
+        + f"of {summary.total} shape(s)"
     )
     if summary.interrupted:
         err_console.print("interrupted: finished shapes are kept; run the same command again to resume")

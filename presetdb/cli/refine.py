@@ -16,6 +16,7 @@ from presetdb.cli.executors import (
     FromQueueOption,
     GpusPerTaskOption,
     MaxRetriesOption,
+    ShapeHardLimitOption,
     WorkerOption,
     make_executor,
 )
@@ -70,6 +71,7 @@ def refine_cmd(
     cpus_per_task: CpusPerTaskOption = 1,
     max_retries: MaxRetriesOption = 2,
     worker: WorkerOption = "shape",
+    shape_hard_limit: ShapeHardLimitOption = None,
 ) -> None:
     """Time the k nearest stored configs and Helion's default on each shape; keep the fastest (GPU).
 
@@ -103,6 +105,7 @@ def refine_cmd(
         platform=platform,
         device=device,
         modules=module,
+        shape_hard_limit=shape_hard_limit,
     )
     from sqlalchemy import URL
 
@@ -132,7 +135,9 @@ def refine_cmd(
     summary = refiner.run(keys)
     console.print(
         f"{summary.path}: {summary.done} refined, {summary.skipped} already there, "
-        f"{len(summary.failed)} failed, of {summary.total} shape(s)",
+        f"{len(summary.failed)} failed, "
+        + (f"{summary.abandoned} abandoned earlier (--shape-hard-limit), " if summary.abandoned else "")
+        + f"of {summary.total} shape(s)",
         markup=False,
     )
     if summary.interrupted:

@@ -30,6 +30,10 @@ API (what tune uses and refine plugs into)::
 - A Python error in ``work`` becomes a recorded failure (its message and traceback
   tail in the file's ``failures``; retried on the next run); a dead worker process is
   retried by Ray (``max_retries``); Ctrl-C cancels running tasks and keeps finished ones.
+- A shape that hangs (one Triton compile of a pathological config can run for many
+  minutes, and no Python code runs meanwhile to stop it): `LocalExecutor(shape_hard_limit=S)`
+  records it as a failure with ``"retry": false`` and ends the process (exit `HUNG`); the
+  rerun resumes without it (remove that failure from the file to try it again).
 - The results file is rewritten atomically after every finished shape; a rerun skips
   the shapes already in it (`ResultsFile` refuses a file of another kernel, platform,
   kernel source or, for the fields named in ``resume_same``, another run setting).
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -77,6 +82,7 @@ from presetdb.store.models import utc_now
 FARM_INSTALL = "pip install 'presetdb[farm]'"
 TRACEBACK_TAIL = 3000  # characters of a failure's traceback kept in the file
 NOTE = "_note"  # an entry member the work may add for the console line; never saved
+HUNG = 4  # exit code: a shape outlasted LocalExecutor's shape_hard_limit (rerun to go on)
 # Provenance of the machine that ran a shape (the driver may have no GPU): host, device, versions.
 MACHINE_FIELDS = PROVENANCE_FIELDS[: PROVENANCE_FIELDS.index("presetdb_version") + 1]
 
@@ -184,6 +190,7 @@ class ResultsFile:
         self.entries: list[dict[str, Any]] = []
         self.failures: list[dict[str, Any]] = []
         self._opened = False
+        self._saving = threading.Lock()
 
     def open(self) -> dict[str, Any]:
         """Read an existing file (checked: it must be the same kernel, platform and
@@ -219,11 +226,16 @@ class ResultsFile:
         self.run.update(kept)
         self.run.setdefault("started_at", utc_now())
         self.entries = list(doc["entries"])
-        self.failures = []  # failed shapes are tried again
+        # Failed shapes are tried again, but for those that outlasted a hard limit.
+        self.failures = [f for f in doc.get("failures", ()) if f.get("retry") is False]
         return self.run
 
     def finished_keys(self) -> set[str]:
         return {canonical_key(e["key"]) for e in self.entries}
+
+    def abandoned_keys(self) -> set[str]:
+        """Shapes a run gave up on for good (`retry: false`): a rerun does not start them."""
+        return {canonical_key(f["key"]) for f in self.failures if f.get("retry") is False}
 
     def add(self, entry: Mapping[str, Any]) -> None:
         entry = dict(entry)
@@ -233,13 +245,19 @@ class ResultsFile:
             self.run.update({k: v for k, v in machine.items() if k in MACHINE_FIELDS})
         self.entries.append(entry)
 
-    def fail(self, key: Mapping[str, Any], error: str, tail: str | None = None) -> None:
+    def fail(self, key: Mapping[str, Any], error: str, tail: str | None = None, *, retry: bool = True) -> None:
         failure: dict[str, Any] = {"key": dict(key), "error": error}
         if tail:
             failure["traceback"] = tail
+        if not retry:
+            failure["retry"] = False
         self.failures.append(failure)
 
     def save(self) -> None:
+        with self._saving:  # the main thread and a hard-limit watchdog
+            self._save()
+
+    def _save(self) -> None:
         self.run["finished_at"] = utc_now()
         presetdb_results.write(
             self.path,
@@ -262,6 +280,7 @@ class RunSummary:
     total: int
     done: int = 0  # finished in this run
     skipped: int = 0  # already in the file (resume)
+    abandoned: int = 0  # not started: an earlier run gave up on them (shape_hard_limit)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (key, error)
     interrupted: bool = False
     submitted: int = 0  # shapes handed to the executor
@@ -389,9 +408,13 @@ def _run(
     describe: Callable[[ShapeOutcome], str] | None,
 ) -> RunSummary:
     out.open()
-    finished = out.finished_keys()
-    todo = [k for k in keys if canonical_key(k) not in finished]
-    summary = RunSummary(out.path, total=len(keys), skipped=len(keys) - len(todo), submitted=len(todo))
+    finished, abandoned = out.finished_keys(), out.abandoned_keys() - out.finished_keys()
+    texts = [canonical_key(k) for k in keys]
+    todo = [k for k, text in zip(keys, texts, strict=True) if text not in finished and text not in abandoned]
+    summary = RunSummary(
+        out.path, total=len(keys), skipped=sum(t in finished for t in texts),
+        abandoned=sum(t in abandoned for t in texts), submitted=len(todo),
+    )
     out.save()
     tasks = [ShapeTask(kernel, k, tuple(dict(c) for c in (configs_for(k) if configs_for else ()))) for k in todo]
     console = console or Console(stderr=True)
@@ -417,10 +440,16 @@ def _run(
 
 
 class LocalExecutor:
-    """One shape after another in this process, on its GPU (or the interpreter)."""
+    """One shape after another in this process, on its GPU (or the interpreter).
 
-    def __init__(self, device: str = "cuda") -> None:
+    `shape_hard_limit` (seconds): a shape still running after it is recorded as failed
+    for good (``retry: false``) and the process ends with exit code `HUNG`, since a hung
+    compile or kernel holds the main thread and cannot be interrupted; rerunning the same
+    command resumes with the next shape."""
+
+    def __init__(self, device: str = "cuda", shape_hard_limit: float | None = None) -> None:
         self.device = device
+        self.shape_hard_limit = shape_hard_limit
 
     def execute(self, tasks: Sequence[ShapeTask], work: ShapeWork, monitor: Monitor) -> bool:
         worker = WorkerInfo(
@@ -433,7 +462,39 @@ class LocalExecutor:
         try:
             for task in tasks:
                 monitor.started(task.key, worker)
-                monitor.finished(run_task(work, task, worker))
+                with self._watchdog(task, monitor):
+                    outcome = run_task(work, task, worker)
+                monitor.finished(outcome)
         except KeyboardInterrupt:
             return True
         return False
+
+    @contextmanager
+    def _watchdog(self, task: ShapeTask, monitor: Monitor) -> Iterator[None]:
+        limit = self.shape_hard_limit
+        if limit is None:
+            yield
+            return
+
+        def give_up() -> None:
+            text = canonical_key(task.key)
+            error = (
+                f"did not finish within --shape-hard-limit {limit:g} s (a compile or kernel that hangs); "
+                "not retried on resume: remove this failure from the file to try the shape again"
+            )
+            monitor.out.fail(task.key, error, retry=False)
+            monitor.out.save()
+            monitor.console.print(
+                f"[red]abandoned[/] {escape(text)}: still running after {limit:g} s; ending the process "
+                f"(exit {HUNG}): run the same command again to go on with the next shape",
+                highlight=False,
+            )
+            os._exit(HUNG)  # no Python code can stop the hung call; nothing else may run after it
+
+        timer = threading.Timer(limit, give_up)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
