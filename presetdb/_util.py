@@ -7,12 +7,16 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+HUNG = 4  # exit code of a process `hard_limit` ended: rerun it to go on
 
 
 def utc_now() -> str:
@@ -83,3 +87,25 @@ def warn_at_caller(message: str, category: type[Warning]) -> None:
 
 
 __all__ = ["caller_stacklevel", "canonical_json", "file_sha256", "utc_now", "warn_at_caller", "write_atomic"]
+
+
+@contextmanager
+def hard_limit(seconds: float, give_up: Callable[[], None]) -> Iterator[None]:
+    """If the block still runs after `seconds`: `give_up()` (say so, record it), then end
+    the process with exit code `HUNG`. For work that can hang where no Python code runs to
+    stop it (a Triton compile, a kernel): it holds the main thread, so the process must end,
+    and os._exit because nothing else may run after it."""
+
+    def fire() -> None:
+        try:
+            give_up()
+        finally:
+            os._exit(HUNG)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()

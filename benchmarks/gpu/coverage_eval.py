@@ -44,14 +44,13 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from presetdb._util import hard_limit as ending_after
 from presetdb._util import write_atomic  # stdlib only: safe before the env is set
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +58,6 @@ KERNELS = ("rms_norm", "silu_mul", "softmax", "matmul")
 POLICIES = ("nearest", "default", "rerank")
 TARGET = 0.95
 LOST_CONTEXT = 3  # exit code: the CUDA context broke; rerun with --resume
-HUNG = 4  # exit code: a shape outlasted --shape-hard-limit; rerun with --resume
 
 
 def shape_id(kernel: str, key: dict[str, Any]) -> str:
@@ -284,22 +282,13 @@ def unfinished(note: dict[str, Any]) -> dict[str, Any]:
         "(the watchdog, or the call's time limit); not retried")}
 
 
-@contextmanager
-def hard_limit(seconds: float, shape: str) -> Iterator[None]:
+def hard_limit(seconds: float, shape: str) -> AbstractContextManager[None]:
     """Ends the process (exit HUNG) if the block, measuring `shape`, still runs after
-    `seconds`; the results file already names the shape (`in_progress`). os._exit: a hung
-    compile or kernel holds the main thread, and nothing else may run after it."""
-    def fire() -> None:
+    `seconds`; the results file already names the shape (`in_progress`)."""
+    def say() -> None:
         print(f"{shape}: still running after {seconds:.0f} s; ending the process (rerun with --resume)", flush=True)
-        os._exit(HUNG)
 
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
+    return ending_after(seconds, say)
 
 
 def _ms(value: float | None) -> str:

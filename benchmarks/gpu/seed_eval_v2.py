@@ -49,10 +49,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts (python -P drops it)
 import seed_eval_v2_e2e as e2e
-from coverage_eval import HUNG, hard_limit, in_progress, shape_id, spaced, unfinished
+from coverage_eval import hard_limit, in_progress, shape_id, spaced, unfinished
 from seed_eval_v2_report import KERNELS, MATMUL_MIN_M, summarize, write
 
-from presetdb._util import write_atomic
+from presetdb._util import HUNG, write_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("heldout", "e2e")

@@ -53,7 +53,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,6 +73,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from presetdb._util import HUNG, hard_limit
 from presetdb.errors import TuneError
 from presetdb.keys import canonical_key
 from presetdb.offline.importers import presetdb_results
@@ -82,7 +83,6 @@ from presetdb.store.models import utc_now
 FARM_INSTALL = "pip install 'presetdb[farm]'"
 TRACEBACK_TAIL = 3000  # characters of a failure's traceback kept in the file
 NOTE = "_note"  # an entry member the work may add for the console line; never saved
-HUNG = 4  # exit code: a shape outlasted LocalExecutor's shape_hard_limit (rerun to go on)
 # Provenance of the machine that ran a shape (the driver may have no GPU): host, device, versions.
 MACHINE_FIELDS = PROVENANCE_FIELDS[: PROVENANCE_FIELDS.index("presetdb_version") + 1]
 
@@ -469,15 +469,12 @@ class LocalExecutor:
             return True
         return False
 
-    @contextmanager
-    def _watchdog(self, task: ShapeTask, monitor: Monitor) -> Iterator[None]:
+    def _watchdog(self, task: ShapeTask, monitor: Monitor) -> AbstractContextManager[None]:
         limit = self.shape_hard_limit
         if limit is None:
-            yield
-            return
+            return nullcontext()
 
         def give_up() -> None:
-            text = canonical_key(task.key)
             error = (
                 f"did not finish within --shape-hard-limit {limit:g} s (a compile or kernel that hangs); "
                 "not retried on resume: remove this failure from the file to try the shape again"
@@ -485,16 +482,9 @@ class LocalExecutor:
             monitor.out.fail(task.key, error, retry=False)
             monitor.out.save()
             monitor.console.print(
-                f"[red]abandoned[/] {escape(text)}: still running after {limit:g} s; ending the process "
-                f"(exit {HUNG}): run the same command again to go on with the next shape",
+                f"[red]abandoned[/] {escape(canonical_key(task.key))}: still running after {limit:g} s; ending "
+                f"the process (exit {HUNG}): run the same command again to go on with the next shape",
                 highlight=False,
             )
-            os._exit(HUNG)  # no Python code can stop the hung call; nothing else may run after it
 
-        timer = threading.Timer(limit, give_up)
-        timer.daemon = True
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
+        return hard_limit(limit, give_up)
