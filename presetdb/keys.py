@@ -303,17 +303,14 @@ class KeyIndex(Generic[T]):
         self._root = _Level()
         self.default: tuple[str, T] | None = None
         self.keys: list[str] = []
-        # (values in field order, text, payload) of every non-default key: what `match_within`
-        # scans when the field-by-field match is far.
+        # (values in field order, text, payload) of every non-default key: the numeric check
+        # below reads its columns; `match_within` scans it when the field-by-field match is far.
         self._stored: list[tuple[tuple[KeyValue, ...], str, T]] = []
         stored_append = self._stored.append
         names = spec.names
         # key -> its values in field order, as a tuple (itemgetter of one name returns the bare value)
         get = operator.itemgetter(*names) if len(names) > 1 else (lambda key: (key[names[0]],))
         keys_append = self.keys.append
-        seen: list[tuple[KeyValue, ...]] = []  # values of the non-default keys ...
-        seen_texts: list[str] = []  # ... and their texts
-        seen_append, texts_append = seen.append, seen_texts.append
         root = self._root
         for text, key, payload in entries:
             keys_append(text)
@@ -330,8 +327,6 @@ class KeyIndex(Generic[T]):
                 _refuse(spec, text, key)
                 if values is None:
                     raise KeySpecError(f"stored key {text}: does not fit the key spec {list(names)}")
-            seen_append(values)
-            texts_append(text)
             stored_append((values, text, payload))
             level = root
             for value in values[:-1]:
@@ -341,8 +336,9 @@ class KeyIndex(Generic[T]):
                 level = child
             level.children[values[-1]] = (text, payload)
         # Numeric fields are checked a column at a time (C-speed builtins), not per key.
-        if seen:
-            for f, column in zip(spec.fields, zip(*seen, strict=True), strict=True):
+        if self._stored:
+            columns = zip(*(values for values, _, _ in self._stored), strict=True)
+            for f, column in zip(spec.fields, columns, strict=True):
                 if f.policy == "exact":
                     continue
                 try:
@@ -354,7 +350,7 @@ class KeyIndex(Generic[T]):
                 except OverflowError:  # an int beyond float range
                     fits = False
                 if not fits:
-                    for values, text in zip(seen, seen_texts, strict=True):
+                    for values, text, _ in self._stored:
                         _refuse(spec, text, dict(zip(names, values, strict=True)))
         self._freeze(root, 0)
 
@@ -410,7 +406,7 @@ class KeyIndex(Generic[T]):
         Field-by-field matching commits to the nearest value of each field in turn, so a
         call whose first numeric field is near a stored value that was tuned with only one
         value of the next field ends far, although keys within every limit exist (matmul n
-        5,120 with k 13,824 matches n 5,120's only k, 25,600, not (4,096, 14,336)). Such
+        5,120 with k 13,824: n picks 4,608, whose only k is 3,584, not (4,096, 14,336)). Such
         keys are ranked by how many ceil/floor fields they go against, then total log2
         distance, then key text. A scan of the kernel's keys, once per new shape (the
         picker memoizes), and only for far matches."""

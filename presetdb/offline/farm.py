@@ -408,7 +408,8 @@ def _run(
     describe: Callable[[ShapeOutcome], str] | None,
 ) -> RunSummary:
     out.open()
-    finished, abandoned = out.finished_keys(), out.abandoned_keys() - out.finished_keys()
+    finished = out.finished_keys()
+    abandoned = out.abandoned_keys() - finished
     texts = [canonical_key(k) for k in keys]
     todo = [k for k, text in zip(keys, texts, strict=True) if text not in finished and text not in abandoned]
     summary = RunSummary(
