@@ -23,10 +23,9 @@ FINAL=${OUT:-out}
 out="$FINAL/seed_v2"; mkdir -p "$out"
 # Benchmarks in-process: a spawned benchmark worker re-imports torch per shape (~10 s).
 # Helion's precompile gives up on a config after COMPILE_TIMEOUT s (Helion's default: 60).
-# One held-out softmax shape (128k columns) took 89-106 s to refine on the H100 with a 25 s
-# budget, which is checked between compiles; compiling persistent reductions over rows that
-# long (every stored softmax config; Helion's own default for such rows loops) is the likely
-# cost, not yet measured apart: the tune/refine logs of this script's first run will say.
+# Compiling a stored persistent reduction on rows far longer than it was tuned for took
+# Triton 46 s to over 300 s (benchmarks/results/cpu/compile_footprint/); refine and the
+# search's seeds now loop such reductions first (presetdb.helion.footprint).
 export PYTHONUNBUFFERED=1 HELION_AUTOTUNE_BENCHMARK_SUBPROCESS=0 HELION_AUTOTUNE_COMPILE_TIMEOUT=${COMPILE_TIMEOUT:-20}
 stamp=$(date -u +%Y%m%dT%H%MZ)  # one log per call: a resumed run keeps the earlier calls' logs
 pack() { tar czf "$FINAL/seed_v2.tgz" --exclude='candidates.db' -C "$FINAL" seed_v2; }

@@ -170,6 +170,15 @@ def _normalized(bound: Any, config: Mapping[str, Any]) -> dict[str, Any]:
     return {**dict(normalized.config), **device_only}
 
 
+def fitted(bound: Any, config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """A config stored for another key, normalized for this shape and fitted to it
+    (`presetdb.helion.footprint`: a persistent reduction that would spill is looped);
+    the note says what the fit changed, or is "". Raises if it does not fit at all."""
+    from presetdb.helion.footprint import fit_reductions
+
+    return fit_reductions(bound.config_spec, _normalized(bound, config))
+
+
 def _compile(
     bound: Any, kargs: tuple[Any, ...], configs: list[dict[str, Any]], batch: CompileBatch | None, deadline: float | None
 ) -> list[Any]:
@@ -215,7 +224,9 @@ def rank_configs(
     fastest (after the 3 fastest and the default are re-timed round robin) is the entry.
     `bind` gives the hook-free Helion kernel bound for the shape's arguments, for their
     size class (default: `RegisteredKernel.bound_for`), so Helion's default and each
-    candidate's normalization are those of this shape, not of one bound before it. Past
+    candidate's normalization are those of this shape, not of one bound before it; each
+    candidate is fitted to the shape first (`fitted`: no persistent reduction that would
+    spill, so none that takes Triton minutes to compile). Past
     `deadline` (a perf_counter value) no more candidates are compiled or timed. Raises
     RefineError when no candidate runs and computes what the reference does."""
     clock = timer
@@ -229,14 +240,14 @@ def rank_configs(
     seen = {json.dumps(chosen[0].config, sort_keys=True)}
     for cand in candidates:
         try:
-            config = _normalized(bound, cand.config)
+            config, note = fitted(bound, cand.config)
         except Exception as exc:  # noqa: BLE001  (a stored config that does not fit this shape)
             failed.append((cand.origin, f"invalid here: {type(exc).__name__}: {exc}"[:300]))
             continue
         marker = json.dumps(config, sort_keys=True)
         if marker not in seen:
             seen.add(marker)
-            chosen.append(Candidate(config, cand.origin))
+            chosen.append(Candidate(config, f"{cand.origin} ({note})" if note else cand.origin))
     compiling = time.perf_counter()
     compiled = _compile(bound, kargs, [c.config for c in chosen], compile_batch, deadline)
     timing = time.perf_counter()

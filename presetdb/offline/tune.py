@@ -17,7 +17,8 @@ Warm start: the tuner can hand Helion's search the stored configs of the nearest
 and the key's current preset (`stored_neighbours`) as ``autotune_seed_configs``: tried
 first, without narrowing the search space. ``--seed-configs FILE`` adds configs of your
 own to every shape's seeds (`load_seed_configs`), e.g. tile shapes known to suit a GPU
-family that no stored key has yet.
+family that no stored key has yet. Seeds are fitted to the searched shape first
+(`fit_seeds`): a persistent reduction that would spill on longer rows is looped.
 
 The per-shape work is `ShapeTuner` (picklable: it runs in this process or in a Ray worker,
 see `presetdb.offline.farm`). The results file (presetdb-results/1) is rewritten
@@ -46,7 +47,7 @@ from rich.console import Console
 from presetdb import __version__
 from presetdb.errors import TuneError  # re-exported: its old import path
 from presetdb.helion.autotune import build_search, capture_provenance, machine_provenance, plain_kernel, utc_now
-from presetdb.helion.rerank import check_close, final_order
+from presetdb.helion.rerank import check_close, final_order, fitted
 from presetdb.keys import KeyIndex, canonical_key, parse_key
 from presetdb.offline.farm import (
     LocalExecutor,
@@ -237,6 +238,20 @@ def _runners_up(
     return tuple(out)
 
 
+def fit_seeds(bound: Any, seeds: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Warm-start seeds (configs of other keys) fitted to the searched shape (`fitted`):
+    a persistent reduction that would spill on these rows is looped. A seed that does not
+    normalize here is passed on as it is, for Helion's search to refuse."""
+    out = []
+    for seed in seeds:
+        try:
+            config, note = fitted(bound, seed)
+        except Exception:  # noqa: BLE001  (Helion's search reports an invalid seed itself)
+            config, note = dict(seed), ""
+        out.append(config if note else dict(seed))
+    return out
+
+
 def sample_search(count: int = 3, timer: Timer | None = None) -> Search:
     """A small real search: the seed configs (warm start, as Helion tries them first),
     Helion's default config and `count - 1` random valid configs from the kernel's
@@ -407,13 +422,15 @@ class ShapeTuner:
         import helion
 
         timer = self.timer or (TIMERS[self.timing] if self.device.startswith("cuda") else cpu_timer())
-        plain = plain_kernel(
-            rk, effort=self.effort, seed=self.seed, budget_seconds=self.budget_seconds, seed_configs=seeds
-        )
         args = tuple(rk.example_inputs(key, self.device))
         # The kernel body sees adapted arguments (e.g. leading dims folded into rows).
         kargs, restore = rk.adapt_args(args)
         kargs = tuple(kargs)
+        if seeds:
+            seeds = fit_seeds(plain_kernel(rk, effort=self.effort, seed=None, budget_seconds=None).bind(kargs), seeds)
+        plain = plain_kernel(
+            rk, effort=self.effort, seed=self.seed, budget_seconds=self.budget_seconds, seed_configs=seeds
+        )
         started = time.perf_counter()
         search = self.search or helion_search
         outcome = search(SearchRequest(rk, plain, key, kargs, self.effort, self.seed, self.budget_seconds))
