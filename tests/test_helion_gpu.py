@@ -119,3 +119,26 @@ def test_fast_launcher_reuses_compiled_kernels_only_where_triton_would(preset_st
         for t in inputs.values():
             assert_close(rk(t, w, eps), rk.reference(t, w, eps), torch.bfloat16)
     assert through_triton == []
+
+
+def test_refine_compiles_its_candidates_in_one_helion_batch() -> None:
+    """On a GPU refine hands its candidates to Helion's parallel precompile (FiniteSearch's
+    one batch): every candidate comes back compiled, nothing falls back to one by one."""
+    import warnings
+
+    import presetdb.kernels  # noqa: F401  (registers the kernels)
+    from presetdb.helion.registry import get_kernel
+    from presetdb.helion.rerank import BatchCompileWarning, Candidate
+    from presetdb.offline import refine as refining
+
+    rk = get_kernel("softmax")
+    key = {"dtype": "bfloat16", "n": 4096, "num_rows": 64}
+    candidates = [
+        Candidate({"block_sizes": [4], "num_warps": 8, "reduction_loops": [None]}, "persistent"),
+        Candidate({"block_sizes": [2], "num_warps": 4, "reduction_loops": [1024]}, "looped"),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BatchCompileWarning)
+        result = refining.refine_shape(rk, key, candidates, device="cuda", timing="graph")
+    assert result.entry["configs_tried"] == 3 and result.failed == ()
+

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from presetdb.cli import app
 from presetdb.errors import FarmError
+from presetdb.helion.rerank import BatchCompileWarning
 from presetdb.keys import canonical_key
 from presetdb.offline import farm
 from presetdb.offline import refine as refining
@@ -160,6 +161,18 @@ def test_refine_shape_is_callable_with_plain_data(rk: Any) -> None:
     bad = [refining.Candidate({"block_sizes": [1, 2, 3]}, "bad-key")]
     result = refining.refine_shape(rk, SHAPE2, bad, device="cpu", timer=TableTimer())
     assert result.winner_origin == "helion-default" and result.failed[0][0] == "bad-key"
+
+
+def test_a_failed_batch_compile_says_so_and_refines_one_by_one(rk: Any) -> None:
+    """Helion's batch compile (parallel precompile) needs a GPU; asked for on a CPU it fails
+    for real, and refine must say so (a silent fallback hid that it never ran on the H100)
+    and still refine every candidate."""
+    candidates = [refining.Candidate(CONFIGS[canonical_key(MIDDLE)], canonical_key(MIDDLE))]
+    with pytest.warns(BatchCompileWarning, match=r"batch compile failed \(\w+.*compiling the 2 candidate\(s\) one by one"):
+        result = refining.refine_shape(
+            "rms_norm", SHAPE2, candidates, device="cpu", timer=TableTimer(), parallel_compile=True
+        )
+    assert result.winner_origin == canonical_key(MIDDLE) and result.entry["configs_tried"] == 2 and result.failed == ()
 
 
 def test_refined_file_imports_with_presetdb_import(rk: Any, stored_db: Path, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import json
 import statistics
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -179,6 +180,11 @@ def fitted(bound: Any, config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     return fit_reductions(bound.config_spec, _normalized(bound, config))
 
 
+class BatchCompileWarning(UserWarning):
+    """Refine's batch compile (Helion's parallel precompile) failed; candidates were
+    compiled one by one instead."""
+
+
 def _compile(
     bound: Any, kargs: tuple[Any, ...], configs: list[dict[str, Any]], batch: CompileBatch | None, deadline: float | None
 ) -> list[Any]:
@@ -194,8 +200,12 @@ def _compile(
     if batch is not None:
         try:
             return batch(bound, kargs, configs)
-        except Exception:  # noqa: BLE001, S110  (fall back to compiling one by one)
-            pass
+        except Exception as exc:  # noqa: BLE001  (fall back to compiling one by one)
+            warnings.warn(
+                f"presetdb: batch compile failed ({type(exc).__name__}: {exc}); compiling the "
+                f"{len(configs)} candidate(s) one by one (each on its first launch, with no time limit)",
+                BatchCompileWarning, stacklevel=2,
+            )
     out: list[Any] = []
     for config in configs:
         if deadline is not None and out and time.perf_counter() > deadline:

@@ -145,13 +145,39 @@ def _plain_bound(rk: Any) -> SizeClassBinds:
 
 
 def _parallel_compile(bound: Any, kargs: tuple[Any, ...], configs: list[dict[str, Any]]) -> list[Any]:
-    """Helion's benchmark provider compiles the batch with its parallel precompile (GPU)."""
+    """Helion's own batch compile of the candidates (GPU): its public `FiniteSearch` over
+    them, whose one batch precompiles every config in forked processes (one per core,
+    each given up after ``HELION_AUTOTUNE_COMPILE_TIMEOUT`` s) and runs it once here. Its
+    results are read in order; which config it would pick is not used (the timer ranks).
+
+    A search's ``benchmark_batch`` cannot be called on its own: its benchmark provider is
+    made inside ``autotune()``. Calling it directly failed on every GPU refine before
+    (an AttributeError), which sent each candidate's Triton compile to its first launch,
+    one after another and with no time limit."""
     import helion
+    from helion.autotuner import FiniteSearch
 
-    from presetdb.helion.autotune import build_search
+    if len(configs) < 2:
+        raise RefineError("one candidate: nothing to compile in parallel")  # FiniteSearch needs two
+    search = FiniteSearch(bound, kargs, configs=[helion.Config(**c) for c in configs])
+    batches: list[Any] = []
+    benchmark_batch = search.benchmark_batch
 
-    search = build_search(bound, kargs)
-    results = search.benchmark_batch([helion.Config(**c) for c in configs], desc="refine", raise_if_no_viable_config=False)
+    def recording(batch: Any, *args: Any, **kwargs: Any) -> Any:
+        results = benchmark_batch(batch, *args, **kwargs)
+        batches.append(results)
+        return results
+
+    search.benchmark_batch = recording
+    try:
+        search.autotune(skip_cache=True)
+    except Exception:
+        if not batches:
+            raise
+        # every candidate failed: the batch says how, config by config
+    results = list(batches[0])
+    if len(results) != len(configs):
+        raise RefineError(f"Helion's batch returned {len(results)} results for {len(configs)} configs")
     return [r.fn if r.status == "ok" else RuntimeError(f"Helion: {r.status}") for r in results]
 
 
